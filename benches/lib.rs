@@ -1,0 +1,1 @@
+//! Benchmarks live in `invoke.rs` (run with `cargo bench -p weir-benches`).

@@ -1,0 +1,68 @@
+//! Capability probe: tries to read files, list preopened directories, read
+//! environment variables and arguments, open a TCP socket and resolve a name.
+//! It acks every event and publishes one `probe-report` effect whose JSON
+//! payload says what each attempt got, for the host's tests to judge.
+use wasi::sockets::network::{IpAddressFamily, IpSocketAddress, Ipv4SocketAddress};
+use weir_guest::{Batch, Handler};
+
+struct Probe;
+
+fn tcp_connect() -> String {
+    let network = wasi::sockets::instance_network::instance_network();
+    let socket = match wasi::sockets::tcp_create_socket::create_tcp_socket(IpAddressFamily::Ipv4) {
+        Ok(socket) => socket,
+        Err(e) => return format!("denied: create: {e:?}"),
+    };
+    let addr = IpSocketAddress::Ipv4(Ipv4SocketAddress { port: 4222, address: (127, 0, 0, 1) });
+    match socket.start_connect(&network, addr) {
+        Ok(()) => {
+            socket.subscribe().block();
+            match socket.finish_connect() {
+                Ok(_) => "granted: connected".into(),
+                Err(e) => format!("denied: finish: {e:?}"),
+            }
+        }
+        Err(e) => format!("denied: connect: {e:?}"),
+    }
+}
+
+fn name_lookup() -> String {
+    let network = wasi::sockets::instance_network::instance_network();
+    match wasi::sockets::ip_name_lookup::resolve_addresses(&network, "localhost") {
+        Ok(stream) => {
+            stream.subscribe().block();
+            match stream.resolve_next_address() {
+                Ok(Some(_)) => "granted: resolved".into(),
+                Ok(None) => "denied: no address".into(),
+                Err(e) => format!("denied: {e:?}"),
+            }
+        }
+        Err(e) => format!("denied: {e:?}"),
+    }
+}
+
+fn outcome<T>(r: std::io::Result<T>) -> String {
+    match r {
+        Ok(_) => "granted".into(),
+        Err(e) => format!("denied: {e}"),
+    }
+}
+
+impl Handler for Probe {
+    fn handle(batch: &mut Batch) {
+        let report = serde_json::json!({
+            "file_read": outcome(std::fs::read("/etc/passwd")),
+            "file_write": outcome(std::fs::write("/tmp/weir-probe", b"x")),
+            "dir_list": outcome(std::fs::read_dir("/")),
+            "preopens": wasi::filesystem::preopens::get_directories().len(),
+            "env_vars": std::env::vars_os().count(),
+            "env_home": std::env::var_os("HOME").is_some(),
+            "args": std::env::args_os().count(),
+            "tcp_connect": tcp_connect(),
+            "name_lookup": name_lookup(),
+        });
+        batch.publish("probe-report", report.to_string());
+    }
+}
+
+weir_guest::export!(Probe);

@@ -1,0 +1,229 @@
+//! Compiling components and caching the precompiled artifacts.
+//!
+//! The key of an artifact is the SHA-256 of the component bytes, of the
+//! engine's precompile-compatibility hash (wasmtime version, target, settings)
+//! and of weir's version. Artifacts are kept in memory for the process and,
+//! with a cache directory, on disk as `<key>.cwasm` plus `<key>.sha256` (the
+//! digest of the artifact file). weir deserializes only files it wrote: the
+//! directory is created private (0700 on Unix), files are written to a
+//! temporary name and renamed, and the artifact's digest is checked against
+//! its sidecar before `Component::deserialize_file`. A missing, stale or
+//! mismatching file is recompiled, never trusted.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+use crate::error::DeployError;
+
+/// Feeds `Hash` output into SHA-256 (for the engine's compatibility hash).
+struct ShaHasher(Sha256);
+
+impl Hasher for ShaHasher {
+    fn finish(&self) -> u64 {
+        0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+/// Artifact cache (see module docs).
+#[derive(Debug)]
+pub(crate) struct ArtifactCache {
+    dir: Option<PathBuf>,
+    memory: Mutex<HashMap<String, Component>>,
+}
+
+/// How a component was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadSource {
+    /// Compiled now.
+    Compiled,
+    /// Found in this process's memory.
+    Memory,
+    /// Deserialized from the cache directory.
+    Disk,
+}
+
+/// A loaded component and how long it took.
+#[derive(Clone)]
+pub(crate) struct Loaded {
+    pub(crate) component: Component,
+    pub(crate) key: String,
+    pub(crate) source: LoadSource,
+    pub(crate) elapsed: Duration,
+}
+
+const COMPONENT_MAGIC: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
+const CORE_MAGIC: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
+
+/// Clear error for bytes that are not a component, before compiling.
+fn check_header(bytes: &[u8]) -> Result<(), DeployError> {
+    if bytes.starts_with(&COMPONENT_MAGIC) {
+        Ok(())
+    } else if bytes.starts_with(&CORE_MAGIC) {
+        Err(DeployError::NotAComponent(
+            "this is a core wasm module; build the handler for wasm32-wasip2 (which emits a component)".into(),
+        ))
+    } else if bytes.starts_with(b"\0asm") {
+        Err(DeployError::NotAComponent("unsupported wasm binary version".into()))
+    } else {
+        Err(DeployError::NotAComponent("missing the wasm magic number (not a wasm file, or truncated)".into()))
+    }
+}
+
+impl ArtifactCache {
+    pub(crate) fn new(dir: Option<PathBuf>) -> Result<Self, DeployError> {
+        if let Some(dir) = &dir {
+            create_private_dir(dir)
+                .map_err(|e| DeployError::Cache(format!("failed to create cache directory {}: {e}", dir.display())))?;
+        }
+        Ok(Self { dir, memory: Mutex::new(HashMap::new()) })
+    }
+
+    fn key(engine: &Engine, bytes: &[u8]) -> String {
+        let mut h = ShaHasher(Sha256::new());
+        h.0.update(b"weir-artifact-v1\0");
+        h.0.update(env!("CARGO_PKG_VERSION").as_bytes());
+        engine.precompile_compatibility_hash().hash(&mut h);
+        h.0.update(Sha256::digest(bytes));
+        hex::encode(h.0.finalize())
+    }
+
+    /// Load `bytes` as a component: from memory, from disk, or by compiling
+    /// (on a separate thread, abandoned after `timeout`).
+    pub(crate) fn load(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+        max_bytes: usize,
+        timeout: Duration,
+    ) -> Result<Loaded, DeployError> {
+        let start = Instant::now();
+        if bytes.len() > max_bytes {
+            return Err(DeployError::TooLarge { size: bytes.len(), cap: max_bytes });
+        }
+        check_header(bytes)?;
+        let key = Self::key(engine, bytes);
+        let done = |component: Component, source| Loaded { component, key: key.clone(), source, elapsed: start.elapsed() };
+        if let Some(c) = self.memory.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
+            return Ok(done(c.clone(), LoadSource::Memory));
+        }
+        if let Some(c) = self.load_disk(engine, &key) {
+            self.remember(&key, &c);
+            return Ok(done(c, LoadSource::Disk));
+        }
+        let component = compile(engine, bytes, timeout)?;
+        if let Err(e) = self.store_disk(&key, &component) {
+            tracing::warn!(error = %e, "failed to write precompiled artifact; continuing without it");
+        }
+        self.remember(&key, &component);
+        Ok(done(component, LoadSource::Compiled))
+    }
+
+    fn remember(&self, key: &str, component: &Component) {
+        self.memory.lock().unwrap_or_else(PoisonError::into_inner).insert(key.to_owned(), component.clone());
+    }
+
+    fn paths(&self, key: &str) -> Option<(PathBuf, PathBuf)> {
+        let dir = self.dir.as_ref()?;
+        Some((dir.join(format!("{key}.cwasm")), dir.join(format!("{key}.sha256"))))
+    }
+
+    fn load_disk(&self, engine: &Engine, key: &str) -> Option<Component> {
+        let (artifact, sidecar) = self.paths(key)?;
+        let expected = std::fs::read_to_string(&sidecar).ok()?;
+        let bytes = std::fs::read(&artifact).ok()?;
+        if hex::encode(Sha256::digest(&bytes)) != expected.trim() {
+            tracing::warn!(path = %artifact.display(), "precompiled artifact does not match its digest; recompiling");
+            return None;
+        }
+        drop(bytes);
+        // SAFETY: the file is one weir wrote with `Component::serialize` for
+        // an engine with the same compatibility hash (part of the key), in a
+        // private directory, renamed into place whole, and its SHA-256 matches
+        // the sidecar written with it. wasmtime additionally checks the
+        // header and engine settings and refuses a mismatch.
+        #[allow(unsafe_code)]
+        let loaded = unsafe { Component::deserialize_file(engine, &artifact) };
+        match loaded {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(path = %artifact.display(), error = %e, "precompiled artifact refused; recompiling");
+                None
+            }
+        }
+    }
+
+    fn store_disk(&self, key: &str, component: &Component) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        let Some((artifact, sidecar)) = self.paths(key) else { return Ok(()) };
+        let bytes = component.serialize().map_err(anyhow::Error::from).context("failed to serialize component")?;
+        let digest = hex::encode(Sha256::digest(&bytes));
+        let dir = artifact.parent().context("cache path has no parent")?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).context("failed to create temporary artifact")?;
+        std::io::Write::write_all(&mut tmp, &bytes).context("failed to write artifact")?;
+        tmp.persist(&artifact).context("failed to rename artifact into place")?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).context("failed to create temporary digest")?;
+        std::io::Write::write_all(&mut tmp, digest.as_bytes()).context("failed to write digest")?;
+        tmp.persist(&sidecar).context("failed to rename digest into place")?;
+        Ok(())
+    }
+}
+
+fn compile(engine: &Engine, bytes: &[u8], timeout: Duration) -> Result<Component, DeployError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let engine = engine.clone();
+    let bytes = bytes.to_vec();
+    std::thread::Builder::new()
+        .name("weir-compile".into())
+        .spawn(move || {
+            let _ = tx.send(Component::new(&engine, &bytes));
+        })
+        .map_err(|e| DeployError::Compile(format!("failed to start the compile thread: {e}")))?;
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(component)) => Ok(component),
+        Ok(Err(e)) => Err(DeployError::Compile(format!("{e:#}"))),
+        // The thread keeps compiling until cranelift finishes; its result is
+        // dropped. Compilation cannot be interrupted.
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(DeployError::CompileTimeout(timeout)),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            Err(DeployError::Compile("the compile thread panicked".into()))
+        }
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::create_dir_all(dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_errors_are_specific() {
+        assert!(check_header(&COMPONENT_MAGIC).is_ok());
+        let core = check_header(&CORE_MAGIC).unwrap_err().to_string();
+        assert!(core.contains("core wasm module"), "{core}");
+        let junk = check_header(b"hello world").unwrap_err().to_string();
+        assert!(junk.contains("magic"), "{junk}");
+        assert!(check_header(b"\0as").is_err());
+    }
+}

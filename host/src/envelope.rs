@@ -1,0 +1,250 @@
+//! Envelope normalisation: the fields weir reads from a payload.
+//!
+//! Real NS8 payloads are inconsistent (`../README` of the corpus lists the
+//! cases); this module turns any payload into the same shape, without ever
+//! panicking:
+//!
+//! - `domains` (a list) wins; a scalar `domain` is folded in (legacy format);
+//!   duplicates are removed, payload order kept;
+//! - the origin node comes from `node_id`, else `node`, an integer or a decimal
+//!   string (`"1"`); absent means cluster-wide;
+//! - a payload that is not a JSON object (the bare string `cluster/acls`, a
+//!   JSON array or scalar) is a valid event with no fields; `{}` is valid;
+//! - a payload that starts like a JSON object but does not parse is malformed.
+//!
+//! Domains are normalised with [`crate::domain::normalize_pattern`] (a leading
+//! `*.` label is kept, e.g. for certificate names); invalid names are kept raw
+//! and never match.
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+use crate::bindings::Event;
+use crate::domain;
+
+/// Default cap on a payload's size, checked before parsing: 1 MiB (NATS's
+/// default maximum message size).
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1 << 20;
+
+/// Most domains kept from one payload: 10,000. NS8 clusters carry tens; a
+/// longer list is malformed.
+pub const MAX_DOMAINS_PER_EVENT: usize = 10_000;
+
+/// The normalised fields of a payload.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Envelope {
+    /// Origin node, if the payload names one.
+    pub origin_node: Option<u32>,
+    /// Normalised domains (invalid ones raw), deduplicated, payload order.
+    pub domains: Vec<String>,
+}
+
+/// Why a payload cannot be normalised. Such an event is dead-lettered with
+/// this reason, never retried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    /// The payload is larger than the cap; it was not parsed.
+    #[error("payload of {size} bytes exceeds the cap of {cap} bytes")]
+    TooLarge {
+        /// Payload size in bytes.
+        size: usize,
+        /// The cap in bytes.
+        cap: usize,
+    },
+    /// The payload looks like a JSON object but is not valid JSON, or a known
+    /// field has the wrong type.
+    #[error("malformed JSON payload: {0}")]
+    Malformed(String),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NodeRef {
+    Int(u64),
+    Str(String),
+    Other(IgnoredAny),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DomainList {
+    List(Vec<DomainItem>),
+    Other(IgnoredAny),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DomainItem {
+    Name(String),
+    Other(IgnoredAny),
+}
+
+#[derive(Deserialize)]
+struct Raw {
+    #[serde(default)]
+    node_id: Option<NodeRef>,
+    #[serde(default)]
+    node: Option<NodeRef>,
+    #[serde(default)]
+    domain: Option<DomainItem>,
+    #[serde(default)]
+    domains: Option<DomainList>,
+}
+
+impl NodeRef {
+    fn id(&self) -> Option<u32> {
+        match self {
+            NodeRef::Int(n) => u32::try_from(*n).ok(),
+            NodeRef::Str(s) => s.trim().parse().ok(),
+            NodeRef::Other(_) => None,
+        }
+    }
+}
+
+/// Normalise `payload` (at most `max_bytes`).
+///
+/// # Errors
+///
+/// [`EnvelopeError::TooLarge`] before parsing; [`EnvelopeError::Malformed`]
+/// for a payload that starts with `{` but is not a valid JSON object, nests
+/// deeper than 128 levels, repeats a known key, or lists more than
+/// [`MAX_DOMAINS_PER_EVENT`] domains.
+pub fn parse(payload: &[u8], max_bytes: usize) -> Result<Envelope, EnvelopeError> {
+    if payload.len() > max_bytes {
+        return Err(EnvelopeError::TooLarge { size: payload.len(), cap: max_bytes });
+    }
+    let looks_like_object = payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if !looks_like_object {
+        return Ok(Envelope::default());
+    }
+    let raw: Raw = serde_json::from_slice(payload).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+    let origin_node = raw.node_id.as_ref().or(raw.node.as_ref()).and_then(NodeRef::id);
+    let mut names: Vec<String> = Vec::new();
+    if let Some(DomainList::List(items)) = raw.domains {
+        if items.len() > MAX_DOMAINS_PER_EVENT {
+            return Err(EnvelopeError::Malformed(format!(
+                "{} domains exceed the cap of {MAX_DOMAINS_PER_EVENT}",
+                items.len()
+            )));
+        }
+        names.extend(items.into_iter().filter_map(|d| match d {
+            DomainItem::Name(n) => Some(n),
+            DomainItem::Other(_) => None,
+        }));
+    }
+    if let Some(DomainItem::Name(scalar)) = raw.domain {
+        names.push(scalar);
+    }
+    let mut domains: Vec<String> = Vec::with_capacity(names.len());
+    for name in names {
+        let normal = domain::normalize_pattern(&name).unwrap_or(name);
+        if !domains.contains(&normal) {
+            domains.push(normal);
+        }
+    }
+    Ok(Envelope { origin_node, domains })
+}
+
+/// Metadata of an event that does not come from its payload.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventMeta {
+    /// Event id (`Nats-Msg-Id`, else `"<stream>:<sequence>"`).
+    pub id: String,
+    /// Event name, e.g. `"user-domain-changed"`.
+    pub name: String,
+    /// Publisher identity with `/`, e.g. `"module/ldapproxy4"`.
+    pub source: String,
+    /// Delivery attempt, 1-based.
+    pub attempt: u32,
+    /// Stream sequence (0 outside a stream).
+    pub sequence: u64,
+    /// Publish time in ms since the Unix epoch (0 if unknown).
+    pub published_ms: u64,
+}
+
+/// Build the handler's [`Event`] from its metadata and raw payload,
+/// normalising the payload's envelope (see module docs).
+///
+/// # Errors
+///
+/// As [`parse`].
+pub fn event(meta: EventMeta, payload: Vec<u8>, max_payload_bytes: usize) -> Result<Event, EnvelopeError> {
+    let envelope = parse(&payload, max_payload_bytes)?;
+    Ok(Event {
+        id: meta.id,
+        name: meta.name,
+        source: meta.source,
+        origin_node: envelope.origin_node,
+        domains: envelope.domains,
+        payload,
+        attempt: meta.attempt.max(1),
+        sequence: meta.sequence,
+        published_ms: meta.published_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<Envelope, EnvelopeError> {
+        parse(s.as_bytes(), DEFAULT_MAX_PAYLOAD_BYTES)
+    }
+
+    #[test]
+    fn list_wins_and_scalar_is_folded_in() {
+        let e = p(r#"{"node_id": 4, "domain": "dom01.example.org", "domains": ["dom01.example.org", "DOM02.example.org."]}"#)
+            .unwrap();
+        assert_eq!(e.origin_node, Some(4));
+        assert_eq!(e.domains, ["dom01.example.org", "dom02.example.org"]);
+        let legacy = p(r#"{"node_id": 4, "domain": "dom03.example.org"}"#).unwrap();
+        assert_eq!(legacy.domains, ["dom03.example.org"]);
+        let folded = p(r#"{"domain": "b.org", "domains": ["a.org"]}"#).unwrap();
+        assert_eq!(folded.domains, ["a.org", "b.org"]);
+    }
+
+    #[test]
+    fn node_key_variants() {
+        assert_eq!(p(r#"{"node": 4}"#).unwrap().origin_node, Some(4));
+        assert_eq!(p(r#"{"node_id": "1"}"#).unwrap().origin_node, Some(1));
+        assert_eq!(p(r#"{"node_id": " 7 "}"#).unwrap().origin_node, Some(7));
+        assert_eq!(p(r#"{"node_id": "x"}"#).unwrap().origin_node, None);
+        assert_eq!(p(r#"{"node_id": -1}"#).unwrap().origin_node, None);
+        assert_eq!(p(r#"{"node_id": 99999999999}"#).unwrap().origin_node, None);
+        // A null `node_id` counts as absent: `node` is used.
+        assert_eq!(p(r#"{"node_id": null, "node": 2}"#).unwrap().origin_node, Some(2));
+        assert_eq!(p(r#"{"module": "traefik4"}"#).unwrap().origin_node, None);
+    }
+
+    #[test]
+    fn non_json_and_empty_payloads_are_valid() {
+        assert_eq!(p("cluster/acls").unwrap(), Envelope::default());
+        assert_eq!(p("{}").unwrap(), Envelope::default());
+        assert_eq!(p("").unwrap(), Envelope::default());
+        assert_eq!(p("[1, 2]").unwrap(), Envelope::default());
+        assert_eq!(parse(b"\xff\xfe", 10).unwrap(), Envelope::default());
+    }
+
+    #[test]
+    fn malformed_and_oversized_payloads_are_errors() {
+        assert!(matches!(p(r#"{"node_id": 4"#), Err(EnvelopeError::Malformed(_))));
+        assert!(matches!(p(r#"{"node_id": 1, "node_id": 2}"#), Err(EnvelopeError::Malformed(_))));
+        // 10,000-deep nesting: refused in a field weir reads (serde_json's
+        // recursion limit), skipped without recursion in one it ignores.
+        let deep = |key: &str| format!("{{\"{key}\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(matches!(p(&deep("domains")), Err(EnvelopeError::Malformed(m)) if m.contains("recursion limit")));
+        assert!(matches!(p(&deep("node_id")), Err(EnvelopeError::Malformed(_))));
+        assert_eq!(p(&deep("other")), Ok(Envelope::default()));
+        assert_eq!(parse(b"{}", 1), Err(EnvelopeError::TooLarge { size: 2, cap: 1 }));
+    }
+
+    #[test]
+    fn odd_field_types_are_ignored_and_invalid_domains_kept_raw() {
+        let e = p(r#"{"domains": "not-a-list", "domain": 5}"#).unwrap();
+        assert!(e.domains.is_empty());
+        let e = p(r#"{"domains": ["ok.org", 5, "bad_name"]}"#).unwrap();
+        assert_eq!(e.domains, ["ok.org", "bad_name"]);
+        // An out-of-range number in a field weir ignores is skipped.
+        assert_eq!(p(r#"{"x": 1e400, "node": 3}"#).unwrap().origin_node, Some(3));
+    }
+}

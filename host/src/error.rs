@@ -1,0 +1,140 @@
+//! Errors at the crate's public boundaries, one enum per phase: deploying a
+//! component ([`DeployError`]) and invoking it on a batch ([`InvokeError`]).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Why a component could not be deployed (loaded, checked, prepared) or
+/// checked by `weir check`. Deploy errors are configuration problems: they are
+/// reported before any event is consumed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The component file could not be read.
+    #[error("failed to read component {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The component is larger than the engine's `max_component_bytes`.
+    #[error("component is {size} bytes, over the cap of {cap} bytes (engine max_component_bytes)")]
+    TooLarge {
+        /// Size in bytes.
+        size: usize,
+        /// Cap in bytes.
+        cap: usize,
+    },
+    /// The bytes are not a WebAssembly component (a core module, a truncated
+    /// file, random bytes).
+    #[error("not a WebAssembly component: {0}")]
+    NotAComponent(String),
+    /// Compilation failed (invalid component).
+    #[error("failed to compile component: {0}")]
+    Compile(String),
+    /// Compilation took longer than the engine's `compile_timeout`.
+    #[error("compiling the component took longer than {0:?}")]
+    CompileTimeout(Duration),
+    /// The component's imports or exports do not fit the `weir:handler`
+    /// world. Every problem is listed, one per line.
+    #[error("component refused:\n  {}", .0.join("\n  "))]
+    Refused(Vec<String>),
+    /// The app's configuration is invalid. Every problem is listed.
+    #[error("invalid app configuration:\n  {}", .0.join("\n  "))]
+    Config(Vec<String>),
+    /// The instance pool cannot hold another app.
+    #[error(
+        "instance pool full: {apps} apps × {per_app} instance(s) each would need {needed} slots, \
+         the pool has {pool} (engine pool_instances)"
+    )]
+    PoolFull {
+        /// Apps including the one being deployed.
+        apps: u32,
+        /// Instances each app may use at once.
+        per_app: u32,
+        /// `apps × per_app`.
+        needed: u32,
+        /// Pool size.
+        pool: u32,
+    },
+    /// The precompiled-artifact cache failed (I/O, permissions).
+    #[error("artifact cache: {0}")]
+    Cache(String),
+}
+
+/// Why one batch invocation failed. The instance is discarded in every case;
+/// the next batch runs on a fresh one. Every variant but
+/// [`InvokeError::Host`] is the guest's doing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvokeError {
+    /// The batch used all its fuel.
+    #[error("out of fuel: the batch used its {limit} units")]
+    OutOfFuel {
+        /// Fuel per batch.
+        limit: u64,
+    },
+    /// The batch ran past its wall-clock deadline.
+    #[error("timeout: the batch ran past its deadline of {deadline_ms} ms")]
+    Timeout {
+        /// Deadline in milliseconds.
+        deadline_ms: u64,
+    },
+    /// The instance tried to grow its linear memory past the cap.
+    #[error("memory limit: the instance asked for {requested} bytes of linear memory, the cap is {limit}")]
+    MemoryLimit {
+        /// Cap in bytes (whole instance).
+        limit: usize,
+        /// Total bytes the failing growth asked for.
+        requested: usize,
+    },
+    /// The guest overflowed the wasm stack (`max_wasm_stack`).
+    #[error("stack overflow")]
+    StackOverflow,
+    /// The guest handed the host more data in one call than the cap.
+    #[error("hostcall limit: the guest handed the host more than {limit} bytes in one call")]
+    HostcallLimit {
+        /// Cap in bytes.
+        limit: usize,
+    },
+    /// The guest created more handles, table elements or instances than
+    /// allowed.
+    #[error("resource limit: {0}")]
+    ResourceLimit(String),
+    /// The batch asked for more distinct effects than the cap.
+    #[error("effect limit: {requested} distinct effects, the cap is {limit}")]
+    EffectLimit {
+        /// Cap on distinct effects per batch.
+        limit: usize,
+        /// Distinct effects asked for.
+        requested: usize,
+    },
+    /// The handler's result breaks the contract (wrong number of outcomes).
+    #[error("contract violation: {0}")]
+    ContractViolation(String),
+    /// The guest trapped (panic, `unreachable`, out-of-bounds access, ...).
+    #[error("trap: {0}")]
+    Trap(String),
+    /// The host failed (a bug or shutdown), not the guest.
+    #[error("host error: {0}")]
+    Host(String),
+}
+
+impl InvokeError {
+    /// A short stable name for metrics and logs: `out_of_fuel`, `timeout`,
+    /// `memory_limit`, `stack_overflow`, `hostcall_limit`, `resource_limit`,
+    /// `effect_limit`, `contract_violation`, `trap`, `host`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::OutOfFuel { .. } => "out_of_fuel",
+            Self::Timeout { .. } => "timeout",
+            Self::MemoryLimit { .. } => "memory_limit",
+            Self::StackOverflow => "stack_overflow",
+            Self::HostcallLimit { .. } => "hostcall_limit",
+            Self::ResourceLimit(_) => "resource_limit",
+            Self::EffectLimit { .. } => "effect_limit",
+            Self::ContractViolation(_) => "contract_violation",
+            Self::Trap(_) => "trap",
+            Self::Host(_) => "host",
+        }
+    }
+}

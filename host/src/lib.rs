@@ -1,0 +1,73 @@
+//! # weir-host: run sandboxed WebAssembly event handlers
+//!
+//! weir is a per-node host that receives batched cluster events and runs each
+//! application's handler, a WebAssembly component targeting the
+//! `weir:handler@0.1.0` world, on a fresh sandbox per batch with fuel, memory,
+//! time, hostcall-byte, log and effect caps. This crate is the runtime: the
+//! engine, deploying components, invoking them on batches, and the helpers
+//! handlers import (node identity, domain relevance, logging).
+//!
+//! Layout:
+//!
+//! - [`engine`]: [`Runtime`], the process-wide engine, linker, epoch ticker
+//!   and instance pool ([`EngineConfig`]);
+//! - [`app`]: [`Runtime::deploy`] and [`App::invoke`], one fresh store and
+//!   instance per batch, typed [`InvokeError`]s;
+//! - [`limits`]: every per-app cap with its default ([`Limits`]);
+//! - [`check`]: what weir grants for each import ([`CheckReport`], used by
+//!   `weir check`);
+//! - [`envelope`]: payload normalisation into [`Event`] fields;
+//! - [`domain`]: UTS-46 domain normalisation and the app's [`DomainSet`];
+//! - [`guest_log`]: guest logging under a budget;
+//! - `bindings`, `state`, `cache`: the WIT bindings, store state and
+//!   precompiled-artifact cache.
+//!
+//! ```no_run
+//! use weir_host::{AppSpec, EngineConfig, Runtime, envelope};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let runtime = Runtime::new(EngineConfig::default())?;
+//! let mut spec = AppSpec::new("mail1", 1, "node1");
+//! spec.domains = vec!["dom01.example.org".into()];
+//! let app = runtime.deploy_file(spec, "mail.wasm".as_ref())?;
+//! let meta = envelope::EventMeta {
+//!     id: "1".into(),
+//!     name: "user-domain-changed".into(),
+//!     source: "cluster".into(),
+//!     ..Default::default()
+//! };
+//! let event = envelope::event(meta, br#"{"domains": ["dom01.example.org"]}"#.to_vec(), 1 << 20)?;
+//! let invocation = app.invoke(vec![event]).await;
+//! println!("{:?}", invocation.result?.effects);
+//! # Ok(()) }
+//! ```
+
+pub mod app;
+mod bindings;
+mod cache;
+pub mod check;
+pub mod domain;
+pub mod engine;
+pub mod envelope;
+mod error;
+pub mod guest_log;
+pub mod limits;
+mod state;
+
+pub use app::{App, AppSpec, Handled, InvokeStats, Invocation};
+pub use bindings::{BatchResult, Effect, Event, Message, Outcome};
+pub use cache::LoadSource;
+pub use check::{CheckReport, Grant, ImportReport};
+pub use domain::DomainSet;
+pub use engine::{EngineConfig, Runtime};
+pub use error::{DeployError, InvokeError};
+pub use limits::Limits;
+pub use state::AppIdentity;
+
+/// Raw wasmtime pieces for benchmarks that compare weir against a raw
+/// `Store::new` + `InstancePre::instantiate` + typed call of the same
+/// component. Not a stable API.
+#[doc(hidden)]
+pub mod raw {
+    pub use crate::bindings::{Handler, HandlerPre};
+}

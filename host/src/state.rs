@@ -1,0 +1,165 @@
+//! The per-batch store state: WASI context that grants nothing, the resource
+//! table, the whole-instance memory limiter, the app's identity for the
+//! `node` and `domains` imports, and the log sink for the `log` import.
+//!
+//! Lifetime: one [`HostState`] per batch, created in
+//! [`crate::App::invoke_blocking`] and dropped with the store.
+
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::bindings::weir::handler::{domains, log, node};
+use crate::domain::DomainSet;
+use crate::guest_log::LogSink;
+use crate::limits::{Limits, MAX_CORE_INSTANCES_PER_STORE};
+
+/// What the `node` and `domains` imports answer for one app on this node.
+#[derive(Debug, Clone)]
+pub struct AppIdentity {
+    /// App name, e.g. `"mail1"`.
+    pub app: Arc<str>,
+    /// This node's id.
+    pub node_id: u32,
+    /// This node's name.
+    pub node_name: String,
+    /// The app's domains.
+    pub domains: DomainSet,
+}
+
+/// Sums the sizes of all linear memories of the instance and refuses growth
+/// past the app's cap (wasmtime's `StoreLimits` caps each memory separately).
+#[derive(Debug)]
+pub(crate) struct InstanceLimiter {
+    pub(crate) memory_limit: usize,
+    pub(crate) memory_total: usize,
+    pub(crate) memory_high_water: usize,
+    pub(crate) table_elements: usize,
+    /// Set when a growth was refused: `(limit, requested)`.
+    pub(crate) memory_exceeded: Option<(usize, usize)>,
+    pub(crate) table_exceeded: Option<(usize, usize)>,
+}
+
+/// Marker error returned from the limiter so the trap maps to
+/// [`crate::InvokeError::MemoryLimit`].
+#[derive(Debug, thiserror::Error)]
+#[error("linear memory limit exceeded")]
+pub(crate) struct MemoryLimitExceeded;
+
+/// Marker error for a refused table growth.
+#[derive(Debug, thiserror::Error)]
+#[error("table element limit exceeded")]
+pub(crate) struct TableLimitExceeded;
+
+impl wasmtime::ResourceLimiter for InstanceLimiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.memory_total - current.min(self.memory_total) + desired;
+        if total > self.memory_limit {
+            self.memory_exceeded = Some((self.memory_limit, total));
+            return Err(wasmtime::Error::new(MemoryLimitExceeded));
+        }
+        self.memory_total = total;
+        self.memory_high_water = self.memory_high_water.max(total);
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.table_elements {
+            self.table_exceeded = Some((self.table_elements, desired));
+            return Err(wasmtime::Error::new(TableLimitExceeded));
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_CORE_INSTANCES_PER_STORE
+    }
+
+    fn tables(&self) -> usize {
+        MAX_CORE_INSTANCES_PER_STORE
+    }
+
+    fn memories(&self) -> usize {
+        MAX_CORE_INSTANCES_PER_STORE
+    }
+}
+
+/// Store data for one batch.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: InstanceLimiter,
+    identity: Arc<AppIdentity>,
+    pub(crate) log: LogSink,
+}
+
+impl HostState {
+    /// State for one batch of the app `identity` under `limits`.
+    pub(crate) fn new(identity: Arc<AppIdentity>, limits: &Limits, log: LogSink) -> Self {
+        // Deny by capability: no preopened directories, no environment or
+        // arguments, no sockets or name lookup, empty stdin; stdout and stderr
+        // go into the log budget. Clocks and random are provided.
+        let wasi = WasiCtxBuilder::new()
+            .stdout(log.stdio(false))
+            .stderr(log.stdio(true))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(limits.resource_table_entries);
+        Self {
+            wasi,
+            table,
+            limiter: InstanceLimiter {
+                memory_limit: limits.memory_bytes,
+                memory_total: 0,
+                memory_high_water: 0,
+                table_elements: limits.table_elements,
+                memory_exceeded: None,
+                table_exceeded: None,
+            },
+            identity,
+            log,
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl node::Host for HostState {
+    fn id(&mut self) -> u32 {
+        self.identity.node_id
+    }
+
+    fn name(&mut self) -> String {
+        self.identity.node_name.clone()
+    }
+
+    fn is_local(&mut self, origin: Option<u32>) -> bool {
+        origin == Some(self.identity.node_id)
+    }
+}
+
+impl domains::Host for HostState {
+    fn mine(&mut self) -> Vec<String> {
+        self.identity.domains.listed().to_vec()
+    }
+
+    fn is_mine(&mut self, domain: String) -> bool {
+        self.identity.domains.is_mine(&domain)
+    }
+}
+
+impl log::Host for HostState {
+    fn log(&mut self, level: log::Level, message: String) {
+        self.log.line(level, &message);
+    }
+}
+
+impl crate::bindings::weir::handler::types::Host for HostState {}

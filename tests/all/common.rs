@@ -1,0 +1,80 @@
+//! Shared helpers: one runtime per test binary, event builders, RSS.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use weir_host::envelope::{self, EventMeta};
+use weir_host::{App, AppSpec, EngineConfig, Event, Limits, Runtime};
+
+/// The runtime shared by the tests of this binary (compiled components are
+/// cached in its memory).
+pub fn runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| Runtime::new(EngineConfig::default()).expect("runtime"))
+}
+
+/// Tests that measure the process's RSS, or make the guest allocate hundreds
+/// of MiB, hold this lock so they do not disturb each other's figures.
+pub fn heavy() -> MutexGuard<'static, ()> {
+    static HEAVY: Mutex<()> = Mutex::new(());
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Deploy component file `path` as app `name` on node 1 with `limits`.
+pub fn deploy(name: &str, path: &str, limits: Limits) -> App {
+    deploy_on(name, path, 1, &[], limits)
+}
+
+/// Deploy with node id and domains.
+pub fn deploy_on(name: &str, path: &str, node: u32, domains: &[&str], limits: Limits) -> App {
+    let mut spec = AppSpec::new(name, node, format!("node{node}"));
+    spec.domains = domains.iter().map(|d| d.to_string()).collect();
+    spec.limits = limits;
+    runtime().deploy_file(spec, path.as_ref()).unwrap_or_else(|e| panic!("deploy {name}: {e}"))
+}
+
+/// An event `name` from `source` with `payload`, attempt 1.
+pub fn event(name: &str, source: &str, payload: &str) -> Event {
+    event_attempt(name, source, payload, 1)
+}
+
+/// An event with a given delivery attempt.
+pub fn event_attempt(name: &str, source: &str, payload: &str, attempt: u32) -> Event {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let sequence = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let meta = EventMeta {
+        id: format!("test:{sequence}"),
+        name: name.into(),
+        source: source.into(),
+        attempt,
+        sequence,
+        published_ms: 0,
+    };
+    envelope::event(meta, payload.as_bytes().to_vec(), envelope::DEFAULT_MAX_PAYLOAD_BYTES).expect("valid event")
+}
+
+/// A one-event batch whose payload is `payload` (the fixtures' directive).
+pub fn directive(payload: &str) -> Vec<Event> {
+    vec![event("test", "cluster", payload)]
+}
+
+/// Resident set size of this process in bytes (Linux `/proc/self/statm`).
+pub fn rss_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let pages: usize = statm.split_whitespace().nth(1).expect("rss field").parse().expect("rss number");
+    pages * 4096
+}
+
+/// `examples/` of the repository.
+pub fn examples_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// A bystander app (echo) answers normally: call after a hostile batch.
+pub fn assert_bystander_serves() {
+    static BYSTANDER: OnceLock<App> = OnceLock::new();
+    let app = BYSTANDER.get_or_init(|| deploy("bystander", weir_test_artifacts::ECHO, Limits::default()));
+    let inv = app.invoke_blocking(&[event("test", "cluster", "hello"), event("test", "cluster", "retry:7")]);
+    let handled = inv.result.expect("bystander must be served");
+    assert_eq!(handled.outcomes, vec![weir_host::Outcome::Done, weir_host::Outcome::Retry(7)]);
+}

@@ -1,0 +1,15 @@
+//! weir's integration tests, as modules of one binary (one link step).
+//!
+//! - `common`: a shared runtime, event builders, RSS measurement;
+//! - `components`: one test per guest component (generated with
+//!   `foreach_component!`, so a new fixture without a test does not compile);
+//! - `corpus`: the example handlers on the NS8 node-join corpus;
+//! - `runtime`: deploy, cache, pool and isolation properties;
+//! - `cli`: the `weir` binary (`check`, `invoke`).
+#![allow(missing_docs, clippy::unwrap_used)]
+
+mod cli;
+mod common;
+mod components;
+mod corpus;
+mod runtime;

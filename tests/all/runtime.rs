@@ -1,0 +1,143 @@
+//! Runtime properties: artifact cache, pool sizing, refusals, isolation of
+//! spinning guests from the async runtime.
+
+use std::time::{Duration, Instant};
+
+use weir_host::{AppSpec, DeployError, EngineConfig, LoadSource, Limits, Runtime};
+
+use crate::common::{deploy, directive};
+
+#[test]
+fn artifact_cache_round_trips_and_refuses_tampered_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig { cache_dir: Some(dir.path().join("cache")), pool_instances: 4, ..Default::default() };
+    let bytes = std::fs::read(weir_test_artifacts::ECHO).unwrap();
+    let first = Runtime::new(config.clone()).unwrap();
+    assert_eq!(first.check(&bytes).unwrap().source, LoadSource::Compiled);
+    assert_eq!(first.check(&bytes).unwrap().source, LoadSource::Memory);
+    let second = Runtime::new(config.clone()).unwrap();
+    assert_eq!(second.check(&bytes).unwrap().source, LoadSource::Disk);
+    // Tamper with the artifact: its digest no longer matches, so it is
+    // recompiled rather than deserialized.
+    let artifact = std::fs::read_dir(dir.path().join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .unwrap();
+    let mut data = std::fs::read(&artifact).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0xff;
+    std::fs::write(&artifact, data).unwrap();
+    let third = Runtime::new(config).unwrap();
+    assert_eq!(third.check(&bytes).unwrap().source, LoadSource::Compiled);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("cache")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "cache directory must be private, mode {mode:o}");
+    }
+}
+
+#[test]
+fn malformed_components_are_refused_with_a_reason() {
+    let rt = crate::common::runtime();
+    let cases: [(&[u8], &str); 4] = [
+        (b"", "magic"),
+        (b"definitely not wasm", "magic"),
+        (b"\0asm\x01\0\0\0", "core wasm module"),
+        (b"\0asm\x0d\0\x01\0\x07\x03garbage", "failed to compile"),
+    ];
+    for (bytes, needle) in cases {
+        let err = rt.check(bytes).unwrap_err().to_string();
+        assert!(err.contains(needle), "{err}");
+    }
+    let echo = std::fs::read(weir_test_artifacts::ECHO).unwrap();
+    let truncated = rt.check(&echo[..echo.len() / 2]).unwrap_err();
+    assert!(matches!(truncated, DeployError::Compile(_)), "{truncated}");
+}
+
+#[test]
+fn oversized_component_is_refused_before_compiling() {
+    let rt = Runtime::new(EngineConfig { max_component_bytes: 1024, pool_instances: 2, ..Default::default() }).unwrap();
+    let echo = std::fs::read(weir_test_artifacts::ECHO).unwrap();
+    let err = rt.check(&echo).unwrap_err();
+    assert!(matches!(err, DeployError::TooLarge { cap: 1024, .. }), "{err}");
+}
+
+#[test]
+fn pool_refuses_apps_beyond_its_size_with_the_arithmetic() {
+    let rt = Runtime::new(EngineConfig { pool_instances: 2, ..Default::default() }).unwrap();
+    let path: &std::path::Path = weir_test_artifacts::ECHO.as_ref();
+    let a = rt.deploy_file(AppSpec::new("a", 1, "n"), path).unwrap();
+    let _b = rt.deploy_file(AppSpec::new("b", 1, "n"), path).unwrap();
+    let err = rt.deploy_file(AppSpec::new("c", 1, "n"), path).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "instance pool full: 3 apps × 1 instance(s) each would need 3 slots, the pool has 2 (engine pool_instances)"
+    );
+    drop(a);
+    rt.deploy_file(AppSpec::new("c", 1, "n"), path).expect("a slot was freed");
+}
+
+#[test]
+fn invalid_app_config_reports_every_problem() {
+    let rt = crate::common::runtime();
+    let mut spec = AppSpec::new("bad", 1, "n");
+    spec.domains = vec!["ok.example.org".into(), "bad_domain".into()];
+    spec.limits = Limits { fuel: 0, memory_bytes: 1 << 40, ..Limits::default() };
+    let err = rt.deploy_file(spec, weir_test_artifacts::ECHO.as_ref()).unwrap_err();
+    let DeployError::Config(problems) = &err else { panic!("{err}") };
+    assert_eq!(problems.len(), 3, "{problems:?}");
+}
+
+#[test]
+fn fresh_instance_per_batch_keeps_no_state() {
+    // The echo handler's SDK state (outcomes, effects) starts empty each time:
+    // a restart asked for in one batch never shows up in the next.
+    let app = deploy("isolation", weir_test_artifacts::ECHO, Limits::default());
+    let first = app.invoke_blocking(&directive("restart:x.service")).result.unwrap();
+    assert_eq!(first.effects.len(), 1);
+    let second = app.invoke_blocking(&directive("hello")).result.unwrap();
+    assert!(second.effects.is_empty());
+}
+
+#[test]
+fn spinning_guests_do_not_stall_the_async_runtime() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let spin = deploy(
+            "spin-async",
+            weir_test_artifacts::INFINITE_LOOP,
+            Limits { deadline_ms: 1_000, fuel: u64::MAX / 2, ..Limits::default() },
+        );
+        let echo = deploy("echo-async", weir_test_artifacts::ECHO, Limits::default());
+        let start = Instant::now();
+        // One spinning guest per worker thread.
+        let spinners: Vec<_> = (0..2)
+            .map(|_| {
+                let spin = spin.clone();
+                tokio::spawn(async move { spin.invoke(directive("spin")).await })
+            })
+            .collect();
+        // A timer on the same runtime keeps firing, and a bystander's batch
+        // completes, while both guests spin.
+        let mut ticks = 0;
+        let mut interval = tokio::time::interval(Duration::from_millis(20));
+        while ticks < 10 {
+            interval.tick().await;
+            ticks += 1;
+        }
+        let echoed = echo.invoke(directive("hello")).await;
+        let bystander_done = start.elapsed();
+        assert!(echoed.result.is_ok());
+        for s in spinners {
+            let inv = s.await.unwrap();
+            assert!(matches!(inv.result, Err(weir_host::InvokeError::Timeout { .. })), "{:?}", inv.result);
+        }
+        let spinners_done = start.elapsed();
+        assert!(
+            bystander_done < spinners_done,
+            "timer and bystander finished at {bystander_done:?}, spinners at {spinners_done:?}"
+        );
+    });
+}
