@@ -10,7 +10,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
     /// The component file could not be read.
-    #[error("failed to read component {path}: {source}")]
+    #[error("failed to read component {path}")]
     Read {
         /// The file.
         path: PathBuf,

@@ -66,8 +66,71 @@ pub use state::AppIdentity;
 
 /// Raw wasmtime pieces for benchmarks that compare weir against a raw
 /// `Store::new` + `InstancePre::instantiate` + typed call of the same
-/// component. Not a stable API.
+/// component: a minimal store state (default WASI context, resource table,
+/// trivial imports; no limiter, log budget or result validation). Not a
+/// stable API.
 #[doc(hidden)]
 pub mod raw {
+    use wasmtime::component::{HasSelf, Linker, ResourceTable};
+    use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+    use crate::bindings::weir::handler::{domains, log, node, types};
     pub use crate::bindings::{Handler, HandlerPre};
+
+    /// The least state that can instantiate a handler.
+    pub struct RawState {
+        wasi: WasiCtx,
+        table: ResourceTable,
+    }
+
+    impl Default for RawState {
+        fn default() -> Self {
+            Self { wasi: WasiCtx::builder().build(), table: ResourceTable::new() }
+        }
+    }
+
+    impl WasiView for RawState {
+        fn ctx(&mut self) -> WasiCtxView<'_> {
+            WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        }
+    }
+
+    impl node::Host for RawState {
+        fn id(&mut self) -> u32 {
+            1
+        }
+        fn name(&mut self) -> String {
+            String::new()
+        }
+        fn is_local(&mut self, origin: Option<u32>) -> bool {
+            origin == Some(1)
+        }
+    }
+
+    impl domains::Host for RawState {
+        fn mine(&mut self) -> Vec<String> {
+            Vec::new()
+        }
+        fn is_mine(&mut self, _domain: String) -> bool {
+            false
+        }
+    }
+
+    impl log::Host for RawState {
+        fn log(&mut self, _level: log::Level, _message: String) {}
+    }
+
+    impl types::Host for RawState {}
+
+    /// A linker with WASI p2 and the `weir:handler` imports for [`RawState`].
+    ///
+    /// # Errors
+    ///
+    /// If linking fails (a wasmtime bug).
+    pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<RawState>> {
+        let mut linker = Linker::new(engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        Handler::add_to_linker::<_, HasSelf<RawState>>(&mut linker, |s| s)?;
+        Ok(linker)
+    }
 }

@@ -1,1 +1,262 @@
-fn main() {}
+//! `weir`: the per-node handler host's command line.
+//!
+//! - `weir check <component.wasm>`: imports with what weir grants for each,
+//!   exports, and a verdict; exit 0 if deployable, 1 with every problem on
+//!   stderr otherwise, 2 if the file cannot be loaded at all.
+//! - `weir invoke <component.wasm> --events <file.jsonl>`: run a handler
+//!   in-process on events from a JSON Lines file (the NS8 corpus format) in
+//!   batches, and print each batch's outcomes and effects as JSON lines.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+use weir_host::envelope::{self, EventMeta};
+use weir_host::{AppSpec, CheckReport, Effect, EngineConfig, Grant, Limits, Outcome, Runtime};
+
+/// Default events per batch for `weir invoke`: 64.
+const DEFAULT_INVOKE_BATCH: usize = 64;
+
+#[derive(Parser)]
+#[command(name = "weir", version, about = "Run sandboxed WebAssembly event handlers for cluster events")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check that a component can be deployed: list its imports with what weir
+    /// grants for each (provided, denied, refused), its exports, and a verdict.
+    Check {
+        /// The component (`.wasm`, built for wasm32-wasip2).
+        component: PathBuf,
+    },
+    /// Run a handler in-process on events from a JSON Lines file, in batches,
+    /// and print each batch's outcomes and effects as JSON lines.
+    Invoke(InvokeArgs),
+}
+
+#[derive(Args)]
+struct InvokeArgs {
+    /// The component (`.wasm`).
+    component: PathBuf,
+    /// Events, one JSON object per line: `name`, `source`, `payload` (a string,
+    /// as published) and optionally `id`, `seq`, `t_ms`, `attempt` (the NS8
+    /// corpus format). `-` reads standard input.
+    #[arg(long)]
+    events: PathBuf,
+    /// Only events with this name (repeatable; default: all).
+    #[arg(long = "only")]
+    only: Vec<String>,
+    /// App name.
+    #[arg(long, default_value = "app")]
+    app: String,
+    /// This node's id.
+    #[arg(long, default_value_t = 1)]
+    node_id: u32,
+    /// This node's name (default `node<ID>`).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// One of the app's domains (repeatable; `*.example.org` allowed).
+    #[arg(long = "domain")]
+    domains: Vec<String>,
+    /// Events per batch.
+    #[arg(long, default_value_t = DEFAULT_INVOKE_BATCH)]
+    batch: usize,
+    /// Per-app limits as a TOML file (fields of `weir_host::Limits`).
+    #[arg(long)]
+    limits: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { component } => check(component),
+        Command::Invoke(args) => invoke(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<Runtime> {
+    // The CLI runs one app: a small pool is enough.
+    Ok(Runtime::new(EngineConfig { pool_instances: 4, ..EngineConfig::default() })?)
+}
+
+fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let report = rt.check_file(&path)?;
+    print_report(&path, &report)?;
+    if report.deployable() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for problem in &report.problems {
+        eprintln!("error: {problem}");
+    }
+    Ok(ExitCode::from(1))
+}
+
+fn print_report(path: &std::path::Path, report: &CheckReport) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "component: {} ({} bytes, loaded in {} ms)",
+        path.display(),
+        report.size,
+        report.load_time.as_millis()
+    )?;
+    writeln!(out, "imports:")?;
+    let width = report.imports.iter().map(|i| i.name.len()).max().unwrap_or(0);
+    for import in &report.imports {
+        let why = match &import.grant {
+            Grant::Provided => String::new(),
+            Grant::Denied(why) => format!("  ({why})"),
+            Grant::Refused(why) => format!("  ({why})"),
+        };
+        let row = format!("  {:<9} {:<width$}{why}", import.grant.label(), import.name);
+        writeln!(out, "{}", row.trim_end())?;
+    }
+    writeln!(out, "exports:")?;
+    for (name, kind) in &report.exports {
+        writeln!(out, "  {kind:<9} {name}")?;
+    }
+    let verdict = if report.deployable() {
+        "deployable".to_owned()
+    } else {
+        format!("refused ({} problem{})", report.problems.len(), if report.problems.len() == 1 { "" } else { "s" })
+    };
+    writeln!(out, "verdict: {verdict}")
+}
+
+#[derive(serde::Deserialize)]
+struct EventLine {
+    name: String,
+    source: String,
+    #[serde(default)]
+    payload: String,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    seq: u64,
+    #[serde(default)]
+    t_ms: u64,
+    #[serde(default)]
+    attempt: u32,
+}
+
+fn outcome_json(o: &Outcome) -> Value {
+    match o {
+        Outcome::Done => json!("done"),
+        Outcome::Retry(ms) => json!({ "retry_ms": ms }),
+        Outcome::Reject(reason) => json!({ "reject": reason }),
+    }
+}
+
+fn effect_json(e: &Effect) -> Value {
+    match e {
+        Effect::Restart(unit) => json!({ "restart": unit }),
+        Effect::Reload(unit) => json!({ "reload": unit }),
+        Effect::Publish(m) => json!({ "publish": m.name, "payload": String::from_utf8_lossy(&m.payload) }),
+    }
+}
+
+fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context as _;
+    anyhow::ensure!(args.batch > 0, "--batch must be greater than 0");
+    let limits: Limits = match &args.limits {
+        Some(path) => toml::from_str(
+            &std::fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))?,
+        )
+        .with_context(|| format!("failed to parse limits {}", path.display()))?,
+        None => Limits::default(),
+    };
+    let rt = runtime()?;
+    let mut spec = AppSpec::new(&args.app, args.node_id, args.node_name.clone().unwrap_or(format!("node{}", args.node_id)));
+    spec.domains = args.domains.clone();
+    spec.limits = limits;
+    let app = rt.deploy_file(spec, &args.component)?;
+
+    let reader: Box<dyn BufRead> = if args.events.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(&args.events).with_context(|| format!("failed to open {}", args.events.display()))?,
+        ))
+    };
+    let mut events = Vec::new();
+    let mut invalid = 0usize;
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.context("failed to read events")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let e: EventLine = serde_json::from_str(&line).with_context(|| format!("line {}: not an event", n + 1))?;
+        if !args.only.is_empty() && !args.only.contains(&e.name) {
+            continue;
+        }
+        let meta = EventMeta {
+            id: e.id.unwrap_or_else(|| format!("line:{}", n + 1)),
+            name: e.name,
+            source: e.source,
+            attempt: e.attempt.max(1),
+            sequence: e.seq,
+            published_ms: e.t_ms,
+        };
+        match envelope::event(meta, e.payload.into_bytes(), envelope::DEFAULT_MAX_PAYLOAD_BYTES) {
+            Ok(event) => events.push(event),
+            Err(err) => {
+                invalid += 1;
+                eprintln!("line {}: dead letter: {err}", n + 1);
+            }
+        }
+    }
+
+    let mut out = std::io::stdout().lock();
+    let (mut failed, mut effects) = (0usize, 0usize);
+    for (i, batch) in events.chunks(args.batch).enumerate() {
+        let inv = app.invoke_blocking(batch);
+        let mut line = json!({
+            "batch": i,
+            "events": batch.len(),
+            "fuel": inv.stats.fuel_consumed,
+            "memory_bytes": inv.stats.memory_high_water,
+            "elapsed_us": inv.stats.elapsed.as_micros() as u64,
+        });
+        match &inv.result {
+            Ok(h) => {
+                effects += h.effects.len();
+                line["outcomes"] = h.outcomes.iter().map(outcome_json).collect();
+                line["effects"] = h.effects.iter().map(effect_json).collect();
+            }
+            Err(e) => {
+                failed += 1;
+                line["error"] = json!({ "kind": e.kind(), "message": e.to_string() });
+            }
+        }
+        writeln!(out, "{line}")?;
+    }
+    eprintln!(
+        "{} events in {} batches: {} effects, {} failed batches, {} invalid events",
+        events.len(),
+        events.len().div_ceil(args.batch),
+        effects,
+        failed,
+        invalid
+    );
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
