@@ -40,9 +40,15 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let runtime = Runtime::new(EngineConfig::default()).unwrap();
-    let app = runtime.deploy_file(AppSpec::new("echo", 1, "node1"), weir_test_artifacts::ECHO.as_ref()).unwrap();
+    let app = runtime
+        .deploy_file(
+            AppSpec::new("echo", 1, "node1"),
+            weir_test_artifacts::ECHO.as_ref(),
+        )
+        .unwrap();
     let component =
-        wasmtime::component::Component::from_file(runtime.engine(), weir_test_artifacts::ECHO).unwrap();
+        wasmtime::component::Component::from_file(runtime.engine(), weir_test_artifacts::ECHO)
+            .unwrap();
     let linker = raw::linker(runtime.engine()).unwrap();
     let pre = HandlerPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
     Fixture { app, pre, runtime }
@@ -92,7 +98,9 @@ fn weir_invoke(f: &Fixture, batch: &[Event]) {
 
 fn criterion_benches(c: &mut Criterion, f: &Fixture) {
     let mut g = c.benchmark_group("instantiate");
-    g.bench_function("raw_store_new_instantiate", |b| b.iter(|| raw_instantiate(f)));
+    g.bench_function("raw_store_new_instantiate", |b| {
+        b.iter(|| raw_instantiate(f))
+    });
     g.bench_function("raw_fresh_empty_call", |b| b.iter(|| raw_fresh(f, &[])));
     g.bench_function("weir_fresh_empty_batch", |b| b.iter(|| weir_invoke(f, &[])));
     g.finish();
@@ -105,8 +113,12 @@ fn criterion_benches(c: &mut Criterion, f: &Fixture) {
             let handler = f.pre.instantiate(&mut store).unwrap();
             b.iter(|| black_box(handler.call_handle(&mut store, batch).unwrap()));
         });
-        g.bench_with_input(BenchmarkId::new("raw_fresh", n), &batch, |b, batch| b.iter(|| raw_fresh(f, batch)));
-        g.bench_with_input(BenchmarkId::new("weir", n), &batch, |b, batch| b.iter(|| weir_invoke(f, batch)));
+        g.bench_with_input(BenchmarkId::new("raw_fresh", n), &batch, |b, batch| {
+            b.iter(|| raw_fresh(f, batch))
+        });
+        g.bench_with_input(BenchmarkId::new("weir", n), &batch, |b, batch| {
+            b.iter(|| weir_invoke(f, batch))
+        });
     }
     g.finish();
 }
@@ -141,7 +153,10 @@ fn us(d: Duration) -> f64 {
 
 fn ratio_table(f: &Fixture) {
     println!("\nweir vs raw wasmtime, same run (median of {RATIO_ROUNDS} interleaved rounds):");
-    println!("{:<34} {:>12} {:>12} {:>7} {:>16}", "case", "floor µs", "weir µs", "ratio", "overhead/event");
+    println!(
+        "{:<34} {:>12} {:>12} {:>7} {:>16}",
+        "case", "floor µs", "weir µs", "ratio", "overhead/event"
+    );
     let (floor, figure) = interleaved(|| raw_fresh(f, &[]), || weir_invoke(f, &[]));
     println!(
         "{:<34} {:>12.2} {:>12.2} {:>7.2} {:>16}",
@@ -152,7 +167,14 @@ fn ratio_table(f: &Fixture) {
         "-"
     );
     let (floor, _) = interleaved(|| raw_instantiate(f), || {});
-    println!("{:<34} {:>12.2} {:>12} {:>7} {:>16}", "raw Store::new + instantiate", us(floor), "-", "-", "-");
+    println!(
+        "{:<34} {:>12.2} {:>12} {:>7} {:>16}",
+        "raw Store::new + instantiate",
+        us(floor),
+        "-",
+        "-",
+        "-"
+    );
     for n in BATCHES {
         let batch = events(n);
         let (floor, figure) = interleaved(|| raw_fresh(f, &batch), || weir_invoke(f, &batch));

@@ -42,7 +42,13 @@ pub struct AppSpec {
 impl AppSpec {
     /// A spec with default limits and no domains.
     pub fn new(name: impl Into<String>, node_id: u32, node_name: impl Into<String>) -> Self {
-        Self { name: name.into(), node_id, node_name: node_name.into(), domains: Vec::new(), limits: Limits::default() }
+        Self {
+            name: name.into(),
+            node_id,
+            node_name: node_name.into(),
+            domains: Vec::new(),
+            limits: Limits::default(),
+        }
     }
 }
 
@@ -69,7 +75,10 @@ impl Drop for AppInner {
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App").field("name", &self.name()).field("limits", &self.inner.limits).finish_non_exhaustive()
+        f.debug_struct("App")
+            .field("name", &self.name())
+            .field("limits", &self.inner.limits)
+            .finish_non_exhaustive()
     }
 }
 
@@ -148,8 +157,15 @@ impl Runtime {
             // newer WASI minor version or a changed weir:handler signature).
             if let Err(e) = self.inner.linker.instantiate_pre(&loaded.component) {
                 problems.push(format!("{e:#}"));
-            } else if let Err(e) = self.inner.linker.instantiate_pre(&loaded.component).and_then(HandlerPre::new) {
-                problems.push(format!("export `handle` does not match weir:handler@0.1.0: {e:#}"));
+            } else if let Err(e) = self
+                .inner
+                .linker
+                .instantiate_pre(&loaded.component)
+                .and_then(HandlerPre::new)
+            {
+                problems.push(format!(
+                    "export `handle` does not match weir:handler@0.1.0: {e:#}"
+                ));
             }
         }
         tracing::debug!(key = %loaded.key, source = ?loaded.source, elapsed = ?loaded.elapsed, "component loaded");
@@ -184,7 +200,11 @@ impl Runtime {
             problems.push("app name must not be empty".into());
         }
         let domains = DomainSet::new(&spec.domains).unwrap_or_else(|errors| {
-            problems.extend(errors.into_iter().map(|e| format!("app {}: domains: {e}", spec.name)));
+            problems.extend(
+                errors
+                    .into_iter()
+                    .map(|e| format!("app {}: domains: {e}", spec.name)),
+            );
             DomainSet::default()
         });
         if !problems.is_empty() {
@@ -205,10 +225,19 @@ impl Runtime {
         let needed = apps.saturating_mul(INSTANCES_PER_APP);
         if needed > pool {
             self.inner.deployed.fetch_sub(1, Ordering::Relaxed);
-            return Err(DeployError::PoolFull { apps, per_app: INSTANCES_PER_APP, needed, pool });
+            return Err(DeployError::PoolFull {
+                apps,
+                per_app: INSTANCES_PER_APP,
+                needed,
+                pool,
+            });
         }
-        let identity =
-            Arc::new(AppIdentity { app: spec.name.as_str().into(), node_id: spec.node_id, node_name: spec.node_name, domains });
+        let identity = Arc::new(AppIdentity {
+            app: spec.name.as_str().into(),
+            node_id: spec.node_id,
+            node_name: spec.node_name,
+            domains,
+        });
         tracing::info!(
             app = %spec.name,
             size = report.size,
@@ -239,7 +268,10 @@ impl Runtime {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, DeployError> {
-    std::fs::read(path).map_err(|source| DeployError::Read { path: path.to_owned(), source })
+    std::fs::read(path).map_err(|source| DeployError::Read {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn truncate(mut s: String, max: usize) -> String {
@@ -277,10 +309,26 @@ impl App {
     /// result, but a call already started runs to completion or to its caps
     /// (deadline, fuel) on its thread.
     pub async fn invoke(&self, events: Vec<Event>) -> Invocation {
-        let stats = InvokeStats { events: events.len(), ..InvokeStats::default() };
-        let permit = match self.inner.runtime.inner.permits.clone().acquire_owned().await {
+        let stats = InvokeStats {
+            events: events.len(),
+            ..InvokeStats::default()
+        };
+        let permit = match self
+            .inner
+            .runtime
+            .inner
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+        {
             Ok(p) => p,
-            Err(_) => return Invocation { result: Err(InvokeError::Host("runtime shut down".into())), stats },
+            Err(_) => {
+                return Invocation {
+                    result: Err(InvokeError::Host("runtime shut down".into())),
+                    stats,
+                };
+            }
         };
         let app = self.clone();
         match tokio::task::spawn_blocking(move || {
@@ -290,7 +338,10 @@ impl App {
         .await
         {
             Ok(invocation) => invocation,
-            Err(e) => Invocation { result: Err(InvokeError::Host(format!("invocation thread failed: {e}"))), stats },
+            Err(e) => Invocation {
+                result: Err(InvokeError::Host(format!("invocation thread failed: {e}"))),
+                stats,
+            },
         }
     }
 
@@ -308,7 +359,10 @@ impl App {
         store.set_hostcall_fuel(limits.hostcall_bytes);
         store.set_max_component_handles(limits.resource_table_entries);
         store.set_epoch_deadline(limits.deadline_ticks());
-        let mut stats = InvokeStats { events: events.len(), ..InvokeStats::default() };
+        let mut stats = InvokeStats {
+            events: events.len(),
+            ..InvokeStats::default()
+        };
         let raw = match store.set_fuel(limits.fuel) {
             Ok(()) => inner
                 .pre
@@ -329,7 +383,12 @@ impl App {
     }
 }
 
-fn validate(result: BatchResult, events: usize, max_effects: usize, stats: &mut InvokeStats) -> Result<Handled, InvokeError> {
+fn validate(
+    result: BatchResult,
+    events: usize,
+    max_effects: usize,
+    stats: &mut InvokeStats,
+) -> Result<Handled, InvokeError> {
     let BatchResult { outcomes, effects } = result;
     if outcomes.len() != events {
         return Err(InvokeError::ContractViolation(format!(
@@ -350,8 +409,15 @@ fn validate(result: BatchResult, events: usize, max_effects: usize, stats: &mut 
     for (i, effect) in effects.iter().enumerate() {
         if seen.insert(effect) {
             if seen.len() > max_effects {
-                let distinct = effects[i..].iter().collect::<HashSet<_>>().union(&seen).count();
-                return Err(InvokeError::EffectLimit { limit: max_effects, requested: distinct });
+                let distinct = effects[i..]
+                    .iter()
+                    .collect::<HashSet<_>>()
+                    .union(&seen)
+                    .count();
+                return Err(InvokeError::EffectLimit {
+                    limit: max_effects,
+                    requested: distinct,
+                });
             }
             keep.push(i);
         }
@@ -369,10 +435,15 @@ fn classify_error(e: &wasmtime::Error, state: &HostState, limits: &Limits) -> In
         return InvokeError::MemoryLimit { limit, requested };
     }
     if let Some((limit, requested)) = state.limiter.table_exceeded {
-        return InvokeError::ResourceLimit(format!("table grew to {requested} elements, the cap is {limit}"));
+        return InvokeError::ResourceLimit(format!(
+            "table grew to {requested} elements, the cap is {limit}"
+        ));
     }
     if e.is::<MemoryLimitExceeded>() {
-        return InvokeError::MemoryLimit { limit: limits.memory_bytes, requested: 0 };
+        return InvokeError::MemoryLimit {
+            limit: limits.memory_bytes,
+            requested: 0,
+        };
     }
     if e.is::<TableLimitExceeded>() {
         return InvokeError::ResourceLimit("table element limit exceeded".into());
@@ -380,16 +451,24 @@ fn classify_error(e: &wasmtime::Error, state: &HostState, limits: &Limits) -> In
     if let Some(trap) = e.downcast_ref::<Trap>() {
         match trap {
             Trap::OutOfFuel => return InvokeError::OutOfFuel { limit: limits.fuel },
-            Trap::Interrupt => return InvokeError::Timeout { deadline_ms: limits.deadline_ms },
+            Trap::Interrupt => {
+                return InvokeError::Timeout {
+                    deadline_ms: limits.deadline_ms,
+                };
+            }
             Trap::StackOverflow => return InvokeError::StackOverflow,
             _ => {}
         }
     }
     let message = format!("{e:#}");
     if message.contains("fuel allocated for hostcalls has been exhausted") {
-        return InvokeError::HostcallLimit { limit: limits.hostcall_bytes };
+        return InvokeError::HostcallLimit {
+            limit: limits.hostcall_bytes,
+        };
     }
-    if message.contains("handle") && message.contains("limit") || message.contains("resource table has no free") {
+    if message.contains("handle") && message.contains("limit")
+        || message.contains("resource table has no free")
+    {
         return InvokeError::ResourceLimit(truncate(message, MAX_TRAP_MESSAGE_BYTES));
     }
     InvokeError::Trap(truncate(message, MAX_TRAP_MESSAGE_BYTES))
@@ -408,35 +487,73 @@ mod tests {
         let mut stats = InvokeStats::default();
         let r = BatchResult {
             outcomes: vec![Outcome::Done, Outcome::Retry(5)],
-            effects: vec![restart("a"), restart("b"), restart("a"), Effect::Reload("a".into()), restart("b")],
+            effects: vec![
+                restart("a"),
+                restart("b"),
+                restart("a"),
+                Effect::Reload("a".into()),
+                restart("b"),
+            ],
         };
         let h = validate(r, 2, 64, &mut stats).unwrap();
-        assert_eq!(h.effects, vec![restart("a"), restart("b"), Effect::Reload("a".into())]);
+        assert_eq!(
+            h.effects,
+            vec![restart("a"), restart("b"), Effect::Reload("a".into())]
+        );
         assert_eq!(stats.effects_collapsed, 2);
     }
 
     #[test]
     fn validate_refuses_wrong_outcome_count() {
-        let r = BatchResult { outcomes: vec![Outcome::Done], effects: vec![] };
+        let r = BatchResult {
+            outcomes: vec![Outcome::Done],
+            effects: vec![],
+        };
         let e = validate(r, 2, 64, &mut InvokeStats::default()).unwrap_err();
-        assert_eq!(e, InvokeError::ContractViolation("1 outcomes for a batch of 2 events".into()));
+        assert_eq!(
+            e,
+            InvokeError::ContractViolation("1 outcomes for a batch of 2 events".into())
+        );
     }
 
     #[test]
     fn validate_caps_distinct_effects_after_collapsing() {
-        let same = BatchResult { outcomes: vec![], effects: vec![restart("x"); 1000] };
-        assert_eq!(validate(same, 0, 3, &mut InvokeStats::default()).unwrap().effects.len(), 1);
-        let distinct = BatchResult { outcomes: vec![], effects: (0..10).map(|i| restart(&i.to_string())).collect() };
+        let same = BatchResult {
+            outcomes: vec![],
+            effects: vec![restart("x"); 1000],
+        };
+        assert_eq!(
+            validate(same, 0, 3, &mut InvokeStats::default())
+                .unwrap()
+                .effects
+                .len(),
+            1
+        );
+        let distinct = BatchResult {
+            outcomes: vec![],
+            effects: (0..10).map(|i| restart(&i.to_string())).collect(),
+        };
         let e = validate(distinct, 0, 3, &mut InvokeStats::default()).unwrap_err();
-        assert_eq!(e, InvokeError::EffectLimit { limit: 3, requested: 10 });
+        assert_eq!(
+            e,
+            InvokeError::EffectLimit {
+                limit: 3,
+                requested: 10
+            }
+        );
     }
 
     #[test]
     fn validate_truncates_reasons_at_char_boundary() {
         let reason = "é".repeat(MAX_REJECT_REASON_BYTES);
-        let r = BatchResult { outcomes: vec![Outcome::Reject(reason)], effects: vec![] };
+        let r = BatchResult {
+            outcomes: vec![Outcome::Reject(reason)],
+            effects: vec![],
+        };
         let h = validate(r, 1, 64, &mut InvokeStats::default()).unwrap();
-        let Outcome::Reject(kept) = &h.outcomes[0] else { panic!("not a reject") };
+        let Outcome::Reject(kept) = &h.outcomes[0] else {
+            panic!("not a reject")
+        };
         assert!(kept.len() <= MAX_REJECT_REASON_BYTES + '…'.len_utf8());
         assert!(kept.ends_with('…'));
     }

@@ -74,19 +74,30 @@ fn check_header(bytes: &[u8]) -> Result<(), DeployError> {
             "this is a core wasm module; build the handler for wasm32-wasip2 (which emits a component)".into(),
         ))
     } else if bytes.starts_with(b"\0asm") {
-        Err(DeployError::NotAComponent("unsupported wasm binary version".into()))
+        Err(DeployError::NotAComponent(
+            "unsupported wasm binary version".into(),
+        ))
     } else {
-        Err(DeployError::NotAComponent("missing the wasm magic number (not a wasm file, or truncated)".into()))
+        Err(DeployError::NotAComponent(
+            "missing the wasm magic number (not a wasm file, or truncated)".into(),
+        ))
     }
 }
 
 impl ArtifactCache {
     pub(crate) fn new(dir: Option<PathBuf>) -> Result<Self, DeployError> {
         if let Some(dir) = &dir {
-            create_private_dir(dir)
-                .map_err(|e| DeployError::Cache(format!("failed to create cache directory {}: {e}", dir.display())))?;
+            create_private_dir(dir).map_err(|e| {
+                DeployError::Cache(format!(
+                    "failed to create cache directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
         }
-        Ok(Self { dir, memory: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            dir,
+            memory: Mutex::new(HashMap::new()),
+        })
     }
 
     fn key(engine: &Engine, bytes: &[u8]) -> String {
@@ -109,12 +120,25 @@ impl ArtifactCache {
     ) -> Result<Loaded, DeployError> {
         let start = Instant::now();
         if bytes.len() > max_bytes {
-            return Err(DeployError::TooLarge { size: bytes.len(), cap: max_bytes });
+            return Err(DeployError::TooLarge {
+                size: bytes.len(),
+                cap: max_bytes,
+            });
         }
         check_header(bytes)?;
         let key = Self::key(engine, bytes);
-        let done = |component: Component, source| Loaded { component, key: key.clone(), source, elapsed: start.elapsed() };
-        if let Some(c) = self.memory.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
+        let done = |component: Component, source| Loaded {
+            component,
+            key: key.clone(),
+            source,
+            elapsed: start.elapsed(),
+        };
+        if let Some(c) = self
+            .memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
             return Ok(done(c.clone(), LoadSource::Memory));
         }
         if let Some(c) = self.load_disk(engine, &key) {
@@ -130,12 +154,18 @@ impl ArtifactCache {
     }
 
     fn remember(&self, key: &str, component: &Component) {
-        self.memory.lock().unwrap_or_else(PoisonError::into_inner).insert(key.to_owned(), component.clone());
+        self.memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.to_owned(), component.clone());
     }
 
     fn paths(&self, key: &str) -> Option<(PathBuf, PathBuf)> {
         let dir = self.dir.as_ref()?;
-        Some((dir.join(format!("{key}.cwasm")), dir.join(format!("{key}.sha256"))))
+        Some((
+            dir.join(format!("{key}.cwasm")),
+            dir.join(format!("{key}.sha256")),
+        ))
     }
 
     fn load_disk(&self, engine: &Engine, key: &str) -> Option<Component> {
@@ -165,16 +195,25 @@ impl ArtifactCache {
 
     fn store_disk(&self, key: &str, component: &Component) -> anyhow::Result<()> {
         use anyhow::Context as _;
-        let Some((artifact, sidecar)) = self.paths(key) else { return Ok(()) };
-        let bytes = component.serialize().map_err(anyhow::Error::from).context("failed to serialize component")?;
+        let Some((artifact, sidecar)) = self.paths(key) else {
+            return Ok(());
+        };
+        let bytes = component
+            .serialize()
+            .map_err(anyhow::Error::from)
+            .context("failed to serialize component")?;
         let digest = hex::encode(Sha256::digest(&bytes));
         let dir = artifact.parent().context("cache path has no parent")?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).context("failed to create temporary artifact")?;
+        let mut tmp =
+            tempfile::NamedTempFile::new_in(dir).context("failed to create temporary artifact")?;
         std::io::Write::write_all(&mut tmp, &bytes).context("failed to write artifact")?;
-        tmp.persist(&artifact).context("failed to rename artifact into place")?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).context("failed to create temporary digest")?;
+        tmp.persist(&artifact)
+            .context("failed to rename artifact into place")?;
+        let mut tmp =
+            tempfile::NamedTempFile::new_in(dir).context("failed to create temporary digest")?;
         std::io::Write::write_all(&mut tmp, digest.as_bytes()).context("failed to write digest")?;
-        tmp.persist(&sidecar).context("failed to rename digest into place")?;
+        tmp.persist(&sidecar)
+            .context("failed to rename digest into place")?;
         Ok(())
     }
 }
@@ -194,7 +233,9 @@ fn compile(engine: &Engine, bytes: &[u8], timeout: Duration) -> Result<Component
         Ok(Err(e)) => Err(DeployError::Compile(format!("{e:#}"))),
         // The thread keeps compiling until cranelift finishes; its result is
         // dropped. Compilation cannot be interrupted.
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(DeployError::CompileTimeout(timeout)),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            Err(DeployError::CompileTimeout(timeout))
+        }
         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
             Err(DeployError::Compile("the compile thread panicked".into()))
         }
@@ -205,7 +246,10 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
     }
     #[cfg(not(unix))]
     {

@@ -47,7 +47,10 @@ pub fn classify(name: &str) -> Grant {
     let iface = unversioned(name);
     let (package, _) = iface.split_once('/').unwrap_or((iface, ""));
     match iface {
-        "weir:handler/node" | "weir:handler/domains" | "weir:handler/log" | "weir:handler/types" => {
+        "weir:handler/node"
+        | "weir:handler/domains"
+        | "weir:handler/log"
+        | "weir:handler/types" => {
             return Grant::Provided;
         }
         "wasi:cli/stdout" | "wasi:cli/stderr" => return Grant::Provided,
@@ -64,14 +67,20 @@ pub fn classify(name: &str) -> Grant {
         "wasi:sockets/network" | "wasi:sockets/instance-network" => {
             return Grant::Denied("every address is refused");
         }
-        "wasi:sockets/tcp" | "wasi:sockets/tcp-create-socket" => return Grant::Denied("TCP is disabled"),
-        "wasi:sockets/udp" | "wasi:sockets/udp-create-socket" => return Grant::Denied("UDP is disabled"),
+        "wasi:sockets/tcp" | "wasi:sockets/tcp-create-socket" => {
+            return Grant::Denied("TCP is disabled");
+        }
+        "wasi:sockets/udp" | "wasi:sockets/udp-create-socket" => {
+            return Grant::Denied("UDP is disabled");
+        }
         "wasi:sockets/ip-name-lookup" => return Grant::Denied("name lookup is disabled"),
         _ => {}
     }
     match package {
         "wasi:io" | "wasi:clocks" | "wasi:random" => Grant::Provided,
-        "wasi:http" => Grant::Refused("weir provides no HTTP: handlers return effects instead".into()),
+        "wasi:http" => {
+            Grant::Refused("weir provides no HTTP: handlers return effects instead".into())
+        }
         _ if package.starts_with("weir:") => Grant::Refused("not part of weir:handler@0.1".into()),
         _ => Grant::Refused("weir does not provide this interface".into()),
     }
@@ -131,18 +140,25 @@ pub(crate) fn inspect(
     let mut problems = Vec::new();
     let imports: Vec<ImportReport> = ty
         .imports(engine)
-        .map(|(name, _)| ImportReport { name: name.to_owned(), grant: classify(name) })
+        .map(|(name, _)| ImportReport {
+            name: name.to_owned(),
+            grant: classify(name),
+        })
         .collect();
     for import in &imports {
         if let Grant::Refused(why) = &import.grant {
             problems.push(format!("import `{}` refused: {why}", import.name));
         }
     }
-    let exports: Vec<(String, &'static str)> = ty.exports(engine).map(|(n, item)| (n.to_owned(), kind(&item.ty))).collect();
+    let exports: Vec<(String, &'static str)> = ty
+        .exports(engine)
+        .map(|(n, item)| (n.to_owned(), kind(&item.ty)))
+        .collect();
     match exports.iter().find(|(n, _)| n == "handle") {
         Some((_, "func")) => {}
         Some((_, other)) => problems.push(format!("export `handle` is a {other}, expected a func")),
-        None => problems.push("missing export `handle` (the weir:handler world's entry point)".to_owned()),
+        None => problems
+            .push("missing export `handle` (the weir:handler world's entry point)".to_owned()),
     }
     (imports, exports, problems)
 }
@@ -160,7 +176,10 @@ mod tests {
         assert_eq!(classify("wasi:cli/environment@0.2.6").label(), "denied");
         assert_eq!(classify("wasi:filesystem/types@0.2.6").label(), "denied");
         assert_eq!(classify("wasi:sockets/tcp@0.2.6").label(), "denied");
-        assert_eq!(classify("wasi:http/outgoing-handler@0.2.6").label(), "refused");
+        assert_eq!(
+            classify("wasi:http/outgoing-handler@0.2.6").label(),
+            "refused"
+        );
         assert_eq!(classify("acme:vault/secrets@1.0.0").label(), "refused");
         assert_eq!(classify("weir:handler/kv@0.2.0").label(), "refused");
         assert_eq!(classify("plain-name").label(), "refused");

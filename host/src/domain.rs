@@ -37,7 +37,12 @@ pub fn normalize(name: &str) -> Result<String, DomainError> {
         return Ok(name.to_owned());
     }
     let ascii = Uts46::new()
-        .to_ascii(name.as_bytes(), AsciiDenyList::STD3, Hyphens::Allow, DnsLength::VerifyAllowRootDot)
+        .to_ascii(
+            name.as_bytes(),
+            AsciiDenyList::STD3,
+            Hyphens::Allow,
+            DnsLength::VerifyAllowRootDot,
+        )
         .map_err(|_| DomainError::Invalid(name.to_owned()))?;
     let trimmed = ascii.strip_suffix('.').unwrap_or(&ascii);
     if trimmed.is_empty() {
@@ -74,7 +79,9 @@ fn is_normal_ascii(name: &str) -> bool {
             && !label.starts_with("xn--")
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     })
 }
 
@@ -116,7 +123,11 @@ impl DomainSet {
                 Err(e) => errors.push(e),
             }
         }
-        if errors.is_empty() { Ok(set) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(set)
+        } else {
+            Err(errors)
+        }
     }
 
     /// The normalised entries in configuration order (wildcards as `*.suffix`).
@@ -139,7 +150,9 @@ impl DomainSet {
             return true;
         }
         match name.split_once('.') {
-            Some((_, rest)) if !self.wildcard_suffixes.is_empty() => self.wildcard_suffixes.contains(rest),
+            Some((_, rest)) if !self.wildcard_suffixes.is_empty() => {
+                self.wildcard_suffixes.contains(rest)
+            }
             _ => false,
         }
     }
@@ -151,7 +164,10 @@ mod tests {
 
     #[test]
     fn normalises_case_trailing_dot_and_idn() {
-        assert_eq!(normalize("Dom01.Example.ORG.").unwrap(), "dom01.example.org");
+        assert_eq!(
+            normalize("Dom01.Example.ORG.").unwrap(),
+            "dom01.example.org"
+        );
         assert_eq!(normalize("bücher.de").unwrap(), "xn--bcher-kva.de");
         assert_eq!(normalize("BÜCHER.de").unwrap(), "xn--bcher-kva.de");
         assert_eq!(normalize("xn--bcher-kva.de").unwrap(), "xn--bcher-kva.de");
@@ -172,15 +188,26 @@ mod tests {
 
     #[test]
     fn patterns_keep_the_wildcard_label() {
-        assert_eq!(normalize_pattern("*.EXAMPLE.org.").unwrap(), "*.example.org");
-        assert_eq!(normalize_pattern("Mail.example.org").unwrap(), "mail.example.org");
+        assert_eq!(
+            normalize_pattern("*.EXAMPLE.org.").unwrap(),
+            "*.example.org"
+        );
+        assert_eq!(
+            normalize_pattern("Mail.example.org").unwrap(),
+            "mail.example.org"
+        );
         assert!(normalize_pattern("*.bad_name").is_err());
         assert!(normalize_pattern("a.*.example.org").is_err());
     }
 
     #[test]
     fn normalisation_is_idempotent() {
-        for name in ["Dom01.Example.ORG.", "bücher.de", "example\u{FF0E}com", "a-b.c"] {
+        for name in [
+            "Dom01.Example.ORG.",
+            "bücher.de",
+            "example\u{FF0E}com",
+            "a-b.c",
+        ] {
             let once = normalize(name).unwrap();
             assert_eq!(normalize(&once).unwrap(), once);
         }

@@ -109,7 +109,10 @@ impl EngineConfig {
             ));
         }
         if self.max_wasm_stack_bytes < 64 << 10 {
-            p.push(format!("max_wasm_stack_bytes = {} is below 64 KiB", self.max_wasm_stack_bytes));
+            p.push(format!(
+                "max_wasm_stack_bytes = {} is below 64 KiB",
+                self.max_wasm_stack_bytes
+            ));
         }
         if self.compile_timeout_ms == 0 {
             p.push("compile_timeout_ms must be greater than 0".to_owned());
@@ -231,7 +234,8 @@ impl Runtime {
     }
 
     fn on_demand(config: &EngineConfig) -> Result<Engine, DeployError> {
-        Engine::new(&base_config(config)).map_err(|e| DeployError::Config(vec![format!("failed to create engine: {e}")]))
+        Engine::new(&base_config(config))
+            .map_err(|e| DeployError::Config(vec![format!("failed to create engine: {e}")]))
     }
 
     /// The wasmtime engine (for benches and tools that compare against raw
@@ -261,15 +265,17 @@ impl Runtime {
 /// dropped.
 fn spawn_epoch_ticker(engine: &Engine) {
     let weak = engine.weak();
-    let spawned = std::thread::Builder::new().name("weir-epoch".into()).spawn(move || {
-        loop {
-            std::thread::sleep(EPOCH_TICK);
-            match weak.upgrade() {
-                Some(engine) => engine.increment_epoch(),
-                None => break,
+    let spawned = std::thread::Builder::new()
+        .name("weir-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
             }
-        }
-    });
+        });
     if let Err(e) = spawned {
         // Without the ticker deadlines never fire; fuel still bounds guests.
         tracing::error!(error = %e, "failed to start the epoch ticker: deadlines disabled");
@@ -294,7 +300,12 @@ mod tests {
 
     #[test]
     fn config_problems_all_at_once() {
-        let c = EngineConfig { pool_instances: 0, compile_timeout_ms: 0, max_memory_bytes: 1, ..Default::default() };
+        let c = EngineConfig {
+            pool_instances: 0,
+            compile_timeout_ms: 0,
+            max_memory_bytes: 1,
+            ..Default::default()
+        };
         assert_eq!(c.problems().len(), 3, "{:?}", c.problems());
         let err = Runtime::new(c).unwrap_err();
         assert!(matches!(err, DeployError::Config(p) if p.len() == 3));

@@ -111,14 +111,22 @@ impl NodeRef {
 /// [`MAX_DOMAINS_PER_EVENT`] domains.
 pub fn parse(payload: &[u8], max_bytes: usize) -> Result<Envelope, EnvelopeError> {
     if payload.len() > max_bytes {
-        return Err(EnvelopeError::TooLarge { size: payload.len(), cap: max_bytes });
+        return Err(EnvelopeError::TooLarge {
+            size: payload.len(),
+            cap: max_bytes,
+        });
     }
     let looks_like_object = payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
     if !looks_like_object {
         return Ok(Envelope::default());
     }
-    let raw: Raw = serde_json::from_slice(payload).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
-    let origin_node = raw.node_id.as_ref().or(raw.node.as_ref()).and_then(NodeRef::id);
+    let raw: Raw =
+        serde_json::from_slice(payload).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+    let origin_node = raw
+        .node_id
+        .as_ref()
+        .or(raw.node.as_ref())
+        .and_then(NodeRef::id);
     let mut names: Vec<String> = Vec::new();
     if let Some(DomainList::List(items)) = raw.domains {
         if items.len() > MAX_DOMAINS_PER_EVENT {
@@ -142,7 +150,10 @@ pub fn parse(payload: &[u8], max_bytes: usize) -> Result<Envelope, EnvelopeError
             domains.push(normal);
         }
     }
-    Ok(Envelope { origin_node, domains })
+    Ok(Envelope {
+        origin_node,
+        domains,
+    })
 }
 
 /// Metadata of an event that does not come from its payload.
@@ -168,7 +179,11 @@ pub struct EventMeta {
 /// # Errors
 ///
 /// As [`parse`].
-pub fn event(meta: EventMeta, payload: Vec<u8>, max_payload_bytes: usize) -> Result<Event, EnvelopeError> {
+pub fn event(
+    meta: EventMeta,
+    payload: Vec<u8>,
+    max_payload_bytes: usize,
+) -> Result<Event, EnvelopeError> {
     let envelope = parse(&payload, max_payload_bytes)?;
     Ok(Event {
         id: meta.id,
@@ -212,7 +227,10 @@ mod tests {
         assert_eq!(p(r#"{"node_id": -1}"#).unwrap().origin_node, None);
         assert_eq!(p(r#"{"node_id": 99999999999}"#).unwrap().origin_node, None);
         // A null `node_id` counts as absent: `node` is used.
-        assert_eq!(p(r#"{"node_id": null, "node": 2}"#).unwrap().origin_node, Some(2));
+        assert_eq!(
+            p(r#"{"node_id": null, "node": 2}"#).unwrap().origin_node,
+            Some(2)
+        );
         assert_eq!(p(r#"{"module": "traefik4"}"#).unwrap().origin_node, None);
     }
 
@@ -227,15 +245,30 @@ mod tests {
 
     #[test]
     fn malformed_and_oversized_payloads_are_errors() {
-        assert!(matches!(p(r#"{"node_id": 4"#), Err(EnvelopeError::Malformed(_))));
-        assert!(matches!(p(r#"{"node_id": 1, "node_id": 2}"#), Err(EnvelopeError::Malformed(_))));
+        assert!(matches!(
+            p(r#"{"node_id": 4"#),
+            Err(EnvelopeError::Malformed(_))
+        ));
+        assert!(matches!(
+            p(r#"{"node_id": 1, "node_id": 2}"#),
+            Err(EnvelopeError::Malformed(_))
+        ));
         // 10,000-deep nesting: refused in a field weir reads (serde_json's
         // recursion limit), skipped without recursion in one it ignores.
-        let deep = |key: &str| format!("{{\"{key}\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
-        assert!(matches!(p(&deep("domains")), Err(EnvelopeError::Malformed(m)) if m.contains("recursion limit")));
-        assert!(matches!(p(&deep("node_id")), Err(EnvelopeError::Malformed(_))));
+        let deep =
+            |key: &str| format!("{{\"{key}\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(
+            matches!(p(&deep("domains")), Err(EnvelopeError::Malformed(m)) if m.contains("recursion limit"))
+        );
+        assert!(matches!(
+            p(&deep("node_id")),
+            Err(EnvelopeError::Malformed(_))
+        ));
         assert_eq!(p(&deep("other")), Ok(Envelope::default()));
-        assert_eq!(parse(b"{}", 1), Err(EnvelopeError::TooLarge { size: 2, cap: 1 }));
+        assert_eq!(
+            parse(b"{}", 1),
+            Err(EnvelopeError::TooLarge { size: 2, cap: 1 })
+        );
     }
 
     #[test]
@@ -245,6 +278,9 @@ mod tests {
         let e = p(r#"{"domains": ["ok.org", 5, "bad_name"]}"#).unwrap();
         assert_eq!(e.domains, ["ok.org", "bad_name"]);
         // An out-of-range number in a field weir ignores is skipped.
-        assert_eq!(p(r#"{"x": 1e400, "node": 3}"#).unwrap().origin_node, Some(3));
+        assert_eq!(
+            p(r#"{"x": 1e400, "node": 3}"#).unwrap().origin_node,
+            Some(3)
+        );
     }
 }

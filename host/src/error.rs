@@ -80,7 +80,9 @@ pub enum InvokeError {
         deadline_ms: u64,
     },
     /// The instance tried to grow its linear memory past the cap.
-    #[error("memory limit: the instance asked for {requested} bytes of linear memory, the cap is {limit}")]
+    #[error(
+        "memory limit: the instance asked for {requested} bytes of linear memory, the cap is {limit}"
+    )]
     MemoryLimit {
         /// Cap in bytes (whole instance).
         limit: usize,

@@ -45,7 +45,11 @@ impl LogWindow {
         Self {
             lines_per_minute: limits.log_lines_per_minute,
             bytes_per_minute: limits.log_bytes_per_minute,
-            state: Mutex::new(WindowState { start: Instant::now(), lines: 0, bytes: 0 }),
+            state: Mutex::new(WindowState {
+                start: Instant::now(),
+                lines: 0,
+                bytes: 0,
+            }),
         }
     }
 
@@ -53,7 +57,11 @@ impl LogWindow {
     fn admit(&self, bytes: u64) -> bool {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if s.start.elapsed() >= LOG_WINDOW {
-            *s = WindowState { start: Instant::now(), lines: 0, bytes: 0 };
+            *s = WindowState {
+                start: Instant::now(),
+                lines: 0,
+                bytes: 0,
+            };
         }
         if s.lines >= self.lines_per_minute || s.bytes + bytes > self.bytes_per_minute {
             return false;
@@ -92,7 +100,10 @@ impl Buffer {
     fn line(&mut self, level: Level, raw: &[u8]) {
         let c = &mut self.counts;
         let cost = raw.len().min(MAX_LOG_LINE_BYTES) as u64;
-        if c.lines >= self.lines_per_batch || c.bytes + cost > self.bytes_per_batch || !self.window.admit(cost) {
+        if c.lines >= self.lines_per_batch
+            || c.bytes + cost > self.bytes_per_batch
+            || !self.window.admit(cost)
+        {
             c.dropped_lines += 1;
             c.dropped_bytes += raw.len() as u64;
             return;
@@ -107,7 +118,11 @@ impl Buffer {
         let level = if stderr { Level::Warn } else { Level::Info };
         let mut rest = bytes;
         while !rest.is_empty() {
-            let pending = if stderr { &mut self.stderr } else { &mut self.stdout };
+            let pending = if stderr {
+                &mut self.stderr
+            } else {
+                &mut self.stdout
+            };
             let (chunk, newline, tail) = match rest.iter().position(|&b| b == b'\n') {
                 Some(i) => (&rest[..i], true, &rest[i + 1..]),
                 None => (rest, false, &[][..]),
@@ -132,7 +147,11 @@ impl Buffer {
 
     fn finish(&mut self) -> LogCounts {
         for stderr in [false, true] {
-            let pending = std::mem::take(if stderr { &mut self.stderr } else { &mut self.stdout });
+            let pending = std::mem::take(if stderr {
+                &mut self.stderr
+            } else {
+                &mut self.stdout
+            });
             if !pending.is_empty() {
                 self.line(if stderr { Level::Warn } else { Level::Info }, &pending);
             }
@@ -222,7 +241,10 @@ impl LogSink {
 
     /// A WASI stdout (`stderr == false`) or stderr stream into this sink.
     pub(crate) fn stdio(&self, stderr: bool) -> StdioLog {
-        StdioLog { sink: self.clone(), stderr }
+        StdioLog {
+            sink: self.clone(),
+            stderr,
+        }
     }
 }
 
@@ -240,11 +262,17 @@ impl IsTerminal for StdioLog {
 
 impl StdoutStream for StdioLog {
     fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(StdioLog { sink: self.sink.clone(), stderr: self.stderr })
+        Box::new(StdioLog {
+            sink: self.sink.clone(),
+            stderr: self.stderr,
+        })
     }
 
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(StdioLog { sink: self.sink.clone(), stderr: self.stderr })
+        Box::new(StdioLog {
+            sink: self.sink.clone(),
+            stderr: self.stderr,
+        })
     }
 }
 
@@ -298,7 +326,11 @@ mod tests {
     use super::*;
 
     fn sink(lines: u32, bytes: u64) -> LogSink {
-        let limits = Limits { log_lines_per_batch: lines, log_bytes_per_batch: bytes, ..Limits::default() };
+        let limits = Limits {
+            log_lines_per_batch: lines,
+            log_bytes_per_batch: bytes,
+            ..Limits::default()
+        };
         LogSink::new("t".into(), Arc::new(LogWindow::new(&limits)), &limits)
     }
 
@@ -329,7 +361,10 @@ mod tests {
 
     #[test]
     fn minute_window_spans_batches() {
-        let limits = Limits { log_lines_per_minute: 5, ..Limits::default() };
+        let limits = Limits {
+            log_lines_per_minute: 5,
+            ..Limits::default()
+        };
         let window = Arc::new(LogWindow::new(&limits));
         let a = LogSink::new("t".into(), window.clone(), &limits);
         for _ in 0..4 {

@@ -54,7 +54,7 @@ pub mod guest_log;
 pub mod limits;
 mod state;
 
-pub use app::{App, AppSpec, Handled, InvokeStats, Invocation};
+pub use app::{App, AppSpec, Handled, Invocation, InvokeStats};
 pub use bindings::{BatchResult, Effect, Event, Message, Outcome};
 pub use cache::LoadSource;
 pub use check::{CheckReport, Grant, ImportReport};
@@ -85,13 +85,19 @@ pub mod raw {
 
     impl Default for RawState {
         fn default() -> Self {
-            Self { wasi: WasiCtx::builder().build(), table: ResourceTable::new() }
+            Self {
+                wasi: WasiCtx::builder().build(),
+                table: ResourceTable::new(),
+            }
         }
     }
 
     impl WasiView for RawState {
         fn ctx(&mut self) -> WasiCtxView<'_> {
-            WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+            WasiCtxView {
+                ctx: &mut self.wasi,
+                table: &mut self.table,
+            }
         }
     }
 

@@ -188,7 +188,10 @@ mod tests {
 
     #[test]
     fn deadline_rounds_up_and_adds_one_tick() {
-        let mut l = Limits { deadline_ms: 200, ..Limits::default() };
+        let mut l = Limits {
+            deadline_ms: 200,
+            ..Limits::default()
+        };
         assert_eq!(l.deadline_ticks(), 21);
         l.deadline_ms = 201;
         assert_eq!(l.deadline_ticks(), 22);
@@ -196,7 +199,12 @@ mod tests {
 
     #[test]
     fn problems_reports_all_at_once() {
-        let l = Limits { fuel: 0, deadline_ms: 0, memory_bytes: 10, ..Limits::default() };
+        let l = Limits {
+            fuel: 0,
+            deadline_ms: 0,
+            memory_bytes: 10,
+            ..Limits::default()
+        };
         let p = l.problems(5);
         assert_eq!(p.len(), 3, "{p:?}");
         assert!(p[2].contains("memory_bytes = 10 exceeds the engine's memory slot of 5"));

@@ -20,7 +20,11 @@ use weir_host::{AppSpec, CheckReport, Effect, EngineConfig, Grant, Limits, Outco
 const DEFAULT_INVOKE_BATCH: usize = 64;
 
 #[derive(Parser)]
-#[command(name = "weir", version, about = "Run sandboxed WebAssembly event handlers for cluster events")]
+#[command(
+    name = "weir",
+    version,
+    about = "Run sandboxed WebAssembly event handlers for cluster events"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -95,7 +99,10 @@ fn main() -> ExitCode {
 
 fn runtime() -> anyhow::Result<Runtime> {
     // The CLI runs one app: a small pool is enough.
-    Ok(Runtime::new(EngineConfig { pool_instances: 4, ..EngineConfig::default() })?)
+    Ok(Runtime::new(EngineConfig {
+        pool_instances: 4,
+        ..EngineConfig::default()
+    })?)
 }
 
 fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
@@ -121,7 +128,12 @@ fn print_report(path: &std::path::Path, report: &CheckReport) -> std::io::Result
         report.load_time.as_millis()
     )?;
     writeln!(out, "imports:")?;
-    let width = report.imports.iter().map(|i| i.name.len()).max().unwrap_or(0);
+    let width = report
+        .imports
+        .iter()
+        .map(|i| i.name.len())
+        .max()
+        .unwrap_or(0);
     for import in &report.imports {
         let why = match &import.grant {
             Grant::Provided => String::new(),
@@ -138,7 +150,11 @@ fn print_report(path: &std::path::Path, report: &CheckReport) -> std::io::Result
     let verdict = if report.deployable() {
         "deployable".to_owned()
     } else {
-        format!("refused ({} problem{})", report.problems.len(), if report.problems.len() == 1 { "" } else { "s" })
+        format!(
+            "refused ({} problem{})",
+            report.problems.len(),
+            if report.problems.len() == 1 { "" } else { "s" }
+        )
     };
     writeln!(out, "verdict: {verdict}")
 }
@@ -171,7 +187,9 @@ fn effect_json(e: &Effect) -> Value {
     match e {
         Effect::Restart(unit) => json!({ "restart": unit }),
         Effect::Reload(unit) => json!({ "reload": unit }),
-        Effect::Publish(m) => json!({ "publish": m.name, "payload": String::from_utf8_lossy(&m.payload) }),
+        Effect::Publish(m) => {
+            json!({ "publish": m.name, "payload": String::from_utf8_lossy(&m.payload) })
+        }
     }
 }
 
@@ -180,13 +198,20 @@ fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.batch > 0, "--batch must be greater than 0");
     let limits: Limits = match &args.limits {
         Some(path) => toml::from_str(
-            &std::fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))?,
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("failed to read {}", path.display()))?,
         )
         .with_context(|| format!("failed to parse limits {}", path.display()))?,
         None => Limits::default(),
     };
     let rt = runtime()?;
-    let mut spec = AppSpec::new(&args.app, args.node_id, args.node_name.clone().unwrap_or(format!("node{}", args.node_id)));
+    let mut spec = AppSpec::new(
+        &args.app,
+        args.node_id,
+        args.node_name
+            .clone()
+            .unwrap_or(format!("node{}", args.node_id)),
+    );
     spec.domains = args.domains.clone();
     spec.limits = limits;
     let app = rt.deploy_file(spec, &args.component)?;
@@ -195,7 +220,8 @@ fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
         Box::new(std::io::stdin().lock())
     } else {
         Box::new(std::io::BufReader::new(
-            std::fs::File::open(&args.events).with_context(|| format!("failed to open {}", args.events.display()))?,
+            std::fs::File::open(&args.events)
+                .with_context(|| format!("failed to open {}", args.events.display()))?,
         ))
     };
     let mut events = Vec::new();
@@ -205,7 +231,8 @@ fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
         if line.trim().is_empty() {
             continue;
         }
-        let e: EventLine = serde_json::from_str(&line).with_context(|| format!("line {}: not an event", n + 1))?;
+        let e: EventLine =
+            serde_json::from_str(&line).with_context(|| format!("line {}: not an event", n + 1))?;
         if !args.only.is_empty() && !args.only.contains(&e.name) {
             continue;
         }
@@ -217,7 +244,11 @@ fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
             sequence: e.seq,
             published_ms: e.t_ms,
         };
-        match envelope::event(meta, e.payload.into_bytes(), envelope::DEFAULT_MAX_PAYLOAD_BYTES) {
+        match envelope::event(
+            meta,
+            e.payload.into_bytes(),
+            envelope::DEFAULT_MAX_PAYLOAD_BYTES,
+        ) {
             Ok(event) => events.push(event),
             Err(err) => {
                 invalid += 1;
@@ -258,5 +289,9 @@ fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
         failed,
         invalid
     );
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

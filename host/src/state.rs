@@ -53,7 +53,12 @@ pub(crate) struct MemoryLimitExceeded;
 pub(crate) struct TableLimitExceeded;
 
 impl wasmtime::ResourceLimiter for InstanceLimiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let total = self.memory_total - current.min(self.memory_total) + desired;
         if total > self.memory_limit {
             self.memory_exceeded = Some((self.memory_limit, total));
@@ -64,7 +69,12 @@ impl wasmtime::ResourceLimiter for InstanceLimiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.table_elements {
             self.table_exceeded = Some((self.table_elements, desired));
             return Err(wasmtime::Error::new(TableLimitExceeded));
@@ -128,7 +138,10 @@ impl HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 

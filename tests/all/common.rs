@@ -30,7 +30,9 @@ pub fn deploy_on(name: &str, path: &str, node: u32, domains: &[&str], limits: Li
     let mut spec = AppSpec::new(name, node, format!("node{node}"));
     spec.domains = domains.iter().map(|d| d.to_string()).collect();
     spec.limits = limits;
-    runtime().deploy_file(spec, path.as_ref()).unwrap_or_else(|e| panic!("deploy {name}: {e}"))
+    runtime()
+        .deploy_file(spec, path.as_ref())
+        .unwrap_or_else(|e| panic!("deploy {name}: {e}"))
 }
 
 /// An event `name` from `source` with `payload`, attempt 1.
@@ -50,7 +52,12 @@ pub fn event_attempt(name: &str, source: &str, payload: &str, attempt: u32) -> E
         sequence,
         published_ms: 0,
     };
-    envelope::event(meta, payload.as_bytes().to_vec(), envelope::DEFAULT_MAX_PAYLOAD_BYTES).expect("valid event")
+    envelope::event(
+        meta,
+        payload.as_bytes().to_vec(),
+        envelope::DEFAULT_MAX_PAYLOAD_BYTES,
+    )
+    .expect("valid event")
 }
 
 /// A one-event batch whose payload is `payload` (the fixtures' directive).
@@ -61,7 +68,12 @@ pub fn directive(payload: &str) -> Vec<Event> {
 /// Resident set size of this process in bytes (Linux `/proc/self/statm`).
 pub fn rss_bytes() -> usize {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
-    let pages: usize = statm.split_whitespace().nth(1).expect("rss field").parse().expect("rss number");
+    let pages: usize = statm
+        .split_whitespace()
+        .nth(1)
+        .expect("rss field")
+        .parse()
+        .expect("rss number");
     pages * 4096
 }
 
@@ -73,8 +85,15 @@ pub fn examples_dir() -> PathBuf {
 /// A bystander app (echo) answers normally: call after a hostile batch.
 pub fn assert_bystander_serves() {
     static BYSTANDER: OnceLock<App> = OnceLock::new();
-    let app = BYSTANDER.get_or_init(|| deploy("bystander", weir_test_artifacts::ECHO, Limits::default()));
-    let inv = app.invoke_blocking(&[event("test", "cluster", "hello"), event("test", "cluster", "retry:7")]);
+    let app =
+        BYSTANDER.get_or_init(|| deploy("bystander", weir_test_artifacts::ECHO, Limits::default()));
+    let inv = app.invoke_blocking(&[
+        event("test", "cluster", "hello"),
+        event("test", "cluster", "retry:7"),
+    ]);
     let handled = inv.result.expect("bystander must be served");
-    assert_eq!(handled.outcomes, vec![weir_host::Outcome::Done, weir_host::Outcome::Retry(7)]);
+    assert_eq!(
+        handled.outcomes,
+        vec![weir_host::Outcome::Done, weir_host::Outcome::Retry(7)]
+    );
 }

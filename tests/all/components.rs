@@ -28,12 +28,26 @@ weir_test_artifacts::foreach_component!(component_test);
 
 /// The hostile batch fails with `expected`, then a well-behaved batch of the
 /// same app and a bystander's batch succeed.
-fn stopped_then_recovers(app: &App, hostile: &str, expected: impl Fn(&InvokeError) -> bool) -> Duration {
+fn stopped_then_recovers(
+    app: &App,
+    hostile: &str,
+    expected: impl Fn(&InvokeError) -> bool,
+) -> Duration {
     let inv = app.invoke_blocking(&directive(hostile));
     let err = inv.result.expect_err("hostile batch must fail");
-    assert!(expected(&err), "unexpected error for {}: {err:?}", app.name());
+    assert!(
+        expected(&err),
+        "unexpected error for {}: {err:?}",
+        app.name()
+    );
     let again = app.invoke_blocking(&directive("ok"));
-    assert_eq!(again.result.expect("next batch on a fresh instance").outcomes, vec![Outcome::Done]);
+    assert_eq!(
+        again
+            .result
+            .expect("next batch on a fresh instance")
+            .outcomes,
+        vec![Outcome::Done]
+    );
     assert_bystander_serves();
     inv.stats.elapsed
 }
@@ -54,7 +68,13 @@ mod fixtures {
         let handled = inv.result.unwrap();
         assert_eq!(
             handled.outcomes,
-            vec![Outcome::Done, Outcome::Retry(250), Outcome::Reject("not today".into()), Outcome::Done, Outcome::Done]
+            vec![
+                Outcome::Done,
+                Outcome::Retry(250),
+                Outcome::Reject("not today".into()),
+                Outcome::Done,
+                Outcome::Done
+            ]
         );
         assert_eq!(handled.effects, vec![Effect::Restart("a.service".into())]);
         assert!(inv.stats.fuel_consumed > 0);
@@ -65,7 +85,11 @@ mod fixtures {
 
     pub fn trap(path: &str) {
         let app = deploy("trap", path, Limits::default());
-        stopped_then_recovers(&app, "panic", |e| matches!(e, InvokeError::Trap(m) if m.contains("unreachable")));
+        stopped_then_recovers(
+            &app,
+            "panic",
+            |e| matches!(e, InvokeError::Trap(m) if m.contains("unreachable")),
+        );
         stopped_then_recovers(&app, "unreachable", |e| matches!(e, InvokeError::Trap(_)));
         // The guest's panic message reached the log (stderr) and was counted.
         let inv = app.invoke_blocking(&directive("panic"));
@@ -75,31 +99,56 @@ mod fixtures {
     pub fn infinite_loop(path: &str) {
         // Deadline first: fuel far above what 300 ms can burn.
         let deadline_ms = 300;
-        let limits = Limits { deadline_ms, fuel: u64::MAX / 2, ..Limits::default() };
+        let limits = Limits {
+            deadline_ms,
+            fuel: u64::MAX / 2,
+            ..Limits::default()
+        };
         let app = deploy("infinite-loop", path, limits);
-        let elapsed = stopped_then_recovers(&app, "spin", |e| *e == InvokeError::Timeout { deadline_ms });
+        let elapsed =
+            stopped_then_recovers(&app, "spin", |e| *e == InvokeError::Timeout { deadline_ms });
         let bound = Duration::from_millis(deadline_ms) + EPOCH_TICK * 2;
-        assert!(elapsed >= Duration::from_millis(deadline_ms), "stopped early: {elapsed:?}");
-        assert!(elapsed <= bound, "stopped after {elapsed:?}, bound {bound:?}");
+        assert!(
+            elapsed >= Duration::from_millis(deadline_ms),
+            "stopped early: {elapsed:?}"
+        );
+        assert!(
+            elapsed <= bound,
+            "stopped after {elapsed:?}, bound {bound:?}"
+        );
         // Fuel: the same loop under a small fuel budget and a long deadline.
-        let limits = Limits { deadline_ms: 60_000, fuel: 50_000_000, ..Limits::default() };
+        let limits = Limits {
+            deadline_ms: 60_000,
+            fuel: 50_000_000,
+            ..Limits::default()
+        };
         let app = deploy("infinite-loop-fuel", path, limits);
-        stopped_then_recovers(&app, "spin", |e| *e == InvokeError::OutOfFuel { limit: 50_000_000 });
+        stopped_then_recovers(&app, "spin", |e| {
+            *e == InvokeError::OutOfFuel { limit: 50_000_000 }
+        });
     }
 
     pub fn memory_bomb(path: &str) {
         let _heavy = heavy();
-        let limits = Limits { memory_bytes: 48 << 20, ..Limits::default() };
+        let limits = Limits {
+            memory_bytes: 48 << 20,
+            ..Limits::default()
+        };
         let app = deploy("memory-bomb", path, limits);
         app.invoke_blocking(&directive("ok")).result.unwrap();
         let before = rss_bytes();
         for _ in 0..5 {
-            stopped_then_recovers(&app, "bomb", |e| {
-                matches!(e, InvokeError::MemoryLimit { limit, requested } if *limit == 48 << 20 && *requested > *limit)
-            });
+            stopped_then_recovers(
+                &app,
+                "bomb",
+                |e| matches!(e, InvokeError::MemoryLimit { limit, requested } if *limit == 48 << 20 && *requested > *limit),
+            );
         }
         let after = rss_bytes();
-        assert!(after <= before + RSS_SLACK, "RSS grew from {before} to {after} after 5 × 48 MiB bombs");
+        assert!(
+            after <= before + RSS_SLACK,
+            "RSS grew from {before} to {after} after 5 × 48 MiB bombs"
+        );
     }
 
     pub fn deep_recursion(path: &str) {
@@ -111,25 +160,42 @@ mod fixtures {
         let _heavy = heavy();
         // A 200 MiB reason: the guest can build it (memory cap 256 MiB), the
         // host refuses to lift more than 8 MiB.
-        let limits = Limits { memory_bytes: 256 << 20, ..Limits::default() };
+        let limits = Limits {
+            memory_bytes: 256 << 20,
+            ..Limits::default()
+        };
         let app = deploy("huge-return", path, limits);
         app.invoke_blocking(&directive("ok")).result.unwrap();
         let before = rss_bytes();
         let limit = weir_host::limits::DEFAULT_HOSTCALL_BYTES;
-        stopped_then_recovers(&app, &format!("string:{}", 200 << 20), |e| *e == InvokeError::HostcallLimit { limit });
+        stopped_then_recovers(&app, &format!("string:{}", 200 << 20), |e| {
+            *e == InvokeError::HostcallLimit { limit }
+        });
         // Millions of tiny list items: 3 M effects are small in the guest but
         // each costs a full `Effect` in the host.
-        stopped_then_recovers(&app, "list:3000000", |e| *e == InvokeError::HostcallLimit { limit });
+        stopped_then_recovers(&app, "list:3000000", |e| {
+            *e == InvokeError::HostcallLimit { limit }
+        });
         let after = rss_bytes();
-        assert!(after <= before + RSS_SLACK, "RSS grew from {before} to {after}");
+        assert!(
+            after <= before + RSS_SLACK,
+            "RSS grew from {before} to {after}"
+        );
         // Under the default 64 MiB memory cap the same string stops earlier.
         let small = deploy("huge-return-64m", path, Limits::default());
         let inv = small.invoke_blocking(&directive(&format!("string:{}", 200 << 20)));
-        assert!(matches!(inv.result, Err(InvokeError::MemoryLimit { .. })), "{:?}", inv.result);
+        assert!(
+            matches!(inv.result, Err(InvokeError::MemoryLimit { .. })),
+            "{:?}",
+            inv.result
+        );
     }
 
     pub fn log_flood(path: &str) {
-        let limits = Limits { deadline_ms: 30_000, ..Limits::default() };
+        let limits = Limits {
+            deadline_ms: 30_000,
+            ..Limits::default()
+        };
         let app = deploy("log-flood", path, limits.clone());
         let inv = app.invoke_blocking(&directive("flood"));
         assert_eq!(inv.result.unwrap().outcomes, vec![Outcome::Done]);
@@ -137,17 +203,30 @@ mod fixtures {
         assert_eq!(log.lines, limits.log_lines_per_batch, "{log:?}");
         assert!(log.bytes <= limits.log_bytes_per_batch, "{log:?}");
         // 1 M log lines + 10 k stdout lines + 1 stderr line, less those kept.
-        assert_eq!(log.dropped_lines + u64::from(log.lines), 1_000_000 + 10_000 + 1, "{log:?}");
+        assert_eq!(
+            log.dropped_lines + u64::from(log.lines),
+            1_000_000 + 10_000 + 1,
+            "{log:?}"
+        );
         assert_bystander_serves();
     }
 
     pub fn effect_spam(path: &str) {
         let app = deploy("effect-spam", path, Limits::default());
         let inv = app.invoke_blocking(&directive("same"));
-        assert_eq!(inv.result.unwrap().effects, vec![Effect::Restart("x.service".into())]);
+        assert_eq!(
+            inv.result.unwrap().effects,
+            vec![Effect::Restart("x.service".into())]
+        );
         assert_eq!(inv.stats.effects_collapsed, 999);
         let inv = app.invoke_blocking(&directive("distinct"));
-        assert_eq!(inv.result, Err(InvokeError::EffectLimit { limit: 64, requested: 1000 }));
+        assert_eq!(
+            inv.result,
+            Err(InvokeError::EffectLimit {
+                limit: 64,
+                requested: 1000
+            })
+        );
         assert_bystander_serves();
     }
 
@@ -159,7 +238,13 @@ mod fixtures {
         };
         assert_eq!(report.name, "probe-report");
         let r: serde_json::Value = serde_json::from_slice(&report.payload).unwrap();
-        for key in ["file_read", "file_write", "dir_list", "tcp_connect", "name_lookup"] {
+        for key in [
+            "file_read",
+            "file_write",
+            "dir_list",
+            "tcp_connect",
+            "name_lookup",
+        ] {
             let got = r[key].as_str().unwrap_or_default();
             assert!(got.starts_with("denied"), "{key}: {got}");
         }
@@ -175,16 +260,28 @@ mod fixtures {
             .filter(|i| i.grant.label() == "denied")
             .map(|i| i.name.as_str())
             .collect();
-        assert!(denied.iter().any(|n| n.starts_with("wasi:filesystem/")), "{denied:?}");
-        assert!(denied.iter().any(|n| n.starts_with("wasi:sockets/")), "{denied:?}");
+        assert!(
+            denied.iter().any(|n| n.starts_with("wasi:filesystem/")),
+            "{denied:?}"
+        );
+        assert!(
+            denied.iter().any(|n| n.starts_with("wasi:sockets/")),
+            "{denied:?}"
+        );
     }
 
     pub fn unknown_import(path: &str) {
         let err = crate::common::runtime()
-            .deploy_file(weir_host::AppSpec::new("unknown", 1, "node1"), path.as_ref())
+            .deploy_file(
+                weir_host::AppSpec::new("unknown", 1, "node1"),
+                path.as_ref(),
+            )
             .unwrap_err();
         let message = err.to_string();
-        assert!(matches!(err, weir_host::DeployError::Refused(_)), "{message}");
+        assert!(
+            matches!(err, weir_host::DeployError::Refused(_)),
+            "{message}"
+        );
         assert!(message.contains("acme:vault/secrets@1.0.0"), "{message}");
     }
 
@@ -198,19 +295,49 @@ mod fixtures {
         let handled = app.invoke_blocking(&batch).result.unwrap();
         assert_eq!(
             handled.outcomes,
-            vec![Outcome::Retry(25), Outcome::Done, Outcome::Reject("config-bad is never valid".into())]
+            vec![
+                Outcome::Retry(25),
+                Outcome::Done,
+                Outcome::Reject("config-bad is never valid".into())
+            ]
         );
     }
 
     pub fn mail(path: &str) {
-        let app = deploy_on("mail-fixture", path, 1, &["dom01.example.org"], Limits::default());
-        let mine = event("user-domain-changed", "cluster", r#"{"domains": ["DOM01.example.org."]}"#);
-        let other = event("user-domain-changed", "cluster", r#"{"domains": ["dom02.example.org"]}"#);
-        assert_eq!(app.invoke_blocking(&[other.clone()]).result.unwrap().effects, vec![]);
-        let handled = app.invoke_blocking(&[other, mine.clone(), mine]).result.unwrap();
+        let app = deploy_on(
+            "mail-fixture",
+            path,
+            1,
+            &["dom01.example.org"],
+            Limits::default(),
+        );
+        let mine = event(
+            "user-domain-changed",
+            "cluster",
+            r#"{"domains": ["DOM01.example.org."]}"#,
+        );
+        let other = event(
+            "user-domain-changed",
+            "cluster",
+            r#"{"domains": ["dom02.example.org"]}"#,
+        );
+        assert_eq!(
+            app.invoke_blocking(std::slice::from_ref(&other))
+                .result
+                .unwrap()
+                .effects,
+            vec![]
+        );
+        let handled = app
+            .invoke_blocking(&[other, mine.clone(), mine])
+            .result
+            .unwrap();
         assert_eq!(
             handled.effects,
-            vec![Effect::Restart("dovecot.service".into()), Effect::Restart("postfix.service".into())]
+            vec![
+                Effect::Restart("dovecot.service".into()),
+                Effect::Restart("postfix.service".into())
+            ]
         );
         assert_eq!(handled.outcomes, vec![Outcome::Done; 3]);
     }

@@ -61,12 +61,19 @@ fn load(scenario: &str) -> (BTreeMap<u64, Event>, Vec<Delivery>, Topology) {
                 sequence: e.seq,
                 published_ms: e.t_ms,
             };
-            let event = envelope::event(meta, e.payload.into_bytes(), envelope::DEFAULT_MAX_PAYLOAD_BYTES).unwrap();
+            let event = envelope::event(
+                meta,
+                e.payload.into_bytes(),
+                envelope::DEFAULT_MAX_PAYLOAD_BYTES,
+            )
+            .unwrap();
             (e.seq, event)
         })
         .collect();
-    let topology: Topology =
-        serde_json::from_str(&std::fs::read_to_string(examples_dir().join("ns8/topology.json")).unwrap()).unwrap();
+    let topology: Topology = serde_json::from_str(
+        &std::fs::read_to_string(examples_dir().join("ns8/topology.json")).unwrap(),
+    )
+    .unwrap();
     (events, lines(dir.join("deliveries.jsonl")), topology)
 }
 
@@ -79,16 +86,26 @@ fn per_event(scenario: &str) -> (usize, usize) {
     let apps: HashMap<String, weir_host::App> = topology
         .apps
         .iter()
-        .map(|a| (format!("module/{}", a.name), deploy_on(&a.name, mail, a.node, &[&a.domain], Limits::default())))
+        .map(|a| {
+            (
+                format!("module/{}", a.name),
+                deploy_on(&a.name, mail, a.node, &[&a.domain], Limits::default()),
+            )
+        })
         .collect();
     let (mut checked, mut effects) = (0, 0);
     for d in &deliveries {
         let event = &events[&d.seq];
-        let Some(app) = apps.get(&d.agent) else { continue };
+        let Some(app) = apps.get(&d.agent) else {
+            continue;
+        };
         if event.name != "user-domain-changed" {
             continue;
         }
-        let handled = app.invoke_blocking(std::slice::from_ref(event)).result.unwrap();
+        let handled = app
+            .invoke_blocking(std::slice::from_ref(event))
+            .result
+            .unwrap();
         assert_eq!(handled.outcomes, vec![Outcome::Done]);
         assert_eq!(
             !handled.effects.is_empty(),
@@ -118,10 +135,20 @@ fn batched_storm_per_event_matches_ground_truth() {
 #[test]
 fn legacy_storm_in_one_batch_per_app_costs_one_invocation_each() {
     let (events, _, topology) = load("node-join-legacy");
-    let udc: Vec<Event> = events.values().filter(|e| e.name == "user-domain-changed").cloned().collect();
+    let udc: Vec<Event> = events
+        .values()
+        .filter(|e| e.name == "user-domain-changed")
+        .cloned()
+        .collect();
     assert_eq!(udc.len(), 50);
     for a in &topology.apps {
-        let app = deploy_on(&a.name, weir_test_artifacts::MAIL, a.node, &[&a.domain], Limits::default());
+        let app = deploy_on(
+            &a.name,
+            weir_test_artifacts::MAIL,
+            a.node,
+            &[&a.domain],
+            Limits::default(),
+        );
         let inv = app.invoke_blocking(&udc);
         let handled = inv.result.unwrap();
         assert_eq!(handled.outcomes.len(), 50);
@@ -135,50 +162,102 @@ fn cluster_wide_announcement_reaches_apps_on_every_node() {
     // node_id that is not the receiving app's node.
     let payload = r#"{"domain":"dom.test","domains":["dom.test"],"node_id":1}"#;
     for node in [1, 2, 3] {
-        let app = deploy_on(&format!("mail-node{node}"), weir_test_artifacts::MAIL, node, &["dom.test"], Limits::default());
-        let handled = app.invoke_blocking(&[event("user-domain-changed", "module/openldap1", payload)]).result.unwrap();
+        let app = deploy_on(
+            &format!("mail-node{node}"),
+            weir_test_artifacts::MAIL,
+            node,
+            &["dom.test"],
+            Limits::default(),
+        );
+        let handled = app
+            .invoke_blocking(&[event("user-domain-changed", "module/openldap1", payload)])
+            .result
+            .unwrap();
         assert_eq!(
             handled.effects,
-            vec![Effect::Restart("dovecot.service".into()), Effect::Restart("postfix.service".into())],
+            vec![
+                Effect::Restart("dovecot.service".into()),
+                Effect::Restart("postfix.service".into())
+            ],
             "node {node}"
         );
     }
     // The same payload from another node's ldapproxy is node-local: no restart.
-    let app = deploy_on("mail-node2-ldapproxy", weir_test_artifacts::MAIL, 2, &["dom.test"], Limits::default());
-    let handled = app.invoke_blocking(&[event("user-domain-changed", "module/ldapproxy1", payload)]).result.unwrap();
+    let app = deploy_on(
+        "mail-node2-ldapproxy",
+        weir_test_artifacts::MAIL,
+        2,
+        &["dom.test"],
+        Limits::default(),
+    );
+    let handled = app
+        .invoke_blocking(&[event("user-domain-changed", "module/ldapproxy1", payload)])
+        .result
+        .unwrap();
     assert_eq!(handled.effects, vec![]);
 }
 
 /// `acl-changed` from the corpus carries the bare string `cluster/acls`.
 pub fn acl_cases(path: &str) {
     let (events, _, _) = load("node-join-legacy");
-    let acl: Vec<Event> = events.values().filter(|e| e.name == "acl-changed").cloned().collect();
+    let acl: Vec<Event> = events
+        .values()
+        .filter(|e| e.name == "acl-changed")
+        .cloned()
+        .collect();
     assert_eq!(acl.len(), 6);
-    assert!(acl.iter().all(|e| e.payload == b"cluster/acls" && e.domains.is_empty() && e.origin_node.is_none()));
+    assert!(
+        acl.iter().all(|e| e.payload == b"cluster/acls"
+            && e.domains.is_empty()
+            && e.origin_node.is_none())
+    );
     let app = deploy_on("acl-sync", path, 1, &[], Limits::default());
     let handled = app.invoke_blocking(&acl).result.unwrap();
     assert_eq!(handled.outcomes, vec![Outcome::Done; 6]);
-    assert_eq!(handled.effects, vec![Effect::Reload("api-server.service".into())]);
-    let odd = app.invoke_blocking(&[event("acl-changed", "cluster", "module/x/acls")]).result.unwrap();
-    assert_eq!(odd.outcomes, vec![Outcome::Reject("unexpected ACL key \"module/x/acls\"".into())]);
+    assert_eq!(
+        handled.effects,
+        vec![Effect::Reload("api-server.service".into())]
+    );
+    let odd = app
+        .invoke_blocking(&[event("acl-changed", "cluster", "module/x/acls")])
+        .result
+        .unwrap();
+    assert_eq!(
+        odd.outcomes,
+        vec![Outcome::Reject(
+            "unexpected ACL key \"module/x/acls\"".into()
+        )]
+    );
     assert_eq!(odd.effects, vec![]);
 }
 
 /// `certificate-changed` as NS8's traefik publishes it (node id, certificate
 /// names as domains).
 pub fn certificates_cases(path: &str) {
-    let app = deploy_on("certificates", path, 2, &["mail.example.org"], Limits::default());
+    let app = deploy_on(
+        "certificates",
+        path,
+        2,
+        &["mail.example.org"],
+        Limits::default(),
+    );
     let reload = vec![Effect::Reload("traefik.service".into())];
     let cases = [
         (r#"{"node_id": 2, "domain": "mail.example.org"}"#, true),
         (r#"{"node_id": "2", "domains": ["*.EXAMPLE.org"]}"#, true),
         (r#"{"node_id": 1, "domain": "mail.example.org"}"#, false),
         (r#"{"node_id": 2, "domain": "webmail.example.org"}"#, false),
-        (r#"{"node_id": 2, "domains": ["*.mail.example.org"]}"#, false),
+        (
+            r#"{"node_id": 2, "domains": ["*.mail.example.org"]}"#,
+            false,
+        ),
         (r#"{"domain": "mail.example.org"}"#, false),
     ];
     for (payload, expected) in cases {
-        let handled = app.invoke_blocking(&[event("certificate-changed", "module/traefik2", payload)]).result.unwrap();
+        let handled = app
+            .invoke_blocking(&[event("certificate-changed", "module/traefik2", payload)])
+            .result
+            .unwrap();
         assert_eq!(handled.effects == reload, expected, "{payload}");
     }
 }

@@ -5,11 +5,13 @@
 //!   `foreach_component!`, so a new fixture without a test does not compile);
 //! - `corpus`: the example handlers on the NS8 node-join corpus;
 //! - `runtime`: deploy, cache, pool and isolation properties;
-//! - `cli`: the `weir` binary (`check`, `invoke`).
+//! - `cli`: the `weir` binary (`check`, `invoke`);
+//! - `python`: a componentize-py handler against the same WIT.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 mod cli;
 mod common;
 mod components;
 mod corpus;
+mod python;
 mod runtime;

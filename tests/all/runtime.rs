@@ -3,14 +3,18 @@
 
 use std::time::{Duration, Instant};
 
-use weir_host::{AppSpec, DeployError, EngineConfig, LoadSource, Limits, Runtime};
+use weir_host::{AppSpec, DeployError, EngineConfig, Limits, LoadSource, Runtime};
 
 use crate::common::{deploy, directive};
 
 #[test]
 fn artifact_cache_round_trips_and_refuses_tampered_files() {
     let dir = tempfile::tempdir().unwrap();
-    let config = EngineConfig { cache_dir: Some(dir.path().join("cache")), pool_instances: 4, ..Default::default() };
+    let config = EngineConfig {
+        cache_dir: Some(dir.path().join("cache")),
+        pool_instances: 4,
+        ..Default::default()
+    };
     let bytes = std::fs::read(weir_test_artifacts::ECHO).unwrap();
     let first = Runtime::new(config.clone()).unwrap();
     assert_eq!(first.check(&bytes).unwrap().source, LoadSource::Compiled);
@@ -33,8 +37,15 @@ fn artifact_cache_round_trips_and_refuses_tampered_files() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("cache")).unwrap().permissions().mode();
-        assert_eq!(mode & 0o077, 0, "cache directory must be private, mode {mode:o}");
+        let mode = std::fs::metadata(dir.path().join("cache"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "cache directory must be private, mode {mode:o}"
+        );
     }
 }
 
@@ -58,15 +69,27 @@ fn malformed_components_are_refused_with_a_reason() {
 
 #[test]
 fn oversized_component_is_refused_before_compiling() {
-    let rt = Runtime::new(EngineConfig { max_component_bytes: 1024, pool_instances: 2, ..Default::default() }).unwrap();
+    let rt = Runtime::new(EngineConfig {
+        max_component_bytes: 1024,
+        pool_instances: 2,
+        ..Default::default()
+    })
+    .unwrap();
     let echo = std::fs::read(weir_test_artifacts::ECHO).unwrap();
     let err = rt.check(&echo).unwrap_err();
-    assert!(matches!(err, DeployError::TooLarge { cap: 1024, .. }), "{err}");
+    assert!(
+        matches!(err, DeployError::TooLarge { cap: 1024, .. }),
+        "{err}"
+    );
 }
 
 #[test]
 fn pool_refuses_apps_beyond_its_size_with_the_arithmetic() {
-    let rt = Runtime::new(EngineConfig { pool_instances: 2, ..Default::default() }).unwrap();
+    let rt = Runtime::new(EngineConfig {
+        pool_instances: 2,
+        ..Default::default()
+    })
+    .unwrap();
     let path: &std::path::Path = weir_test_artifacts::ECHO.as_ref();
     let a = rt.deploy_file(AppSpec::new("a", 1, "n"), path).unwrap();
     let _b = rt.deploy_file(AppSpec::new("b", 1, "n"), path).unwrap();
@@ -76,7 +99,8 @@ fn pool_refuses_apps_beyond_its_size_with_the_arithmetic() {
         "instance pool full: 3 apps × 1 instance(s) each would need 3 slots, the pool has 2 (engine pool_instances)"
     );
     drop(a);
-    rt.deploy_file(AppSpec::new("c", 1, "n"), path).expect("a slot was freed");
+    rt.deploy_file(AppSpec::new("c", 1, "n"), path)
+        .expect("a slot was freed");
 }
 
 #[test]
@@ -84,9 +108,17 @@ fn invalid_app_config_reports_every_problem() {
     let rt = crate::common::runtime();
     let mut spec = AppSpec::new("bad", 1, "n");
     spec.domains = vec!["ok.example.org".into(), "bad_domain".into()];
-    spec.limits = Limits { fuel: 0, memory_bytes: 1 << 40, ..Limits::default() };
-    let err = rt.deploy_file(spec, weir_test_artifacts::ECHO.as_ref()).unwrap_err();
-    let DeployError::Config(problems) = &err else { panic!("{err}") };
+    spec.limits = Limits {
+        fuel: 0,
+        memory_bytes: 1 << 40,
+        ..Limits::default()
+    };
+    let err = rt
+        .deploy_file(spec, weir_test_artifacts::ECHO.as_ref())
+        .unwrap_err();
+    let DeployError::Config(problems) = &err else {
+        panic!("{err}")
+    };
     assert_eq!(problems.len(), 3, "{problems:?}");
 }
 
@@ -95,7 +127,10 @@ fn fresh_instance_per_batch_keeps_no_state() {
     // The echo handler's SDK state (outcomes, effects) starts empty each time:
     // a restart asked for in one batch never shows up in the next.
     let app = deploy("isolation", weir_test_artifacts::ECHO, Limits::default());
-    let first = app.invoke_blocking(&directive("restart:x.service")).result.unwrap();
+    let first = app
+        .invoke_blocking(&directive("restart:x.service"))
+        .result
+        .unwrap();
     assert_eq!(first.effects.len(), 1);
     let second = app.invoke_blocking(&directive("hello")).result.unwrap();
     assert!(second.effects.is_empty());
@@ -103,12 +138,20 @@ fn fresh_instance_per_batch_keeps_no_state() {
 
 #[test]
 fn spinning_guests_do_not_stall_the_async_runtime() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let spin = deploy(
             "spin-async",
             weir_test_artifacts::INFINITE_LOOP,
-            Limits { deadline_ms: 1_000, fuel: u64::MAX / 2, ..Limits::default() },
+            Limits {
+                deadline_ms: 1_000,
+                fuel: u64::MAX / 2,
+                ..Limits::default()
+            },
         );
         let echo = deploy("echo-async", weir_test_artifacts::ECHO, Limits::default());
         let start = Instant::now();
@@ -132,7 +175,11 @@ fn spinning_guests_do_not_stall_the_async_runtime() {
         assert!(echoed.result.is_ok());
         for s in spinners {
             let inv = s.await.unwrap();
-            assert!(matches!(inv.result, Err(weir_host::InvokeError::Timeout { .. })), "{:?}", inv.result);
+            assert!(
+                matches!(inv.result, Err(weir_host::InvokeError::Timeout { .. })),
+                "{:?}",
+                inv.result
+            );
         }
         let spinners_done = start.elapsed();
         assert!(

@@ -3,6 +3,8 @@
 //! every example and test component is built before the tests and benches
 //! that use it, and each has a test.
 
+#![allow(clippy::unwrap_used)] // a build script reports failure by panicking
+
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::Command;
@@ -11,15 +13,30 @@ use std::process::Command;
 const TARGET: &str = "wasm32-wasip2";
 
 fn main() {
-    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
-    let root = manifest_dir.join("../..").canonicalize().expect("workspace root");
+    let manifest_dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let root = manifest_dir
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root");
     let guests = root.join("guests");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     // target/<profile>/build/<pkg>-<hash>/out -> target/
-    let target_dir = out_dir.ancestors().nth(4).expect("target dir").to_path_buf();
+    let target_dir = out_dir
+        .ancestors()
+        .nth(4)
+        .expect("target dir")
+        .to_path_buf();
     let guest_target = target_dir.join("wasm-guests");
 
-    for tracked in ["Cargo.toml", "Cargo.lock", "sdk", "examples", "test-components", ".cargo"] {
+    for tracked in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "sdk",
+        "examples",
+        "test-components",
+        ".cargo",
+    ] {
         println!("cargo:rerun-if-changed={}", guests.join(tracked).display());
     }
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
@@ -37,8 +54,18 @@ fn main() {
         if (key.starts_with("CARGO_") && !keep)
             || matches!(
                 key.as_str(),
-                "RUSTFLAGS" | "RUSTC_WRAPPER" | "RUSTC_WORKSPACE_WRAPPER" | "TARGET" | "HOST" | "OUT_DIR"
-                    | "PROFILE" | "OPT_LEVEL" | "DEBUG" | "NUM_JOBS" | "RUSTC_LINKER" | "RUSTDOC"
+                "RUSTFLAGS"
+                    | "RUSTC_WRAPPER"
+                    | "RUSTC_WORKSPACE_WRAPPER"
+                    | "TARGET"
+                    | "HOST"
+                    | "OUT_DIR"
+                    | "PROFILE"
+                    | "OPT_LEVEL"
+                    | "DEBUG"
+                    | "NUM_JOBS"
+                    | "RUSTC_LINKER"
+                    | "RUSTDOC"
             )
         {
             cmd.env_remove(&key);
@@ -70,13 +97,23 @@ fn main() {
         assert!(path.exists(), "missing {}", path.display());
         let konst = ident.to_uppercase();
         writeln!(code, "/// `guests/{group}/{name}` compiled for {TARGET}.").unwrap();
-        writeln!(code, "pub const {konst}: &str = {:?};", path.display().to_string()).unwrap();
+        writeln!(
+            code,
+            "pub const {konst}: &str = {:?};",
+            path.display().to_string()
+        )
+        .unwrap();
         writeln!(foreach, "        $mac!({ident}, {konst});").unwrap();
     }
     writeln!(code, "/// Every guest component: (crate name, path).").unwrap();
     writeln!(code, "pub const ALL: &[(&str, &str)] = &[").unwrap();
     for (_, name) in &names {
-        writeln!(code, "    ({name:?}, {}),", name.replace('-', "_").to_uppercase()).unwrap();
+        writeln!(
+            code,
+            "    ({name:?}, {}),",
+            name.replace('-', "_").to_uppercase()
+        )
+        .unwrap();
     }
     writeln!(code, "];").unwrap();
     writeln!(

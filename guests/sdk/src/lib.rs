@@ -109,7 +109,11 @@ impl Batch {
     /// A batch of `events`, every outcome [`Outcome::Done`], no effects.
     pub fn new(events: Vec<Event>) -> Self {
         let outcomes = vec![Outcome::Done; events.len()];
-        Self { events, outcomes, effects: Vec::new() }
+        Self {
+            events,
+            outcomes,
+            effects: Vec::new(),
+        }
     }
 
     /// The events, in stream order.
@@ -160,7 +164,10 @@ impl Batch {
     /// Ask the host to publish an event `name` with `payload` as this app
     /// (source `module/<app>`). The host publishes only granted names.
     pub fn publish(&mut self, name: impl Into<String>, payload: impl Into<Vec<u8>>) {
-        self.effect(Effect::Publish(Message { name: name.into(), payload: payload.into() }));
+        self.effect(Effect::Publish(Message {
+            name: name.into(),
+            payload: payload.into(),
+        }));
     }
 
     /// Add `effect` unless the batch already asks for an identical one.
@@ -177,7 +184,10 @@ impl Batch {
 
     /// The answer returned to the host.
     pub fn into_result(self) -> BatchResult {
-        BatchResult { outcomes: self.outcomes, effects: self.effects }
+        BatchResult {
+            outcomes: self.outcomes,
+            effects: self.effects,
+        }
     }
 }
 

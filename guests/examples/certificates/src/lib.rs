@@ -22,7 +22,10 @@ impl Handler for Certificates {
         let relevant = batch.events().iter().any(|event| {
             event.name == "certificate-changed"
                 && event.is_local()
-                && event.domains.iter().any(|cert| hosts.iter().any(|host| covers(cert, host)))
+                && event
+                    .domains
+                    .iter()
+                    .any(|cert| hosts.iter().any(|host| covers(cert, host)))
         });
         if relevant {
             batch.reload("traefik.service");

@@ -13,7 +13,10 @@ fn tcp_connect() -> String {
         Ok(socket) => socket,
         Err(e) => return format!("denied: create: {e:?}"),
     };
-    let addr = IpSocketAddress::Ipv4(Ipv4SocketAddress { port: 4222, address: (127, 0, 0, 1) });
+    let addr = IpSocketAddress::Ipv4(Ipv4SocketAddress {
+        port: 4222,
+        address: (127, 0, 0, 1),
+    });
     match socket.start_connect(&network, addr) {
         Ok(()) => {
             socket.subscribe().block();

@@ -8,9 +8,18 @@ impl weir_guest::bindings::Guest for Spam {
     fn handle(events: Vec<weir_guest::Event>) -> BatchResult {
         let distinct = events.first().and_then(|e| e.text()) == Some("distinct");
         let effects = (0..1000)
-            .map(|i| Effect::Restart(if distinct { format!("unit{i}.service") } else { "x.service".into() }))
+            .map(|i| {
+                Effect::Restart(if distinct {
+                    format!("unit{i}.service")
+                } else {
+                    "x.service".into()
+                })
+            })
             .collect();
-        BatchResult { outcomes: vec![Outcome::Done; events.len()], effects }
+        BatchResult {
+            outcomes: vec![Outcome::Done; events.len()],
+            effects,
+        }
     }
 }
 

@@ -7,14 +7,25 @@ struct Huge;
 
 impl Handler for Huge {
     fn handle(batch: &mut Batch) {
-        let text = batch.events().first().and_then(|e| e.text()).unwrap_or_default().to_owned();
+        let text = batch
+            .events()
+            .first()
+            .and_then(|e| e.text())
+            .unwrap_or_default()
+            .to_owned();
         if let Some(bytes) = text.strip_prefix("string:") {
             let n: usize = bytes.parse().unwrap_or(0);
             batch.reject(0, "x".repeat(n));
         } else if let Some(count) = text.strip_prefix("list:") {
             let n: usize = count.parse().unwrap_or(0);
             // Bypass the SDK's deduplication on purpose: the host must cope.
-            let effects = vec![Effect::Publish(Message { name: String::new(), payload: Vec::new() }); n];
+            let effects = vec![
+                Effect::Publish(Message {
+                    name: String::new(),
+                    payload: Vec::new()
+                });
+                n
+            ];
             let outcomes = vec![weir_guest::Outcome::Done; batch.events().len()];
             RESULT.with(|r| *r.borrow_mut() = Some(weir_guest::BatchResult { outcomes, effects }));
         }
@@ -30,7 +41,9 @@ impl weir_guest::bindings::Guest for Export {
     fn handle(events: Vec<weir_guest::Event>) -> weir_guest::BatchResult {
         let mut batch = Batch::new(events);
         Huge::handle(&mut batch);
-        RESULT.with(|r| r.borrow_mut().take()).unwrap_or_else(|| batch.into_result())
+        RESULT
+            .with(|r| r.borrow_mut().take())
+            .unwrap_or_else(|| batch.into_result())
     }
 }
 weir_guest::bindings::__export_handler_world!(Export with_types_in weir_guest::bindings);

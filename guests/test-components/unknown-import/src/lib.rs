@@ -23,7 +23,10 @@ struct Unknown;
 impl Guest for Unknown {
     fn handle(batch: Vec<Event>) -> BatchResult {
         let _secret = acme::vault::secrets::get("root");
-        BatchResult { outcomes: vec![Outcome::Done; batch.len()], effects: Vec::new() }
+        BatchResult {
+            outcomes: vec![Outcome::Done; batch.len()],
+            effects: Vec::new(),
+        }
     }
 }
 
