@@ -20,50 +20,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-use weir_host::envelope::{self, EventMeta};
-use weir_host::{AppSpec, EngineConfig, Event, Runtime};
+use weir_host::corpus::{self, CorpusEvent, Delivery, Topology};
+use weir_host::{AppSpec, EngineConfig, Event, Runtime, envelope};
 
 /// Events per handler invocation in the demo.
 const MAX_BATCH: usize = 64;
-
-#[derive(Deserialize)]
-struct CorpusEvent {
-    seq: u64,
-    t_ms: u64,
-    source: String,
-    name: String,
-    payload: String,
-}
-
-#[derive(Deserialize)]
-struct Delivery {
-    seq: u64,
-    handler_runs: bool,
-    current_effect: bool,
-    ideal_effect: bool,
-}
-
-#[derive(Deserialize)]
-struct Topology {
-    apps: Vec<TopologyApp>,
-}
-
-#[derive(Deserialize)]
-struct TopologyApp {
-    name: String,
-    node: u32,
-    domain: String,
-}
-
-fn lines<T: serde::de::DeserializeOwned>(path: PathBuf) -> Vec<T> {
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 struct Row {
     scenario: &'static str,
@@ -78,8 +39,10 @@ struct Row {
 }
 
 fn scenario(runtime: &Runtime, dir: &Path, name: &'static str, topology: &Topology) -> Row {
-    let events: Vec<CorpusEvent> = lines(dir.join(name).join("events.jsonl"));
-    let deliveries: Vec<Delivery> = lines(dir.join(name).join("deliveries.jsonl"));
+    let events: Vec<CorpusEvent> =
+        corpus::read_jsonl(&dir.join(name).join("events.jsonl")).unwrap();
+    let deliveries: Vec<Delivery> =
+        corpus::read_jsonl(&dir.join(name).join("deliveries.jsonl")).unwrap();
     let udc_seqs: Vec<u64> = events
         .iter()
         .filter(|e| e.name == "user-domain-changed")
@@ -96,20 +59,8 @@ fn scenario(runtime: &Runtime, dir: &Path, name: &'static str, topology: &Topolo
         .iter()
         .filter(|e| e.name == "user-domain-changed")
         .map(|e| {
-            let meta = EventMeta {
-                id: format!("{name}:{}", e.seq),
-                name: e.name.clone(),
-                source: e.source.clone(),
-                attempt: 1,
-                sequence: e.seq,
-                published_ms: e.t_ms,
-            };
-            envelope::event(
-                meta,
-                e.payload.clone().into_bytes(),
-                envelope::DEFAULT_MAX_PAYLOAD_BYTES,
-            )
-            .unwrap()
+            e.to_event(name, envelope::DEFAULT_MAX_PAYLOAD_BYTES)
+                .unwrap()
         })
         .collect();
     let (mut invocations, mut weir_restarts, mut sandbox_time) = (0, 0, Duration::ZERO);

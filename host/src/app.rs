@@ -350,6 +350,8 @@ impl App {
     /// call it on an async worker thread (use [`App::invoke`]).
     pub fn invoke_blocking(&self, events: &[Event]) -> Invocation {
         let inner = &*self.inner;
+        let _span = tracing::debug_span!("batch", app = %inner.identity.app, events = events.len())
+            .entered();
         let limits = &inner.limits;
         let start = Instant::now();
         let log = LogSink::new(inner.identity.app.clone(), inner.log_window.clone(), limits);
@@ -466,8 +468,11 @@ fn classify_error(e: &wasmtime::Error, state: &HostState, limits: &Limits) -> In
             limit: limits.hostcall_bytes,
         };
     }
-    if message.contains("handle") && message.contains("limit")
-        || message.contains("resource table has no free")
+    // wasmtime's messages for a full guest handle table and a full host
+    // resource table (wasmtime 48: `vm/component/handle_table.rs`,
+    // `component/resource_table.rs`).
+    if message.contains("store handle limit exceeded")
+        || message.contains("resource table has no free keys")
     {
         return InvokeError::ResourceLimit(truncate(message, MAX_TRAP_MESSAGE_BYTES));
     }

@@ -17,6 +17,7 @@
 //! - [`check`]: what weir grants for each import ([`CheckReport`], used by
 //!   `weir check`);
 //! - [`envelope`]: payload normalisation into [`Event`] fields;
+//! - [`corpus`]: the NS8 event corpus format (JSON Lines);
 //! - [`domain`]: UTS-46 domain normalisation and the app's [`DomainSet`];
 //! - [`guest_log`]: guest logging under a budget;
 //! - `bindings`, `state`, `cache`: the WIT bindings, store state and
@@ -46,6 +47,7 @@ pub mod app;
 mod bindings;
 mod cache;
 pub mod check;
+pub mod corpus;
 pub mod domain;
 pub mod engine;
 pub mod envelope;

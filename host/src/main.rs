@@ -13,7 +13,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
-use weir_host::envelope::{self, EventMeta};
+use weir_host::corpus::CorpusEvent;
+use weir_host::envelope;
 use weir_host::{AppSpec, CheckReport, Effect, EngineConfig, Grant, Limits, Outcome, Runtime};
 
 /// Default events per batch for `weir invoke`: 64.
@@ -159,22 +160,6 @@ fn print_report(path: &std::path::Path, report: &CheckReport) -> std::io::Result
     writeln!(out, "verdict: {verdict}")
 }
 
-#[derive(serde::Deserialize)]
-struct EventLine {
-    name: String,
-    source: String,
-    #[serde(default)]
-    payload: String,
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    seq: u64,
-    #[serde(default)]
-    t_ms: u64,
-    #[serde(default)]
-    attempt: u32,
-}
-
 fn outcome_json(o: &Outcome) -> Value {
     match o {
         Outcome::Done => json!("done"),
@@ -231,22 +216,13 @@ fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
         if line.trim().is_empty() {
             continue;
         }
-        let e: EventLine =
+        let e: CorpusEvent =
             serde_json::from_str(&line).with_context(|| format!("line {}: not an event", n + 1))?;
         if !args.only.is_empty() && !args.only.contains(&e.name) {
             continue;
         }
-        let meta = EventMeta {
-            id: e.id.unwrap_or_else(|| format!("line:{}", n + 1)),
-            name: e.name,
-            source: e.source,
-            attempt: e.attempt.max(1),
-            sequence: e.seq,
-            published_ms: e.t_ms,
-        };
-        match envelope::event(
-            meta,
-            e.payload.into_bytes(),
+        match e.to_event(
+            &format!("line{}", n + 1),
             envelope::DEFAULT_MAX_PAYLOAD_BYTES,
         ) {
             Ok(event) => events.push(event),

@@ -97,3 +97,22 @@ pub fn assert_bystander_serves() {
         vec![weir_host::Outcome::Done, weir_host::Outcome::Retry(7)]
     );
 }
+
+/// The app's filesystem and socket imports are linked but denied.
+pub fn assert_fs_and_sockets_denied(app: &App) {
+    let denied: Vec<&str> = app
+        .report()
+        .imports
+        .iter()
+        .filter(|i| i.grant.label() == "denied")
+        .map(|i| i.name.as_str())
+        .collect();
+    assert!(
+        denied.iter().any(|n| n.starts_with("wasi:filesystem/")),
+        "{denied:?}"
+    );
+    assert!(
+        denied.iter().any(|n| n.starts_with("wasi:sockets/")),
+        "{denied:?}"
+    );
+}

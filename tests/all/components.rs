@@ -253,21 +253,7 @@ mod fixtures {
         assert_eq!(r["env_home"], false);
         assert_eq!(r["args"], 0);
         // Its filesystem and socket imports are linked but denied.
-        let report = app.report();
-        let denied: Vec<&str> = report
-            .imports
-            .iter()
-            .filter(|i| i.grant.label() == "denied")
-            .map(|i| i.name.as_str())
-            .collect();
-        assert!(
-            denied.iter().any(|n| n.starts_with("wasi:filesystem/")),
-            "{denied:?}"
-        );
-        assert!(
-            denied.iter().any(|n| n.starts_with("wasi:sockets/")),
-            "{denied:?}"
-        );
+        crate::common::assert_fs_and_sockets_denied(&app);
     }
 
     pub fn unknown_import(path: &str) {
@@ -283,6 +269,17 @@ mod fixtures {
             "{message}"
         );
         assert!(message.contains("acme:vault/secrets@1.0.0"), "{message}");
+    }
+
+    pub fn resource_flood(path: &str) {
+        let limits = Limits {
+            resource_table_entries: 100,
+            ..Limits::default()
+        };
+        let app = deploy("resource-flood", path, limits);
+        stopped_then_recovers(&app, "flood", |e| {
+            matches!(e, InvokeError::ResourceLimit(_))
+        });
     }
 
     pub fn retry_reject(path: &str) {

@@ -5,76 +5,30 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::Deserialize;
-use weir_host::envelope::{self, EventMeta};
-use weir_host::{Effect, Event, Limits, Outcome};
+use weir_host::corpus::{self, CorpusEvent, Delivery, Topology};
+use weir_host::{Effect, Event, Limits, Outcome, envelope};
 
 use crate::common::{deploy_on, event, examples_dir};
 
-#[derive(Deserialize)]
-struct CorpusEvent {
-    seq: u64,
-    t_ms: u64,
-    source: String,
-    name: String,
-    payload: String,
-}
-
-#[derive(Deserialize)]
-struct Delivery {
-    seq: u64,
-    agent: String,
-    ideal_effect: bool,
-}
-
-#[derive(Deserialize)]
-struct Topology {
-    apps: Vec<TopologyApp>,
-}
-
-#[derive(Deserialize)]
-struct TopologyApp {
-    name: String,
-    node: u32,
-    domain: String,
-}
-
-fn lines<T: serde::de::DeserializeOwned>(path: std::path::PathBuf) -> Vec<T> {
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn load(scenario: &str) -> (BTreeMap<u64, Event>, Vec<Delivery>, Topology) {
-    let dir = examples_dir().join("ns8").join(scenario);
-    let events = lines::<CorpusEvent>(dir.join("events.jsonl"))
+    let dir = examples_dir().join("ns8");
+    let events = corpus::read_jsonl::<CorpusEvent>(&dir.join(scenario).join("events.jsonl"))
+        .unwrap()
         .into_iter()
         .map(|e| {
-            let meta = EventMeta {
-                id: format!("{scenario}:{}", e.seq),
-                name: e.name,
-                source: e.source,
-                attempt: 1,
-                sequence: e.seq,
-                published_ms: e.t_ms,
-            };
-            let event = envelope::event(
-                meta,
-                e.payload.into_bytes(),
-                envelope::DEFAULT_MAX_PAYLOAD_BYTES,
+            (
+                e.seq,
+                e.to_event(scenario, envelope::DEFAULT_MAX_PAYLOAD_BYTES)
+                    .unwrap(),
             )
-            .unwrap();
-            (e.seq, event)
         })
         .collect();
-    let topology: Topology = serde_json::from_str(
-        &std::fs::read_to_string(examples_dir().join("ns8/topology.json")).unwrap(),
+    let deliveries = corpus::read_jsonl(&dir.join(scenario).join("deliveries.jsonl")).unwrap();
+    (
+        events,
+        deliveries,
+        corpus::read_topology(&dir.join("topology.json")).unwrap(),
     )
-    .unwrap();
-    (events, lines(dir.join("deliveries.jsonl")), topology)
 }
 
 /// Every `user-domain-changed` delivery of the corpus, one event per

@@ -35,21 +35,7 @@ fn componentize_py_handler_deploys_and_runs() {
         &["dom01.example.org"],
         Limits::default(),
     );
-    let denied: Vec<&str> = app
-        .report()
-        .imports
-        .iter()
-        .filter(|i| i.grant.label() == "denied")
-        .map(|i| i.name.as_str())
-        .collect();
-    assert!(
-        denied.iter().any(|n| n.starts_with("wasi:filesystem/")),
-        "{denied:?}"
-    );
-    assert!(
-        denied.iter().any(|n| n.starts_with("wasi:sockets/")),
-        "{denied:?}"
-    );
+    crate::common::assert_fs_and_sockets_denied(&app);
     let batch = [
         event(
             "user-domain-changed",
