@@ -282,3 +282,60 @@ macro_rules! warn { ($($arg:tt)+) => { $crate::log!($crate::Level::Warn, $($arg)
 /// Log at error level. See [`log!`].
 #[macro_export]
 macro_rules! error { ($($arg:tt)+) => { $crate::log!($crate::Level::Error, $($arg)+) }; }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(name: &str) -> Event {
+        Event {
+            id: "1".into(),
+            name: name.into(),
+            source: "cluster".into(),
+            origin_node: None,
+            domains: Vec::new(),
+            payload: br#"{"n": 7}"#.to_vec(),
+            attempt: 1,
+            sequence: 1,
+            published_ms: 0,
+        }
+    }
+
+    #[test]
+    fn batch_starts_done_and_collapses_identical_effects() {
+        let mut batch = Batch::new(vec![event("a"), event("b"), event("c")]);
+        batch.retry(1, 50);
+        batch.reject(2, "bad");
+        batch.restart("x.service");
+        batch.restart("x.service");
+        batch.reload("x.service");
+        batch.publish("done", "1");
+        batch.publish("done", "1");
+        assert_eq!(batch.outcome(0), &Outcome::Done);
+        let result = batch.into_result();
+        assert_eq!(
+            result.outcomes,
+            vec![
+                Outcome::Done,
+                Outcome::Retry(50),
+                Outcome::Reject("bad".into())
+            ]
+        );
+        assert_eq!(result.effects.len(), 3);
+    }
+
+    #[test]
+    fn payload_as_json_and_text() {
+        #[derive(serde::Deserialize)]
+        struct P {
+            n: u32,
+        }
+        let e = event("a");
+        assert_eq!(e.json::<P>().unwrap().n, 7);
+        assert_eq!(e.text(), Some(r#"{"n": 7}"#));
+        let mut bare = event("acl-changed");
+        bare.payload = b"cluster/acls".to_vec();
+        assert!(bare.json::<P>().is_err());
+        assert_eq!(bare.text(), Some("cluster/acls"));
+    }
+}

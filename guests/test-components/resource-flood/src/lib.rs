@@ -11,7 +11,9 @@ impl Handler for Flood {
         }
         let mut kept = Vec::new();
         loop {
-            kept.push(wasi::clocks::monotonic_clock::subscribe_duration(1_000_000_000));
+            kept.push(wasi::clocks::monotonic_clock::subscribe_duration(
+                1_000_000_000,
+            ));
             std::hint::black_box(&kept);
         }
     }
