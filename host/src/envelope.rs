@@ -269,6 +269,13 @@ mod tests {
             parse(b"{}", 1),
             Err(EnvelopeError::TooLarge { size: 2, cap: 1 })
         );
+        let many = format!(
+            "{{\"domains\": [{}]}}",
+            vec!["\"a.org\""; MAX_DOMAINS_PER_EVENT + 1].join(",")
+        );
+        assert!(
+            matches!(p(&many), Err(EnvelopeError::Malformed(m)) if m.contains("domains exceed the cap"))
+        );
     }
 
     #[test]

@@ -188,3 +188,50 @@ fn spinning_guests_do_not_stall_the_async_runtime() {
         );
     });
 }
+
+#[test]
+fn compile_timeout_is_a_typed_error() {
+    let config = EngineConfig {
+        compile_timeout_ms: 1,
+        pool_instances: 2,
+        ..Default::default()
+    };
+    let rt = Runtime::new(config).unwrap();
+    let echo = std::fs::read(weir_test_artifacts::ECHO).unwrap();
+    let err = rt.check(&echo).unwrap_err();
+    assert!(matches!(err, DeployError::CompileTimeout(_)), "{err}");
+}
+
+#[test]
+fn unusable_cache_dir_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let config = EngineConfig {
+        cache_dir: Some(file.join("cache")),
+        pool_instances: 2,
+        ..Default::default()
+    };
+    let err = Runtime::new(config).unwrap_err();
+    assert!(matches!(err, DeployError::Cache(_)), "{err}");
+}
+
+#[test]
+fn pool_that_cannot_be_reserved_falls_back_to_on_demand() {
+    // 100,000 instances × 2 memories × 64 GiB slots is far beyond the 128 TiB
+    // of user address space: the pool cannot be reserved.
+    let config = EngineConfig {
+        pool_instances: 100_000,
+        max_memory_bytes: 64 << 30,
+        ..Default::default()
+    };
+    let rt = Runtime::new(config).unwrap();
+    assert!(!rt.pooling());
+    let app = rt
+        .deploy_file(
+            AppSpec::new("fallback", 1, "n"),
+            weir_test_artifacts::ECHO.as_ref(),
+        )
+        .unwrap();
+    assert!(app.invoke_blocking(&directive("hello")).result.is_ok());
+}
