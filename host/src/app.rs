@@ -405,29 +405,31 @@ fn validate(
             other => other,
         })
         .collect();
+    // At most `max_effects` distinct effects are kept, so a linear scan of
+    // the kept ones is cheap; hashing is only needed to size the error.
     let requested = effects.len();
-    let mut seen: HashSet<&Effect> = HashSet::with_capacity(requested.min(max_effects + 1));
-    let mut keep = Vec::with_capacity(requested.min(max_effects + 1));
-    for (i, effect) in effects.iter().enumerate() {
-        if seen.insert(effect) {
-            if seen.len() > max_effects {
-                let distinct = effects[i..]
-                    .iter()
-                    .collect::<HashSet<_>>()
-                    .union(&seen)
-                    .count();
-                return Err(InvokeError::EffectLimit {
-                    limit: max_effects,
-                    requested: distinct,
-                });
-            }
-            keep.push(i);
+    let mut kept: Vec<Effect> = Vec::with_capacity(requested.min(max_effects));
+    let mut rest = effects.into_iter();
+    while let Some(effect) = rest.next() {
+        if kept.contains(&effect) {
+            continue;
         }
+        if kept.len() == max_effects {
+            let mut distinct: HashSet<Effect> = kept.into_iter().collect();
+            distinct.insert(effect);
+            distinct.extend(rest);
+            return Err(InvokeError::EffectLimit {
+                limit: max_effects,
+                requested: distinct.len(),
+            });
+        }
+        kept.push(effect);
     }
-    stats.effects_collapsed = requested - keep.len();
-    let mut effects = effects.into_iter().map(Some).collect::<Vec<_>>();
-    let effects = keep.into_iter().filter_map(|i| effects[i].take()).collect();
-    Ok(Handled { outcomes, effects })
+    stats.effects_collapsed = requested - kept.len();
+    Ok(Handled {
+        outcomes,
+        effects: kept,
+    })
 }
 
 /// Map a failed instantiate/call to the typed error, using what the limiter
