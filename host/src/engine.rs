@@ -54,6 +54,14 @@ pub const POOL_MEMORIES_PER_COMPONENT: u32 = 2;
 /// shim modules each carry a table).
 pub const POOL_TABLES_PER_COMPONENT: u32 = 8;
 
+/// Linear-memory bytes each pool slot keeps resident between instances: 2 MiB.
+/// Resetting them with `memset` instead of `madvise` saves page faults on the
+/// next instantiation; a Rust handler's whole memory (about 1.1 MiB) fits.
+pub const POOL_MEMORY_KEEP_RESIDENT_BYTES: usize = 2 << 20;
+
+/// Table bytes each pool slot keeps resident between instances: 64 KiB.
+pub const POOL_TABLE_KEEP_RESIDENT_BYTES: usize = 64 << 10;
+
 /// Instances each app may use at once: 1 (batches of an app run in order).
 pub const INSTANCES_PER_APP: u32 = 1;
 
@@ -169,6 +177,9 @@ fn pooling_config(config: &EngineConfig) -> PoolingAllocationConfig {
         .total_tables(n.saturating_mul(POOL_TABLES_PER_COMPONENT))
         .max_tables_per_component(POOL_TABLES_PER_COMPONENT)
         .max_memory_size(config.max_memory_bytes)
+        .linear_memory_keep_resident(POOL_MEMORY_KEEP_RESIDENT_BYTES)
+        .table_keep_resident(POOL_TABLE_KEEP_RESIDENT_BYTES)
+        .pagemap_scan(wasmtime::Enabled::Auto)
         .total_stacks(0);
     p
 }
