@@ -18,6 +18,7 @@
 //!   `weir check`);
 //! - [`envelope`]: payload normalisation into [`Event`] fields;
 //! - [`corpus`]: the NS8 event corpus format (JSON Lines);
+//! - [`filter`]: the declarative pre-filter (per-app relevance rules);
 //! - [`domain`]: UTS-46 domain normalisation and the app's [`DomainSet`];
 //! - [`guest_log`]: guest logging under a budget;
 //! - `bindings`, `state`, `cache`: the WIT bindings, store state and
@@ -52,6 +53,7 @@ pub mod domain;
 pub mod engine;
 pub mod envelope;
 mod error;
+pub mod filter;
 pub mod guest_log;
 pub mod limits;
 mod state;

@@ -215,3 +215,67 @@ pub fn certificates_cases(path: &str) {
         assert_eq!(handled.effects == reload, expected, "{payload}");
     }
 }
+
+#[derive(serde::Deserialize)]
+struct Ns8Rules {
+    app: AgentRules,
+    node: AgentRules,
+}
+
+#[derive(serde::Deserialize)]
+struct AgentRules {
+    rule: Vec<weir_host::filter::RuleConfig>,
+}
+
+/// The pre-filter decides exactly as the ground truth for every delivery of
+/// both node-join corpora, apps and node agents alike. Returns (deliveries,
+/// relevant).
+fn prefilter(scenario: &str) -> (usize, usize) {
+    use weir_host::filter::{Filter, Verdict};
+    let rules: Ns8Rules =
+        toml::from_str(&std::fs::read_to_string(examples_dir().join("ns8/rules.toml")).unwrap())
+            .unwrap();
+    let (events, deliveries, topology) = load(scenario);
+    let (mut checked, mut relevant) = (0, 0);
+    for d in &deliveries {
+        let filter = if let Some(node) = d.agent.strip_prefix("node/") {
+            Filter::new(
+                &rules.node.rule,
+                node.parse().unwrap(),
+                weir_host::DomainSet::default(),
+            )
+            .unwrap()
+        } else {
+            let name = d.agent.strip_prefix("module/").unwrap();
+            let a = topology.apps.iter().find(|a| a.name == name).unwrap();
+            Filter::new(
+                &rules.app.rule,
+                a.node,
+                weir_host::DomainSet::new(&[&a.domain]).unwrap(),
+            )
+            .unwrap()
+        };
+        let verdict = filter.check(&events[&d.seq]);
+        assert_eq!(
+            matches!(verdict, Verdict::Relevant(_)),
+            d.ideal_effect,
+            "{scenario} seq {} to {}: {verdict:?}",
+            d.seq,
+            d.agent
+        );
+        checked += 1;
+        relevant += usize::from(matches!(verdict, Verdict::Relevant(_)));
+    }
+    (checked, relevant)
+}
+
+#[test]
+fn prefilter_matches_ground_truth_legacy() {
+    // 340 deliveries: 300 user-domain-changed (none relevant) + 40 node events.
+    assert_eq!(prefilter("node-join-legacy"), (340, 40));
+}
+
+#[test]
+fn prefilter_matches_ground_truth_batched() {
+    assert_eq!(prefilter("node-join-batched"), (52, 40));
+}
