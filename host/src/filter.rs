@@ -247,7 +247,7 @@ impl Filter {
     pub fn check(&self, event: &Event) -> Verdict {
         let mut payload: Option<Option<Value>> = None;
         for (i, rule) in self.rules.iter().enumerate() {
-            if !rule.events.iter().any(|e| *e == event.name) {
+            if !rule.events.contains(&event.name) {
                 continue;
             }
             if let Some(sources) = &rule.sources
