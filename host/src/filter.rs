@@ -170,10 +170,8 @@ impl Filter {
                 problems.push(format!("rule {n}: `event` lists no event name"));
             }
             for e in &events {
-                if !is_subject_token(e) {
-                    problems.push(format!(
-                        "rule {n}: event name {e:?} is not a valid subject token (no '.', '*', '>' or whitespace)"
-                    ));
+                if let Err(err) = crate::subjects::check_token("event name", e) {
+                    problems.push(format!("rule {n}: {err}"));
                 }
             }
             let sources = match &r.source {
@@ -277,10 +275,6 @@ impl Filter {
         }
         Verdict::Skipped
     }
-}
-
-fn is_subject_token(s: &str) -> bool {
-    !s.is_empty() && !s.contains(['.', '*', '>']) && !s.chars().any(char::is_whitespace)
 }
 
 fn loose_eq(a: &Value, b: &Value) -> bool {

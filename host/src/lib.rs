@@ -19,6 +19,7 @@
 //! - [`envelope`]: payload normalisation into [`Event`] fields;
 //! - [`corpus`]: the NS8 event corpus format (JSON Lines);
 //! - [`filter`]: the declarative pre-filter (per-app relevance rules);
+//! - [`subjects`]: NATS subject, stream and consumer names;
 //! - [`domain`]: UTS-46 domain normalisation and the app's [`DomainSet`];
 //! - [`guest_log`]: guest logging under a budget;
 //! - `bindings`, `state`, `cache`: the WIT bindings, store state and
@@ -57,6 +58,7 @@ pub mod filter;
 pub mod guest_log;
 pub mod limits;
 mod state;
+pub mod subjects;
 
 pub use app::{App, AppSpec, Handled, Invocation, InvokeStats};
 pub use bindings::{BatchResult, Effect, Event, Message, Outcome};
