@@ -14,12 +14,15 @@
 //! - [`app`]: [`Runtime::deploy`] and [`App::invoke`], one fresh store and
 //!   instance per batch, typed [`InvokeError`]s;
 //! - [`limits`]: every per-app cap with its default ([`Limits`]);
+//! - [`config`]: `weir.toml`, validated with every problem at once;
 //! - [`check`]: what weir grants for each import ([`CheckReport`], used by
 //!   `weir check`);
 //! - [`envelope`]: payload normalisation into [`Event`] fields;
 //! - [`corpus`]: the NS8 event corpus format (JSON Lines);
 //! - [`filter`]: the declarative pre-filter (per-app relevance rules);
 //! - [`subjects`]: NATS subject, stream and consumer names;
+//! - [`nats_server`]: a private nats-server process (embedded default, tests);
+//! - [`transport`]: the NATS JetStream edge (the only module importing `async_nats`);
 //! - [`domain`]: UTS-46 domain normalisation and the app's [`DomainSet`];
 //! - [`guest_log`]: guest logging under a budget;
 //! - `bindings`, `state`, `cache`: the WIT bindings, store state and
@@ -49,6 +52,7 @@ pub mod app;
 mod bindings;
 mod cache;
 pub mod check;
+pub mod config;
 pub mod corpus;
 pub mod domain;
 pub mod engine;
@@ -57,8 +61,10 @@ mod error;
 pub mod filter;
 pub mod guest_log;
 pub mod limits;
+pub mod nats_server;
 mod state;
 pub mod subjects;
+pub mod transport;
 
 pub use app::{App, AppSpec, Handled, Invocation, InvokeStats};
 pub use bindings::{BatchResult, Effect, Event, Message, Outcome};

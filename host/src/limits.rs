@@ -59,6 +59,15 @@ pub const MAX_LOG_LINE_BYTES: usize = 1_024;
 /// collapse: 64. More is a [`crate::InvokeError::EffectLimit`].
 pub const DEFAULT_MAX_EFFECTS_PER_BATCH: usize = 64;
 
+/// Default most events per batch (one handler invocation): 64.
+pub const DEFAULT_MAX_BATCH: usize = 64;
+
+/// Default most payload bytes per batch: 1 MiB.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// Default time a partial batch waits for more events: 20 ms.
+pub const DEFAULT_LINGER_MS: u64 = 20;
+
 /// Longest reject reason kept, in bytes; longer reasons are truncated at a
 /// character boundary. Dead letters carry it, so it stays small.
 pub const MAX_REJECT_REASON_BYTES: usize = 1_024;
@@ -110,6 +119,14 @@ pub struct Limits {
     pub log_bytes_per_minute: u64,
     /// Distinct effects per batch. Default [`DEFAULT_MAX_EFFECTS_PER_BATCH`].
     pub max_effects: usize,
+    /// Most events per batch. Default [`DEFAULT_MAX_BATCH`]. Used by the event
+    /// plane, not the sandbox.
+    pub max_batch: usize,
+    /// Most payload bytes per batch. Default [`DEFAULT_MAX_BATCH_BYTES`].
+    pub max_batch_bytes: usize,
+    /// Longest wait for a partial batch to fill, in ms. Default
+    /// [`DEFAULT_LINGER_MS`].
+    pub linger_ms: u64,
 }
 
 impl Default for Limits {
@@ -126,6 +143,9 @@ impl Default for Limits {
             log_lines_per_minute: DEFAULT_LOG_LINES_PER_MINUTE,
             log_bytes_per_minute: DEFAULT_LOG_BYTES_PER_MINUTE,
             max_effects: DEFAULT_MAX_EFFECTS_PER_BATCH,
+            max_batch: DEFAULT_MAX_BATCH,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            linger_ms: DEFAULT_LINGER_MS,
         }
     }
 }
@@ -155,6 +175,8 @@ impl Limits {
         positive("hostcall_bytes", self.hostcall_bytes as u64);
         positive("resource_table_entries", self.resource_table_entries as u64);
         positive("table_elements", self.table_elements as u64);
+        positive("max_batch", self.max_batch as u64);
+        positive("max_batch_bytes", self.max_batch_bytes as u64);
         if self.memory_bytes > max_memory_bytes {
             problems.push(format!(
                 "memory_bytes = {} exceeds the engine's memory slot of {} bytes \
@@ -183,6 +205,9 @@ mod tests {
         assert_eq!(l.log_lines_per_minute, 1_000);
         assert_eq!(l.log_bytes_per_minute, 256 * 1024);
         assert_eq!(l.max_effects, 64);
+        assert_eq!(l.max_batch, 64);
+        assert_eq!(l.max_batch_bytes, 1024 * 1024);
+        assert_eq!(l.linger_ms, 20);
         assert_eq!(EPOCH_TICK, Duration::from_millis(10));
     }
 

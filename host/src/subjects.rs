@@ -128,6 +128,11 @@ impl Subjects {
         Some((name, source.replace('.', "/")))
     }
 
+    /// Subject the dead-letter stream captures: `<prefix>.dead.>`.
+    pub fn all_dead_letters(&self) -> String {
+        format!("{}.dead.>", self.prefix)
+    }
+
     /// Dead-letter subject of `app` on `node`.
     pub fn dead_letter(&self, node: u32, app: &str) -> String {
         format!("{}.dead.{node}.{app}", self.prefix)
@@ -199,6 +204,7 @@ mod tests {
     fn per_app_names() {
         let s = Subjects::default();
         assert_eq!(s.dead_letter(3, "mail1"), "weir.dead.3.mail1");
+        assert_eq!(s.all_dead_letters(), "weir.dead.>");
         assert_eq!(s.effects(3, "mail1"), "weir.effects.3.mail1");
         assert_eq!(consumer_name(3, "mail1"), "weir_3_mail1");
     }

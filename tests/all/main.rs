@@ -4,6 +4,7 @@
 //! - `components`: one test per guest component (generated with
 //!   `foreach_component!`, so a new fixture without a test does not compile);
 //! - `corpus`: the example handlers on the NS8 node-join corpus;
+//! - `nats`: the JetStream edge against a real nats-server per test;
 //! - `runtime`: deploy, cache, pool and isolation properties;
 //! - `cli`: the `weir` binary (`check`, `invoke`);
 //! - `python`: a componentize-py handler against the same WIT.
@@ -13,5 +14,6 @@ mod cli;
 mod common;
 mod components;
 mod corpus;
+mod nats;
 mod python;
 mod runtime;

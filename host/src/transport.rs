@@ -1,0 +1,489 @@
+//! The NATS JetStream edge: the only module that imports `async_nats`.
+//!
+//! - [`Transport::connect`]: one connection per process, retrying the initial
+//!   connect, reconnecting forever, pinging every [`PING_INTERVAL`] so a dead
+//!   server is noticed in seconds;
+//! - [`Transport::ensure_streams`]: the events stream (`<prefix>.events.>`) and
+//!   the dead-letter stream (`<prefix>.dead.>`), created or verified (a
+//!   conflicting existing stream is reported, never changed);
+//! - [`Transport::consumer`]: one durable pull consumer per (node, app) with
+//!   the app's event names as filter subjects, explicit ack and bounded
+//!   `max_ack_pending`, `ack_wait`, `max_deliver` and backoff;
+//! - [`AppConsumer::next_batch`]: a long poll for the first event, then at
+//!   most `linger` for the rest of a batch: only what can start is fetched;
+//! - [`Inbound`]: one delivered event with ack / nak(delay) / term;
+//! - publishing events (with `Nats-Msg-Id`) and dead letters, each awaited
+//!   until JetStream acknowledges it.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, stream};
+use async_nats::{ConnectOptions, HeaderMap};
+use bytes::Bytes;
+use futures::StreamExt as _;
+
+use crate::config::Delivery;
+use crate::subjects::{self, Subjects};
+
+/// Client ping interval: 5 s (async-nats defaults to 60 s); two missed pongs
+/// mark the connection dead.
+pub const PING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Timeout of one connection attempt: 5 s.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Client-side buffer of a subscription, in messages: 8,192. weir's
+/// subscriptions carry pull replies bounded by `max_batch`, so this never
+/// fills (async-nats drops past its default of 65,536).
+pub const SUBSCRIPTION_CAPACITY: usize = 8_192;
+
+/// Long poll for the first event of a batch: 5 s, with a heartbeat every
+/// [`PULL_HEARTBEAT`] so a lost server is noticed.
+pub const LONG_POLL: Duration = Duration::from_secs(5);
+
+/// Idle heartbeat of a pull request: 1 s.
+pub const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Default cap on the events stream: 1 GiB, oldest discarded first.
+pub const DEFAULT_STREAM_MAX_BYTES: i64 = 1 << 30;
+
+/// Default age limit of events in the stream: 7 days (a host down longer
+/// misses events; `weir` reports the gap via consumer lag).
+pub const DEFAULT_STREAM_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Window in which JetStream drops a repeated `Nats-Msg-Id`: 2 minutes.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Default name of the dead-letter stream.
+pub const DEFAULT_DEAD_STREAM: &str = "WEIR_DEAD";
+
+/// Header carrying the publisher's event id.
+pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+
+/// Dead-letter headers.
+pub const DEAD_REASON_HEADER: &str = "Weir-Dead-Reason";
+/// Original subject of a dead letter.
+pub const DEAD_SUBJECT_HEADER: &str = "Weir-Original-Subject";
+/// Deliveries before the event was dead-lettered.
+pub const DEAD_ATTEMPTS_HEADER: &str = "Weir-Attempts";
+/// Original event id of a dead letter.
+pub const DEAD_ID_HEADER: &str = "Weir-Original-Id";
+
+/// Errors at the NATS edge, by phase.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// Connecting failed.
+    #[error("failed to connect to NATS at {url}: {message}")]
+    Connect {
+        /// The server URL.
+        url: String,
+        /// What the client said.
+        message: String,
+    },
+    /// A stream exists with a configuration weir cannot use.
+    #[error(
+        "stream {name} exists with an incompatible configuration: {message} (weir never changes it; fix or delete it)"
+    )]
+    StreamConflict {
+        /// Stream name.
+        name: String,
+        /// What differs.
+        message: String,
+    },
+    /// A JetStream API call failed.
+    #[error("JetStream {operation} failed: {message}")]
+    JetStream {
+        /// What was attempted.
+        operation: &'static str,
+        /// What the server or client said.
+        message: String,
+    },
+    /// A subject could not be formed.
+    #[error(transparent)]
+    Subject(#[from] subjects::SubjectError),
+}
+
+fn js_err(operation: &'static str) -> impl FnOnce(String) -> TransportError {
+    move |message| TransportError::JetStream { operation, message }
+}
+
+/// The process's NATS connection and JetStream context.
+#[derive(Clone, Debug)]
+pub struct Transport {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    subjects: Subjects,
+    stream: String,
+    dead_stream: String,
+}
+
+impl Transport {
+    /// Connect to `url` as client `name`.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::Connect`] if the options are invalid; an unreachable
+    /// server is retried in the background, not an error.
+    pub async fn connect(
+        url: &str,
+        name: &str,
+        subjects: Subjects,
+        stream: &str,
+    ) -> Result<Self, TransportError> {
+        let client = ConnectOptions::new()
+            .name(name)
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .ping_interval(PING_INTERVAL)
+            .connection_timeout(CONNECT_TIMEOUT)
+            .subscription_capacity(SUBSCRIPTION_CAPACITY)
+            .connect(url)
+            .await
+            .map_err(|e| TransportError::Connect {
+                url: url.to_owned(),
+                message: e.to_string(),
+            })?;
+        let js = jetstream::new(client.clone());
+        Ok(Self {
+            client,
+            js,
+            subjects,
+            stream: stream.to_owned(),
+            dead_stream: DEFAULT_DEAD_STREAM.to_owned(),
+        })
+    }
+
+    /// The subjects in use.
+    pub fn subjects(&self) -> &Subjects {
+        &self.subjects
+    }
+
+    /// Create the events and dead-letter streams, or verify existing ones
+    /// capture the right subjects.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::StreamConflict`] if a stream exists without the
+    /// subjects weir needs; [`TransportError::JetStream`] otherwise.
+    pub async fn ensure_streams(&self) -> Result<(), TransportError> {
+        let streams = [
+            (self.stream.clone(), self.subjects.all_events()),
+            (self.dead_stream.clone(), self.subjects.all_dead_letters()),
+        ];
+        for (name, subject) in streams {
+            match self.js.get_stream(&name).await {
+                Ok(mut existing) => {
+                    let info = existing
+                        .info()
+                        .await
+                        .map_err(|e| js_err("stream info")(e.to_string()))?;
+                    if !info.config.subjects.contains(&subject) {
+                        return Err(TransportError::StreamConflict {
+                            name,
+                            message: format!(
+                                "captures {:?}, weir needs {subject:?}",
+                                info.config.subjects
+                            ),
+                        });
+                    }
+                }
+                Err(_) => {
+                    let config = stream::Config {
+                        name: name.clone(),
+                        subjects: vec![subject],
+                        storage: stream::StorageType::File,
+                        max_bytes: DEFAULT_STREAM_MAX_BYTES,
+                        max_age: DEFAULT_STREAM_MAX_AGE,
+                        duplicate_window: DUPLICATE_WINDOW,
+                        discard: stream::DiscardPolicy::Old,
+                        ..Default::default()
+                    };
+                    self.js
+                        .create_stream(config)
+                        .await
+                        .map_err(|e| js_err("stream create")(e.to_string()))?;
+                    tracing::info!(stream = %name, "stream created");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Create or update the durable pull consumer of `app` on `node`,
+    /// filtered to `event_names`.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::JetStream`] (e.g. the server refuses the config).
+    pub async fn consumer(
+        &self,
+        node: u32,
+        app: &str,
+        event_names: &[&str],
+        delivery: &Delivery,
+    ) -> Result<AppConsumer, TransportError> {
+        let filter_subjects = event_names
+            .iter()
+            .map(|n| self.subjects.event_filter(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let name = subjects::consumer_name(node, app);
+        // JetStream requires max_deliver > len(backoff).
+        let backoff: Vec<Duration> = delivery
+            .backoff_ms
+            .iter()
+            .take((delivery.max_deliver as usize).saturating_sub(1))
+            .map(|ms| Duration::from_millis(*ms))
+            .collect();
+        let config = jetstream::consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subjects,
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_millis(delivery.ack_wait_ms),
+            max_deliver: i64::from(delivery.max_deliver),
+            max_ack_pending: i64::from(delivery.max_ack_pending),
+            backoff,
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        };
+        let stream = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| js_err("stream lookup")(e.to_string()))?;
+        let consumer: PullConsumer = stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| js_err("consumer create")(e.to_string()))?;
+        Ok(AppConsumer { consumer, name })
+    }
+
+    /// Publish event `name` from `source` with `payload` and id `msg_id`;
+    /// returns the stream sequence once JetStream has stored it.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::Subject`] for invalid names, or
+    /// [`TransportError::JetStream`] if the stream refuses it (full, down).
+    pub async fn publish_event(
+        &self,
+        name: &str,
+        source: &str,
+        payload: Bytes,
+        msg_id: &str,
+    ) -> Result<u64, TransportError> {
+        let subject = self.subjects.event(name, source)?;
+        let mut headers = HeaderMap::new();
+        headers.insert(MSG_ID_HEADER, msg_id);
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, payload)
+            .await
+            .map_err(|e| js_err("publish")(e.to_string()))?
+            .await
+            .map_err(|e| js_err("publish ack")(e.to_string()))?;
+        Ok(ack.sequence)
+    }
+
+    /// Publish `inbound` as a dead letter of `app` on `node` with `reason`,
+    /// awaiting JetStream's ack. Idempotent within the duplicate window.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::JetStream`]: the caller must not term the event.
+    pub async fn publish_dead_letter(
+        &self,
+        node: u32,
+        app: &str,
+        inbound: &Inbound,
+        reason: &str,
+    ) -> Result<(), TransportError> {
+        let mut headers = inbound.msg.headers.clone().unwrap_or_default();
+        headers.insert(DEAD_REASON_HEADER, reason.replace(['\r', '\n'], " "));
+        headers.insert(DEAD_SUBJECT_HEADER, inbound.subject.as_str());
+        headers.insert(DEAD_ATTEMPTS_HEADER, inbound.attempt.to_string());
+        headers.insert(DEAD_ID_HEADER, inbound.id.as_str());
+        headers.insert(MSG_ID_HEADER, format!("dead:{node}:{app}:{}", inbound.id));
+        self.js
+            .publish_with_headers(
+                self.subjects.dead_letter(node, app),
+                headers,
+                inbound.payload.clone(),
+            )
+            .await
+            .map_err(|e| js_err("dead-letter publish")(e.to_string()))?
+            .await
+            .map_err(|e| js_err("dead-letter ack")(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Flush pending publishes and acks.
+    ///
+    /// # Errors
+    ///
+    /// If the connection is gone.
+    pub async fn flush(&self) -> Result<(), TransportError> {
+        self.client
+            .flush()
+            .await
+            .map_err(|e| js_err("flush")(e.to_string()))
+    }
+}
+
+/// One app's durable pull consumer.
+#[derive(Debug)]
+pub struct AppConsumer {
+    consumer: PullConsumer,
+    name: String,
+}
+
+impl AppConsumer {
+    /// The durable name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Events not yet delivered to this consumer (its lag).
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::JetStream`].
+    pub async fn pending(&mut self) -> Result<u64, TransportError> {
+        let info = self
+            .consumer
+            .info()
+            .await
+            .map_err(|e| js_err("consumer info")(e.to_string()))?;
+        Ok(info.num_pending)
+    }
+
+    /// Wait up to `long_poll` for a first event, then up to `linger` for the
+    /// rest, returning at most `max` events (possibly none). Only what was
+    /// asked for is delivered: no pull request is left outstanding.
+    ///
+    /// Cancel safety: not cancel safe; events delivered to a cancelled call
+    /// are redelivered after the ack wait.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::JetStream`] if the pull fails.
+    pub async fn next_batch(
+        &self,
+        max: usize,
+        linger: Duration,
+        long_poll: Duration,
+    ) -> Result<Vec<Inbound>, TransportError> {
+        let mut out = Vec::with_capacity(max.min(1024));
+        self.pull(1, long_poll, &mut out).await?;
+        if !out.is_empty() && max > 1 {
+            self.pull(max - 1, linger, &mut out).await?;
+        }
+        Ok(out)
+    }
+
+    async fn pull(
+        &self,
+        max: usize,
+        expires: Duration,
+        out: &mut Vec<Inbound>,
+    ) -> Result<(), TransportError> {
+        let mut request = self.consumer.batch().max_messages(max).expires(expires);
+        if expires > PULL_HEARTBEAT * 2 {
+            request = request.heartbeat(PULL_HEARTBEAT);
+        }
+        let mut messages = request
+            .messages()
+            .await
+            .map_err(|e| js_err("pull")(e.to_string()))?;
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(msg) => out.push(Inbound::new(msg)),
+                Err(e) => return Err(js_err("pull")(e.to_string())),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One delivered event.
+#[derive(Debug)]
+pub struct Inbound {
+    msg: jetstream::Message,
+    /// The subject it was published on.
+    pub subject: String,
+    /// `Nats-Msg-Id`, else `"<stream>:<sequence>"`.
+    pub id: String,
+    /// The payload as published.
+    pub payload: Bytes,
+    /// Delivery attempt, 1-based.
+    pub attempt: u32,
+    /// Stream sequence.
+    pub sequence: u64,
+    /// Publish time, ms since the Unix epoch.
+    pub published_ms: u64,
+}
+
+impl Inbound {
+    fn new(msg: jetstream::Message) -> Self {
+        let (attempt, sequence, published_ms, stream) = match msg.info() {
+            Ok(info) => (
+                u32::try_from(info.delivered).unwrap_or(u32::MAX),
+                info.stream_sequence,
+                u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0),
+                info.stream.to_owned(),
+            ),
+            Err(_) => (1, 0, 0, String::new()),
+        };
+        let id = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(MSG_ID_HEADER))
+            .map(|v| v.as_str().to_owned())
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| format!("{stream}:{sequence}"));
+        Self {
+            subject: msg.subject.to_string(),
+            payload: msg.payload.clone(),
+            msg,
+            id,
+            attempt: attempt.max(1),
+            sequence,
+            published_ms,
+        }
+    }
+
+    /// Acknowledge: done.
+    ///
+    /// # Errors
+    ///
+    /// If the ack could not be sent (the event will be redelivered).
+    pub async fn ack(&self) -> Result<(), TransportError> {
+        self.msg
+            .ack()
+            .await
+            .map_err(|e| js_err("ack")(e.to_string()))
+    }
+
+    /// Negative ack: redeliver after `delay`.
+    ///
+    /// # Errors
+    ///
+    /// If the nak could not be sent (redelivered after the ack wait).
+    pub async fn nak(&self, delay: Duration) -> Result<(), TransportError> {
+        self.msg
+            .ack_with(AckKind::Nak(Some(delay)))
+            .await
+            .map_err(|e| js_err("nak")(e.to_string()))
+    }
+
+    /// Terminate: never redeliver (after dead-lettering it).
+    ///
+    /// # Errors
+    ///
+    /// If the term could not be sent.
+    pub async fn term(&self) -> Result<(), TransportError> {
+        self.msg
+            .ack_with(AckKind::Term)
+            .await
+            .map_err(|e| js_err("term")(e.to_string()))
+    }
+}
