@@ -302,13 +302,15 @@ impl App {
         &self.inner.report
     }
 
-    /// Run the handler on `events` on a blocking thread, after taking one of
+    /// Run the handler on `events` (a `Vec<Event>` or a shared `Arc<[Event]>`,
+    /// which the caller may keep) on a blocking thread, after taking one of
     /// the runtime's instance permits (waits while all are in use).
     ///
     /// Cancel safety: dropping the future before it completes gives up the
     /// result, but a call already started runs to completion or to its caps
     /// (deadline, fuel) on its thread.
-    pub async fn invoke(&self, events: Vec<Event>) -> Invocation {
+    pub async fn invoke(&self, events: impl Into<Arc<[Event]>>) -> Invocation {
+        let events: Arc<[Event]> = events.into();
         let stats = InvokeStats {
             events: events.len(),
             ..InvokeStats::default()

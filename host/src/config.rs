@@ -211,7 +211,9 @@ pub struct Delivery {
     pub ack_wait_ms: u64,
     /// Unacknowledged events at most. Default [`DEFAULT_MAX_ACK_PENDING`].
     pub max_ack_pending: u32,
-    /// Redelivery backoff in ms. Default [`DEFAULT_BACKOFF_MS`].
+    /// Delay before a failed batch's events are redelivered, by attempt, in
+    /// ms (the last step repeats); weir naks with it. Default
+    /// [`DEFAULT_BACKOFF_MS`].
     pub backoff_ms: Vec<u64>,
 }
 

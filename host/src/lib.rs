@@ -23,6 +23,10 @@
 //! - [`subjects`]: NATS subject, stream and consumer names;
 //! - [`nats_server`]: a private nats-server process (embedded default, tests);
 //! - [`transport`]: the NATS JetStream edge (the only module importing `async_nats`);
+//! - [`pipeline`]: one app's consume → filter → batch → invoke → ack loop;
+//! - [`host`]: `weir run` as a library: start, serve, drain;
+//! - [`effects`]: grants, idempotency and executors for effects;
+//! - [`stats`]: per-app counters for `/stats` and `/metrics`;
 //! - [`domain`]: UTS-46 domain normalisation and the app's [`DomainSet`];
 //! - [`guest_log`]: guest logging under a budget;
 //! - `bindings`, `state`, `cache`: the WIT bindings, store state and
@@ -55,14 +59,18 @@ pub mod check;
 pub mod config;
 pub mod corpus;
 pub mod domain;
+pub mod effects;
 pub mod engine;
 pub mod envelope;
 mod error;
 pub mod filter;
 pub mod guest_log;
+pub mod host;
 pub mod limits;
 pub mod nats_server;
+pub mod pipeline;
 mod state;
+pub mod stats;
 pub mod subjects;
 pub mod transport;
 
@@ -73,6 +81,7 @@ pub use check::{CheckReport, Grant, ImportReport};
 pub use domain::DomainSet;
 pub use engine::{EngineConfig, Runtime};
 pub use error::{DeployError, InvokeError};
+pub use host::Host;
 pub use limits::Limits;
 pub use state::AppIdentity;
 

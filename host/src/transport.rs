@@ -8,7 +8,8 @@
 //!   conflicting existing stream is reported, never changed);
 //! - [`Transport::consumer`]: one durable pull consumer per (node, app) with
 //!   the app's event names as filter subjects, explicit ack and bounded
-//!   `max_ack_pending`, `ack_wait`, `max_deliver` and backoff;
+//!   `max_ack_pending`, `ack_wait` and `max_deliver` (failure backoff is the
+//!   delay of weir's naks);
 //! - [`AppConsumer::next_batch`]: a long poll for the first event, then at
 //!   most `linger` for the rest of a batch: only what can start is fetched;
 //! - [`Inbound`]: one delivered event with ack / nak(delay) / term;
@@ -227,13 +228,6 @@ impl Transport {
             .map(|n| self.subjects.event_filter(n))
             .collect::<Result<Vec<_>, _>>()?;
         let name = subjects::consumer_name(node, app);
-        // JetStream requires max_deliver > len(backoff).
-        let backoff: Vec<Duration> = delivery
-            .backoff_ms
-            .iter()
-            .take((delivery.max_deliver as usize).saturating_sub(1))
-            .map(|ms| Duration::from_millis(*ms))
-            .collect();
         let config = jetstream::consumer::pull::Config {
             durable_name: Some(name.clone()),
             filter_subjects,
@@ -241,7 +235,10 @@ impl Transport {
             ack_wait: Duration::from_millis(delivery.ack_wait_ms),
             max_deliver: i64::from(delivery.max_deliver),
             max_ack_pending: i64::from(delivery.max_ack_pending),
-            backoff,
+            // No consumer `backoff`: JetStream would use it in place of
+            // `ack_wait` for unacknowledged deliveries, redelivering any batch
+            // slower than its first step. weir applies `backoff_ms` itself,
+            // as the delay of the nak of a failed batch.
             deliver_policy: jetstream::consumer::DeliverPolicy::All,
             ..Default::default()
         };

@@ -116,3 +116,16 @@ pub fn assert_fs_and_sockets_denied(app: &App) {
         "{denied:?}"
     );
 }
+
+/// Log to the test's captured output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_test_writer()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .try_init();
+        }
+    });
+}

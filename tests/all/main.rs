@@ -5,6 +5,7 @@
 //!   `foreach_component!`, so a new fixture without a test does not compile);
 //! - `corpus`: the example handlers on the NS8 node-join corpus;
 //! - `nats`: the JetStream edge against a real nats-server per test;
+//! - `event_plane`: `weir run` (the `Host`) end to end against a real server;
 //! - `runtime`: deploy, cache, pool and isolation properties;
 //! - `cli`: the `weir` binary (`check`, `invoke`);
 //! - `python`: a componentize-py handler against the same WIT.
@@ -14,6 +15,7 @@ mod cli;
 mod common;
 mod components;
 mod corpus;
+mod event_plane;
 mod nats;
 mod python;
 mod runtime;

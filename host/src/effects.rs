@@ -1,0 +1,322 @@
+//! Executing a batch's effects: check grants, skip what was already executed
+//! for the same events (idempotency keys), execute the rest once.
+//!
+//! Executors: `log` (dry run: one info line per effect) and `command` (an argv
+//! template such as `["systemctl", "--user", "try-reload-or-restart",
+//! "{unit}"]`, `{action}` and `{unit}` substituted, no shell, bounded time).
+//! A `publish` effect is published as an event whose source is the app itself
+//! (`module/<app>`), so no app can forge another's events.
+//!
+//! Idempotency: an executed effect is recorded under (app, event id, effect)
+//! for every event of its batch; a redelivered batch whose events all carry
+//! the record does not execute it again. Records are kept in memory, at most
+//! [`MAX_IDEMPOTENCY_RECORDS`], oldest forgotten first.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::bindings::Effect;
+use crate::config::{EffectsConfig, Executor, Grants};
+use crate::transport::Transport;
+
+/// Most idempotency records kept: 100,000 (about 10 MB).
+pub const MAX_IDEMPOTENCY_RECORDS: usize = 100_000;
+
+/// What happened to a batch's effects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EffectReport {
+    /// Executed now.
+    pub executed: u64,
+    /// Skipped: already executed for all of these events.
+    pub repeated: u64,
+    /// Refused: not granted.
+    pub refused: u64,
+    /// Failures, one message each (the batch is retried).
+    pub failed: Vec<String>,
+}
+
+/// Executes effects for all apps of the host.
+#[derive(Debug)]
+pub struct EffectRunner {
+    config: EffectsConfig,
+    transport: Option<Transport>,
+    records: Mutex<Records>,
+}
+
+#[derive(Debug, Default)]
+struct Records {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Records {
+    fn insert(&mut self, key: String) {
+        if self.set.insert(key.clone()) {
+            self.order.push_back(key);
+            while self.order.len() > MAX_IDEMPOTENCY_RECORDS {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+fn describe(effect: &Effect) -> String {
+    match effect {
+        Effect::Restart(u) => format!("restart:{u}"),
+        Effect::Reload(u) => format!("reload:{u}"),
+        Effect::Publish(m) => format!("publish:{}", m.name),
+    }
+}
+
+fn granted(grants: &Grants, effect: &Effect) -> bool {
+    match effect {
+        Effect::Restart(u) => grants.restart.contains(u),
+        Effect::Reload(u) => grants.reload.contains(u),
+        Effect::Publish(m) => grants.publish.contains(&m.name),
+    }
+}
+
+impl EffectRunner {
+    /// A runner with `config`; `transport` publishes `publish` effects (none:
+    /// they fail).
+    pub fn new(config: EffectsConfig, transport: Option<Transport>) -> Self {
+        Self {
+            config,
+            transport,
+            records: Mutex::new(Records::default()),
+        }
+    }
+
+    fn key(app: &str, event_id: &str, effect: &str) -> String {
+        format!("{app}\u{1f}{event_id}\u{1f}{effect}")
+    }
+
+    /// Check, deduplicate and execute `effects` of `app` for the batch of
+    /// `event_ids`.
+    pub async fn run(
+        &self,
+        app: &str,
+        grants: &Grants,
+        effects: &[Effect],
+        event_ids: &[&str],
+    ) -> EffectReport {
+        let mut report = EffectReport::default();
+        for effect in effects {
+            let name = describe(effect);
+            if !granted(grants, effect) {
+                report.refused += 1;
+                tracing::warn!(app, effect = %name, "effect refused: not granted");
+                continue;
+            }
+            let done = {
+                let records = self.records.lock().unwrap_or_else(PoisonError::into_inner);
+                !event_ids.is_empty()
+                    && event_ids
+                        .iter()
+                        .all(|id| records.set.contains(&Self::key(app, id, &name)))
+            };
+            if done {
+                report.repeated += 1;
+                continue;
+            }
+            match self
+                .execute(app, effect, event_ids.first().copied().unwrap_or(""))
+                .await
+            {
+                Ok(()) => {
+                    report.executed += 1;
+                    let mut records = self.records.lock().unwrap_or_else(PoisonError::into_inner);
+                    for id in event_ids {
+                        records.insert(Self::key(app, id, &name));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(app, effect = %name, error = %e, "effect failed");
+                    report.failed.push(format!("{name}: {e}"));
+                }
+            }
+        }
+        report
+    }
+
+    async fn execute(&self, app: &str, effect: &Effect, first_event: &str) -> Result<(), String> {
+        let (action, unit) = match effect {
+            Effect::Restart(u) => ("restart", u),
+            Effect::Reload(u) => ("reload", u),
+            Effect::Publish(m) => {
+                let transport = self
+                    .transport
+                    .as_ref()
+                    .ok_or("no NATS connection for publish effects")?;
+                let source = format!("module/{app}");
+                let id = format!("effect:{app}:{first_event}:{}", m.name);
+                return transport
+                    .publish_event(&m.name, &source, Bytes::from(m.payload.clone()), &id)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+            }
+        };
+        match self.config.executor {
+            Executor::Log => {
+                tracing::info!(app, action, unit = %unit, "effect (log executor, dry run)");
+                Ok(())
+            }
+            Executor::Command => {
+                let argv: Vec<String> = self
+                    .config
+                    .command
+                    .iter()
+                    .map(|a| a.replace("{action}", action).replace("{unit}", unit))
+                    .collect();
+                let (program, args) = argv.split_first().ok_or("empty command")?;
+                let mut child = tokio::process::Command::new(program)
+                    .args(args)
+                    .stdin(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .map_err(|e| format!("failed to start {program}: {e}"))?;
+                let timeout = Duration::from_millis(self.config.timeout_ms);
+                match tokio::time::timeout(timeout, child.wait()).await {
+                    Ok(Ok(status)) if status.success() => {
+                        tracing::info!(app, action, unit = %unit, "effect executed");
+                        Ok(())
+                    }
+                    Ok(Ok(status)) => Err(format!("{} exited with {status}", argv.join(" "))),
+                    Ok(Err(e)) => Err(format!("{program}: {e}")),
+                    Err(_) => Err(format!("{} ran longer than {timeout:?}", argv.join(" "))),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grants() -> Grants {
+        Grants {
+            restart: vec!["a.service".into()],
+            reload: vec![],
+            publish: vec![],
+        }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn grants_and_idempotency() {
+        let runner = EffectRunner::new(EffectsConfig::default(), None);
+        rt().block_on(async {
+            let effects = [
+                Effect::Restart("a.service".into()),
+                Effect::Restart("b.service".into()),
+            ];
+            let r = runner
+                .run("mail1", &grants(), &effects, &["e1", "e2"])
+                .await;
+            assert_eq!((r.executed, r.refused, r.repeated), (1, 1, 0));
+            // Redelivery of the same events: not executed again.
+            let r = runner
+                .run("mail1", &grants(), &effects[..1], &["e1", "e2"])
+                .await;
+            assert_eq!((r.executed, r.repeated), (0, 1));
+            // A batch with a new event executes it.
+            let r = runner
+                .run("mail1", &grants(), &effects[..1], &["e2", "e3"])
+                .await;
+            assert_eq!(r.executed, 1);
+            // Another app's record does not count.
+            let r = runner.run("mail2", &grants(), &effects[..1], &["e1"]).await;
+            assert_eq!(r.executed, 1);
+        });
+    }
+
+    #[test]
+    fn command_executor_substitutes_and_reports_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("done");
+        let config = EffectsConfig {
+            executor: Executor::Command,
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                format!("echo {{action}} {{unit}} > {}", marker.display()),
+            ],
+            timeout_ms: 5_000,
+        };
+        let runner = EffectRunner::new(config, None);
+        rt().block_on(async {
+            let r = runner
+                .run(
+                    "mail1",
+                    &grants(),
+                    &[Effect::Restart("a.service".into())],
+                    &["e1"],
+                )
+                .await;
+            assert_eq!(r.executed, 1, "{r:?}");
+        });
+        assert_eq!(
+            std::fs::read_to_string(&marker).unwrap().trim(),
+            "restart a.service"
+        );
+        let failing = EffectRunner::new(
+            EffectsConfig {
+                executor: Executor::Command,
+                command: vec!["false".into(), "{unit}".into()],
+                timeout_ms: 5_000,
+            },
+            None,
+        );
+        let slow = EffectRunner::new(
+            EffectsConfig {
+                executor: Executor::Command,
+                command: vec!["sh".into(), "-c".into(), "sleep 5".into(), "{unit}".into()],
+                timeout_ms: 100,
+            },
+            None,
+        );
+        rt().block_on(async {
+            let r = failing
+                .run(
+                    "m",
+                    &grants(),
+                    &[Effect::Restart("a.service".into())],
+                    &["e"],
+                )
+                .await;
+            assert_eq!(r.failed.len(), 1, "{r:?}");
+            let r = slow
+                .run(
+                    "m",
+                    &grants(),
+                    &[Effect::Restart("a.service".into())],
+                    &["e"],
+                )
+                .await;
+            assert!(r.failed[0].contains("ran longer than"), "{r:?}");
+        });
+    }
+
+    #[test]
+    fn records_are_bounded() {
+        let mut r = Records::default();
+        for i in 0..MAX_IDEMPOTENCY_RECORDS + 10 {
+            r.insert(i.to_string());
+        }
+        assert_eq!(r.set.len(), MAX_IDEMPOTENCY_RECORDS);
+        assert!(!r.set.contains("0"));
+    }
+}

@@ -1,0 +1,290 @@
+//! Per-app counters behind `/stats` (JSON) and `/metrics` (Prometheus text).
+//! Every counter is a relaxed atomic: updated once per batch, read by the
+//! HTTP endpoints.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+/// Counters of one app on this node.
+#[derive(Debug, Default)]
+pub struct AppStats {
+    /// Events delivered to the app's consumer.
+    pub received: AtomicU64,
+    /// Events acked without invoking (pre-filter said irrelevant).
+    pub skipped: AtomicU64,
+    /// Events handed to the handler.
+    pub invoked_events: AtomicU64,
+    /// Handler invocations.
+    pub batches: AtomicU64,
+    /// Outcomes: done.
+    pub outcome_done: AtomicU64,
+    /// Outcomes: retry.
+    pub outcome_retry: AtomicU64,
+    /// Outcomes: reject.
+    pub outcome_reject: AtomicU64,
+    /// Events dead-lettered (rejected, malformed, or out of deliveries).
+    pub dead_letters: AtomicU64,
+    /// Effects executed.
+    pub effects_executed: AtomicU64,
+    /// Effects collapsed (identical within a batch, or already executed for
+    /// the same events).
+    pub effects_collapsed: AtomicU64,
+    /// Effects refused (not granted).
+    pub effects_refused: AtomicU64,
+    /// Effects whose execution failed.
+    pub effects_failed: AtomicU64,
+    /// Highest fuel used by one batch.
+    pub fuel_high_water: AtomicU64,
+    /// Highest linear memory of one instance, in bytes.
+    pub memory_high_water: AtomicU64,
+    /// Events not yet delivered to the consumer (last reading).
+    pub consumer_lag: AtomicU64,
+    /// Failed batches by [`crate::InvokeError::kind`].
+    traps: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+/// A point-in-time copy of [`AppStats`], as `/stats` serves it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AppStatsSnapshot {
+    /// App name.
+    pub app: String,
+    /// See [`AppStats::received`].
+    pub received: u64,
+    /// See [`AppStats::skipped`].
+    pub skipped: u64,
+    /// See [`AppStats::invoked_events`].
+    pub invoked_events: u64,
+    /// See [`AppStats::batches`].
+    pub batches: u64,
+    /// Outcomes by kind: `done`, `retry`, `reject`.
+    pub outcomes: BTreeMap<&'static str, u64>,
+    /// See [`AppStats::dead_letters`].
+    pub dead_letters: u64,
+    /// See [`AppStats::effects_executed`].
+    pub effects_executed: u64,
+    /// See [`AppStats::effects_collapsed`].
+    pub effects_collapsed: u64,
+    /// See [`AppStats::effects_refused`].
+    pub effects_refused: u64,
+    /// See [`AppStats::effects_failed`].
+    pub effects_failed: u64,
+    /// Failed batches by kind.
+    pub traps: BTreeMap<&'static str, u64>,
+    /// See [`AppStats::fuel_high_water`].
+    pub fuel_high_water: u64,
+    /// See [`AppStats::memory_high_water`].
+    pub memory_high_water: u64,
+    /// See [`AppStats::consumer_lag`].
+    pub consumer_lag: u64,
+}
+
+fn get(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+impl AppStats {
+    /// Add `n` to `counter`.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Raise `counter` to at least `value`.
+    pub fn high_water(counter: &AtomicU64, value: u64) {
+        counter.fetch_max(value, Ordering::Relaxed);
+    }
+
+    /// Count one failed batch of `kind`.
+    pub fn trap(&self, kind: &'static str) {
+        *self
+            .traps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(kind)
+            .or_default() += 1;
+    }
+
+    /// A snapshot for app `app`.
+    pub fn snapshot(&self, app: &str) -> AppStatsSnapshot {
+        AppStatsSnapshot {
+            app: app.to_owned(),
+            received: get(&self.received),
+            skipped: get(&self.skipped),
+            invoked_events: get(&self.invoked_events),
+            batches: get(&self.batches),
+            outcomes: [
+                ("done", get(&self.outcome_done)),
+                ("retry", get(&self.outcome_retry)),
+                ("reject", get(&self.outcome_reject)),
+            ]
+            .into_iter()
+            .collect(),
+            dead_letters: get(&self.dead_letters),
+            effects_executed: get(&self.effects_executed),
+            effects_collapsed: get(&self.effects_collapsed),
+            effects_refused: get(&self.effects_refused),
+            effects_failed: get(&self.effects_failed),
+            traps: self
+                .traps
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+            fuel_high_water: get(&self.fuel_high_water),
+            memory_high_water: get(&self.memory_high_water),
+            consumer_lag: get(&self.consumer_lag),
+        }
+    }
+}
+
+/// Prometheus text exposition (format 0.0.4) of `snapshots`: one family per
+/// counter, labelled by `app` (and `kind` for outcomes and traps).
+pub fn prometheus(node: u32, snapshots: &[AppStatsSnapshot]) -> String {
+    type Field = fn(&AppStatsSnapshot) -> u64;
+    let families: [(&str, &str, &str, Field); 13] = [
+        (
+            "weir_events_received_total",
+            "counter",
+            "Events delivered to the app's consumer.",
+            |s| s.received,
+        ),
+        (
+            "weir_events_skipped_total",
+            "counter",
+            "Events acked by the pre-filter without invoking.",
+            |s| s.skipped,
+        ),
+        (
+            "weir_events_invoked_total",
+            "counter",
+            "Events handed to the handler.",
+            |s| s.invoked_events,
+        ),
+        (
+            "weir_batches_total",
+            "counter",
+            "Handler invocations.",
+            |s| s.batches,
+        ),
+        (
+            "weir_dead_letters_total",
+            "counter",
+            "Events dead-lettered.",
+            |s| s.dead_letters,
+        ),
+        (
+            "weir_effects_executed_total",
+            "counter",
+            "Effects executed.",
+            |s| s.effects_executed,
+        ),
+        (
+            "weir_effects_collapsed_total",
+            "counter",
+            "Effects collapsed as duplicates.",
+            |s| s.effects_collapsed,
+        ),
+        (
+            "weir_effects_refused_total",
+            "counter",
+            "Effects refused for lack of a grant.",
+            |s| s.effects_refused,
+        ),
+        (
+            "weir_effects_failed_total",
+            "counter",
+            "Effects whose execution failed.",
+            |s| s.effects_failed,
+        ),
+        (
+            "weir_fuel_high_water",
+            "gauge",
+            "Most fuel used by one batch.",
+            |s| s.fuel_high_water,
+        ),
+        (
+            "weir_memory_high_water_bytes",
+            "gauge",
+            "Most linear memory of one instance.",
+            |s| s.memory_high_water,
+        ),
+        (
+            "weir_consumer_lag",
+            "gauge",
+            "Events not yet delivered to the app's consumer.",
+            |s| s.consumer_lag,
+        ),
+        (
+            "weir_apps",
+            "gauge",
+            "Apps on this node (1 per app).",
+            |_| 1,
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, field) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for s in snapshots {
+            let _ = writeln!(
+                out,
+                "{name}{{node=\"{node}\",app=\"{}\"}} {}",
+                s.app,
+                field(s)
+            );
+        }
+    }
+    for (name, help, pick) in [
+        (
+            "weir_outcomes_total",
+            "Handler outcomes by kind.",
+            (|s| &s.outcomes) as fn(&AppStatsSnapshot) -> &BTreeMap<&'static str, u64>,
+        ),
+        ("weir_traps_total", "Failed batches by kind.", |s| &s.traps),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for s in snapshots {
+            for (kind, n) in pick(s) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{node=\"{node}\",app=\"{}\",kind=\"{kind}\"}} {n}",
+                    s.app
+                );
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_and_prometheus_text() {
+        let s = AppStats::default();
+        AppStats::add(&s.received, 5);
+        AppStats::add(&s.skipped, 3);
+        AppStats::high_water(&s.fuel_high_water, 10);
+        AppStats::high_water(&s.fuel_high_water, 7);
+        s.trap("timeout");
+        s.trap("timeout");
+        let snap = s.snapshot("mail1");
+        assert_eq!(
+            (snap.received, snap.skipped, snap.fuel_high_water),
+            (5, 3, 10)
+        );
+        assert_eq!(snap.traps["timeout"], 2);
+        let text = prometheus(1, &[snap]);
+        assert!(
+            text.contains("weir_events_received_total{node=\"1\",app=\"mail1\"} 5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weir_traps_total{node=\"1\",app=\"mail1\",kind=\"timeout\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE weir_consumer_lag gauge\n"), "{text}");
+    }
+}

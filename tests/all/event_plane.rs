@@ -1,0 +1,390 @@
+//! `weir run` end to end (as the library `Host`) against a real nats-server
+//! per test: delivery, pre-filter, outcomes, dead letters, restarts.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use weir_host::Host;
+use weir_host::config::Config;
+use weir_host::nats_server::NatsServer;
+use weir_host::stats::AppStatsSnapshot;
+use weir_host::subjects::Subjects;
+use weir_host::transport::Transport;
+
+use crate::nats::server;
+
+/// Poll `cond` every 20 ms for at most `within`; panic with `what` if it never
+/// holds.
+macro_rules! assert_eventually {
+    ($within:expr, $what:expr, $cond:expr) => {{
+        let deadline = Instant::now() + $within;
+        loop {
+            let holds: bool = $cond;
+            if holds {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not within {:?}: {}",
+                $within,
+                $what
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }};
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    crate::common::init_tracing();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Node 1 with an echo app (event `test`, any source) and the NS8 mail app.
+fn config(server: &NatsServer, extra: &str) -> Config {
+    let text = format!(
+        r#"
+        [node]
+        id = 1
+        name = "node1"
+        [nats]
+        url = "{url}"
+        [http]
+        listen = "127.0.0.1:0"
+        [[app]]
+        name = "echo"
+        component = "{echo}"
+        [[app.rule]]
+        event = ["test", "test-bad"]
+        [app.grants]
+        restart = ["a.service"]
+        [app.delivery]
+        max_deliver = 3
+        backoff_ms = [50, 50]
+        ack_wait_ms = 5000
+        [[app]]
+        name = "mail1"
+        component = "{mail}"
+        domains = ["dom01.example.org"]
+        [[app.rule]]
+        event = "user-domain-changed"
+        source = "module/ldapproxy*"
+        origin = "local"
+        domains = "mine"
+        [[app.rule]]
+        event = "user-domain-changed"
+        source = ["cluster", "module/openldap*"]
+        domains = "mine"
+        [app.grants]
+        restart = ["dovecot.service", "postfix.service"]
+        {extra}
+        "#,
+        url = server.url(),
+        echo = weir_test_artifacts::ECHO,
+        mail = weir_test_artifacts::MAIL,
+    );
+    let config = Config::parse(&text).unwrap();
+    assert_eq!(config.problems(), Vec::<String>::new());
+    config
+}
+
+fn app<'a>(stats: &'a [AppStatsSnapshot], name: &str) -> &'a AppStatsSnapshot {
+    stats.iter().find(|s| s.app == name).unwrap()
+}
+
+async fn publisher(server: &NatsServer) -> Transport {
+    let t = Transport::connect(
+        &server.url(),
+        "publisher",
+        Subjects::default(),
+        "WEIR_EVENTS",
+    )
+    .await
+    .unwrap();
+    t.ensure_streams().await.unwrap();
+    t
+}
+
+/// Dead letters stored for `app` on node 1: (reason, original id).
+async fn dead_letters(server: &NatsServer, app: &str, expect: usize) -> Vec<(String, String)> {
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream("WEIR_DEAD").await.unwrap();
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            filter_subject: format!("weir.dead.1.{app}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let mut msgs = consumer
+        .fetch()
+        .max_messages(expect + 10)
+        .messages()
+        .await
+        .unwrap();
+    while let Some(Ok(m)) = msgs.next().await {
+        let h = m.headers.clone().unwrap();
+        out.push((
+            h.get("Weir-Dead-Reason").unwrap().to_string(),
+            h.get("Weir-Original-Id").unwrap().to_string(),
+        ));
+    }
+    out
+}
+
+#[test]
+fn delivers_filters_and_settles_outcomes() {
+    let (server, _dir) = server();
+    rt().block_on(async {
+        let host = Host::start(config(&server, "")).await.unwrap();
+        let p = publisher(&server).await;
+        // The legacy storm for node 4's ldapproxy: irrelevant to mail1 on node 1.
+        for i in 0..25 {
+            let payload = format!(
+                r#"{{"node_id": 4, "domain": "dom{:02}.example.org"}}"#,
+                i + 1
+            );
+            p.publish_event(
+                "user-domain-changed",
+                "module/ldapproxy4",
+                Bytes::from(payload),
+                &format!("storm-{i}"),
+            )
+            .await
+            .unwrap();
+        }
+        // One cluster-wide announcement that is relevant.
+        let announce =
+            r#"{"domain":"dom01.example.org","domains":["dom01.example.org"],"node_id":3}"#;
+        p.publish_event(
+            "user-domain-changed",
+            "module/openldap1",
+            Bytes::from_static(announce.as_bytes()),
+            "announce",
+        )
+        .await
+        .unwrap();
+        p.publish_event("test", "cluster", Bytes::from_static(b"hello"), "t-done")
+            .await
+            .unwrap();
+        p.publish_event(
+            "test",
+            "cluster",
+            Bytes::from_static(b"restart:a.service"),
+            "t-effect",
+        )
+        .await
+        .unwrap();
+        p.publish_event(
+            "test",
+            "cluster",
+            Bytes::from_static(b"restart:z.service"),
+            "t-refused",
+        )
+        .await
+        .unwrap();
+        p.publish_event(
+            "test",
+            "cluster",
+            Bytes::from_static(b"reject:no thanks"),
+            "t-reject",
+        )
+        .await
+        .unwrap();
+        p.publish_event(
+            "test",
+            "cluster",
+            Bytes::from_static(b"{\"node_id\": 1"),
+            "t-malformed",
+        )
+        .await
+        .unwrap();
+
+        assert_eventually!(Duration::from_secs(10), "mail1 settles 26 events", {
+            let s = host.stats();
+            let m = app(&s, "mail1");
+            m.skipped == 25 && m.outcomes["done"] == 1
+        });
+        assert_eventually!(Duration::from_secs(10), "echo settles 5 events", {
+            let s = host.stats();
+            let e = app(&s, "echo");
+            e.outcomes["done"] == 3 && e.dead_letters == 2
+        });
+        let s = host.stats();
+        let mail = app(&s, "mail1");
+        assert_eq!(
+            (mail.received, mail.skipped, mail.invoked_events),
+            (26, 25, 1)
+        );
+        assert_eq!(mail.effects_executed, 2, "dovecot + postfix, once");
+        let echo = app(&s, "echo");
+        assert_eq!(echo.effects_executed, 1);
+        assert_eq!(echo.effects_refused, 1);
+        assert_eq!(echo.outcomes["reject"], 1);
+
+        let mut dead = dead_letters(&server, "echo", 2).await;
+        dead.sort();
+        assert_eq!(dead.len(), 2, "{dead:?}");
+        assert!(
+            dead[0].0.contains("malformed JSON payload") && dead[0].1 == "t-malformed",
+            "{dead:?}"
+        );
+        assert_eq!(
+            dead[1],
+            (
+                "rejected by handler: no thanks".to_owned(),
+                "t-reject".to_owned()
+            )
+        );
+
+        // The HTTP endpoints serve the same counters.
+        let addr = host.http_addr().unwrap();
+        let body = http_get(addr, "/metrics").await;
+        assert!(
+            body.contains("weir_events_skipped_total{node=\"1\",app=\"mail1\"} 25"),
+            "{body}"
+        );
+        assert!(http_get(addr, "/health").await.ends_with("ok\n"));
+        assert!(
+            http_get(addr, "/stats")
+                .await
+                .contains("\"invoked_events\":1")
+        );
+        host.shutdown().await.unwrap();
+    });
+}
+
+#[test]
+fn retry_then_dead_letter_after_max_deliver() {
+    let (server, _dir) = server();
+    rt().block_on(async {
+        let host = Host::start(config(&server, "")).await.unwrap();
+        let p = publisher(&server).await;
+        p.publish_event(
+            "test",
+            "cluster",
+            Bytes::from_static(b"retry:20"),
+            "always-retry",
+        )
+        .await
+        .unwrap();
+        assert_eventually!(
+            Duration::from_secs(10),
+            "dead-lettered after 3 deliveries",
+            { app(&host.stats(), "echo").dead_letters == 1 }
+        );
+        let s = host.stats();
+        assert_eq!(app(&s, "echo").outcomes["retry"], 3);
+        let dead = dead_letters(&server, "echo", 1).await;
+        assert_eq!(dead[0].0, "handler asked for a retry after 3 deliveries");
+        host.shutdown().await.unwrap();
+    });
+}
+
+#[test]
+fn trapping_batches_are_retried_then_dead_lettered_with_the_error() {
+    let (server, _dir) = server();
+    let extra = format!(
+        r#"
+        [[app]]
+        name = "trap"
+        component = "{}"
+        [[app.rule]]
+        event = "boom"
+        [app.delivery]
+        max_deliver = 2
+        backoff_ms = [20]
+        ack_wait_ms = 5000
+        "#,
+        weir_test_artifacts::TRAP
+    );
+    rt().block_on(async {
+        let host = Host::start(config(&server, &extra)).await.unwrap();
+        let p = publisher(&server).await;
+        p.publish_event("boom", "cluster", Bytes::from_static(b"panic"), "poison")
+            .await
+            .unwrap();
+        p.publish_event("boom", "cluster", Bytes::from_static(b"fine"), "fine")
+            .await
+            .unwrap();
+        assert_eventually!(
+            Duration::from_secs(10),
+            "poison dead-lettered, fine acked",
+            {
+                let s = host.stats();
+                let t = app(&s, "trap");
+                t.dead_letters == 1 && t.outcomes["done"] >= 1
+            }
+        );
+        let dead = dead_letters(&server, "trap", 1).await;
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!(dead[0].1, "poison");
+        assert!(
+            dead[0].0.starts_with("failed after 2 deliveries: trap:"),
+            "{dead:?}"
+        );
+        // The poison event failed with its batch-mate once, then alone twice;
+        // the healthy event was isolated and acked on the first delivery.
+        let s = host.stats();
+        let t = app(&s, "trap");
+        assert_eq!(t.outcomes["done"], 1, "{t:?}");
+        assert!(t.traps["trap"] >= 2, "{t:?}");
+        host.shutdown().await.unwrap();
+    });
+}
+
+#[test]
+fn a_restarted_host_resumes_from_its_cursor() {
+    let (server, _dir) = server();
+    rt().block_on(async {
+        let host = Host::start(config(&server, "")).await.unwrap();
+        let p = publisher(&server).await;
+        p.publish_event("test", "cluster", Bytes::from_static(b"one"), "before")
+            .await
+            .unwrap();
+        assert_eventually!(Duration::from_secs(10), "first event acked", {
+            app(&host.stats(), "echo").outcomes["done"] == 1
+        });
+        host.shutdown().await.unwrap();
+        // Published while the host is down.
+        for i in 0..5 {
+            p.publish_event(
+                "test",
+                "cluster",
+                Bytes::from_static(b"x"),
+                &format!("while-down-{i}"),
+            )
+            .await
+            .unwrap();
+        }
+        let host = Host::start(config(&server, "")).await.unwrap();
+        assert_eventually!(
+            Duration::from_secs(10),
+            "the 5 events published while down",
+            { app(&host.stats(), "echo").outcomes["done"] == 5 }
+        );
+        assert_eq!(
+            app(&host.stats(), "echo").received,
+            5,
+            "the acked event is not redelivered"
+        );
+        host.shutdown().await.unwrap();
+    });
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
