@@ -120,6 +120,68 @@ pub fn parse_jsonl<T: serde::de::DeserializeOwned>(text: &str) -> anyhow::Result
         .collect()
 }
 
+/// Fold per-domain events into one event per burst: consecutive events with
+/// the same name, source and `t_ms` whose JSON payloads carry a scalar
+/// `domain` (the legacy NS8 format, one event per domain) become one event
+/// whose payload has a `domains` list (and the first `domain`, as NS8's
+/// newer format keeps it), the other fields of the first payload, and the id
+/// `fold:<first seq>-<last seq>`. Other events pass unchanged.
+pub fn fold_domains(events: &[CorpusEvent]) -> Vec<CorpusEvent> {
+    let mut out: Vec<CorpusEvent> = Vec::with_capacity(events.len());
+    let mut group: Vec<(&CorpusEvent, serde_json::Map<String, serde_json::Value>)> = Vec::new();
+    let flush = |group: &mut Vec<(&CorpusEvent, serde_json::Map<String, serde_json::Value>)>,
+                 out: &mut Vec<CorpusEvent>| {
+        match group.len() {
+            0 => {}
+            1 => out.push(group[0].0.clone()),
+            _ => {
+                let (first, fields) = &group[0];
+                let mut payload = fields.clone();
+                let domains: Vec<serde_json::Value> = group
+                    .iter()
+                    .filter_map(|(_, f)| f.get("domain").cloned())
+                    .collect();
+                payload.insert("domains".into(), serde_json::Value::Array(domains));
+                let last = group[group.len() - 1].0.seq;
+                out.push(CorpusEvent {
+                    id: Some(format!("fold:{}-{last}", first.seq)),
+                    payload: serde_json::Value::Object(payload).to_string(),
+                    ..(*first).clone()
+                });
+            }
+        }
+        group.clear();
+    };
+    for e in events {
+        let fields = match serde_json::from_str::<serde_json::Value>(&e.payload) {
+            Ok(serde_json::Value::Object(map))
+                if map.get("domain").is_some_and(|d| d.is_string())
+                    && !map.contains_key("domains") =>
+            {
+                Some(map)
+            }
+            _ => None,
+        };
+        match fields {
+            Some(map) => {
+                let same = group.first().is_some_and(|(g, _)| {
+                    g.name == e.name && g.source == e.source && g.t_ms == e.t_ms
+                });
+                if !same {
+                    flush(&mut group, &mut out);
+                }
+                group.push((e, map));
+            }
+            None => {
+                flush(&mut group, &mut out);
+                out.push(e.clone());
+            }
+        }
+    }
+    flush(&mut group, &mut out);
+    out
+}
+
 /// Read `topology.json`.
 ///
 /// # Errors
@@ -134,6 +196,27 @@ pub fn read_topology(path: &Path) -> anyhow::Result<Topology> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fold_domains_turns_a_legacy_burst_into_one_event() {
+        let text = [
+            r#"{"seq": 0, "t_ms": 0, "source": "cluster", "name": "acl-changed", "payload": "cluster/acls"}"#,
+            r#"{"seq": 1, "t_ms": 5, "source": "module/ldapproxy4", "name": "user-domain-changed", "payload": "{\"node_id\": 4, \"domain\": \"a.org\"}"}"#,
+            r#"{"seq": 2, "t_ms": 5, "source": "module/ldapproxy4", "name": "user-domain-changed", "payload": "{\"node_id\": 4, \"domain\": \"b.org\"}"}"#,
+            r#"{"seq": 3, "t_ms": 9, "source": "module/ldapproxy5", "name": "user-domain-changed", "payload": "{\"node_id\": 5, \"domain\": \"a.org\"}"}"#,
+        ]
+        .join("\n");
+        let folded = fold_domains(&parse_jsonl::<CorpusEvent>(&text).unwrap());
+        assert_eq!(folded.len(), 3);
+        assert_eq!(folded[1].id.as_deref(), Some("fold:1-2"));
+        let event = folded[1].to_event("s", 1 << 20).unwrap();
+        assert_eq!(event.domains, ["a.org", "b.org"]);
+        assert_eq!(event.origin_node, Some(4));
+        assert_eq!(
+            folded[2].payload, r#"{"node_id": 5, "domain": "a.org"}"#,
+            "a lone event is unchanged"
+        );
+    }
 
     #[test]
     fn parses_corpus_lines_and_reports_bad_ones() {

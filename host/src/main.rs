@@ -42,6 +42,51 @@ enum Command {
     /// Run a handler in-process on events from a JSON Lines file, in batches,
     /// and print each batch's outcomes and effects as JSON lines.
     Invoke(InvokeArgs),
+    /// Run the host: consume events from NATS JetStream and run each app's
+    /// handler (see weir.toml). Without `nats.url`, starts a private
+    /// nats-server. SIGTERM or SIGINT drains in-flight batches and exits 0.
+    Run {
+        /// The configuration file.
+        #[arg(long, default_value = "weir.toml")]
+        config: PathBuf,
+    },
+    /// Publish events: one (`--name`, `--source`, `--payload`) or a replay of a
+    /// JSON Lines corpus (`--replay`). Each is awaited until JetStream stores
+    /// it; `Nats-Msg-Id` makes republishing idempotent.
+    Publish(PublishArgs),
+}
+
+#[derive(Args)]
+struct PublishArgs {
+    /// NATS server URL.
+    #[arg(long, env = "WEIR_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    url: String,
+    /// Subject prefix.
+    #[arg(long, default_value = weir_host::subjects::DEFAULT_PREFIX)]
+    prefix: String,
+    /// Event name (single event).
+    #[arg(long, conflicts_with = "replay")]
+    name: Option<String>,
+    /// Publisher identity, e.g. `module/ldapproxy4` (single event).
+    #[arg(long, default_value = "cluster")]
+    source: String,
+    /// Payload, as published (single event).
+    #[arg(long, default_value = "{}")]
+    payload: String,
+    /// Event id (`Nats-Msg-Id`); default a fresh unique id.
+    #[arg(long)]
+    id: Option<String>,
+    /// Replay a JSON Lines corpus (NS8 corpus format).
+    #[arg(long)]
+    replay: Option<PathBuf>,
+    /// Honour the corpus's `t_ms` offsets (default: publish as fast as
+    /// JetStream acknowledges).
+    #[arg(long)]
+    realtime: bool,
+    /// Fold per-domain events of one source published at the same instant
+    /// into one event with a `domains` list (the fix at the source).
+    #[arg(long)]
+    batch_domains: bool,
 }
 
 #[derive(Args)]
@@ -77,17 +122,25 @@ struct InvokeArgs {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Lifecycle at info for the long-running host; warnings only for tools.
+    let default_filter = if matches!(cli.command, Command::Run { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { component } => check(component),
         Command::Invoke(args) => invoke(args),
+        Command::Run { config } => run(config),
+        Command::Publish(args) => publish(args),
     };
     match result {
         Ok(code) => code,
@@ -270,4 +323,113 @@ fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}
+
+fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
+    let config = weir_host::config::Config::load(&path)?;
+    tokio_runtime()?.block_on(async {
+        let host = weir_host::Host::start(config).await?;
+        shutdown_signal().await?;
+        host.shutdown().await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context as _;
+    use weir_host::corpus::{self, CorpusEvent};
+    let events: Vec<CorpusEvent> = match (&args.replay, &args.name) {
+        (Some(path), _) => {
+            let events = corpus::read_jsonl(path)?;
+            if args.batch_domains {
+                corpus::fold_domains(&events)
+            } else {
+                events
+            }
+        }
+        (None, Some(name)) => vec![CorpusEvent {
+            seq: 0,
+            t_ms: 0,
+            source: args.source.clone(),
+            name: name.clone(),
+            payload: args.payload.clone(),
+            id: Some(
+                args.id
+                    .clone()
+                    .unwrap_or_else(|| format!("weir-publish:{}", unique_suffix())),
+            ),
+            attempt: 0,
+        }],
+        (None, None) => anyhow::bail!("give --name (one event) or --replay FILE"),
+    };
+    let scope = args
+        .replay
+        .as_ref()
+        .and_then(|p| p.file_stem())
+        .map_or_else(
+            || "publish".to_owned(),
+            |s| s.to_string_lossy().into_owned(),
+        );
+    tokio_runtime()?.block_on(async {
+        let subjects = weir_host::subjects::Subjects::new(&args.prefix)?;
+        let transport = weir_host::transport::Transport::connect(
+            &args.url,
+            "weir-publish",
+            subjects,
+            weir_host::subjects::DEFAULT_STREAM,
+        )
+        .await?;
+        transport.ensure_streams().await?;
+        let start = std::time::Instant::now();
+        for (n, e) in events.iter().enumerate() {
+            if args.realtime {
+                let at = std::time::Duration::from_millis(e.t_ms);
+                if let Some(wait) = at.checked_sub(start.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            let id = e.id.clone().unwrap_or_else(|| format!("{scope}:{}", e.seq));
+            let seq = transport
+                .publish_event(
+                    &e.name,
+                    &e.source,
+                    bytes::Bytes::from(e.payload.clone()),
+                    &id,
+                )
+                .await
+                .with_context(|| format!("event {} ({})", n + 1, e.name))?;
+            tracing::debug!(id, seq, "published");
+        }
+        eprintln!(
+            "published {} events in {:.1?}",
+            events.len(),
+            start.elapsed()
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn unique_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{nanos:x}-{:x}", std::process::id())
 }

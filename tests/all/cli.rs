@@ -129,3 +129,199 @@ fn invoke_runs_the_mail_example_on_the_corpus() {
     assert_eq!(restarts, 2, "{lines:?}");
     assert!(text(&out.stderr).contains("50 events in 4 batches: 2 effects, 0 failed batches"));
 }
+
+/// A `weir run` child process with one echo app whose effects append the
+/// unit to `marker` (command executor).
+struct RunningHost {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    marker: std::path::PathBuf,
+    config: std::path::PathBuf,
+}
+
+impl RunningHost {
+    fn start(nats_url: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("effects.log");
+        let config = dir.path().join("weir.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+                [node]
+                id = 1
+                name = "node1"
+                [nats]
+                url = "{nats_url}"
+                [http]
+                enabled = false
+                [effects]
+                executor = "command"
+                command = ["sh", "-c", "echo $0 >> {marker}", "{{unit}}"]
+                [[app]]
+                name = "echo"
+                component = "{echo}"
+                [[app.rule]]
+                event = "test"
+                [app.grants]
+                restart = [{units}]
+                "#,
+                marker = marker.display(),
+                echo = weir_test_artifacts::ECHO,
+                units = (0..100)
+                    .map(|i| format!("\"u{i}\""))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+        )
+        .unwrap();
+        Self::spawn(dir, marker, config)
+    }
+
+    fn spawn(
+        dir: tempfile::TempDir,
+        marker: std::path::PathBuf,
+        config: std::path::PathBuf,
+    ) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            _dir: dir,
+            marker,
+            config,
+        }
+    }
+
+    fn restart(self) -> Self {
+        let Self {
+            mut child,
+            _dir,
+            marker,
+            config,
+        } = self;
+        let _ = child.kill();
+        let _ = child.wait();
+        Self::spawn(_dir, marker, config)
+    }
+
+    fn units(&self) -> std::collections::BTreeSet<String> {
+        std::fs::read_to_string(&self.marker)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn wait_units(&self, n: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while self.units().len() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {} of {n} effects",
+                self.units().len()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+fn publish(url: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["publish", "--url", url];
+    args.extend_from_slice(extra);
+    weir(&args)
+}
+
+#[test]
+fn run_consumes_and_sigterm_drains_with_exit_0() {
+    let (server, _dir) = crate::nats::server();
+    let mut host = RunningHost::start(&server.url());
+    for i in 0..3 {
+        let out = publish(
+            &server.url(),
+            &["--name", "test", "--payload", &format!("restart:u{i}")],
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+    host.wait_units(3);
+    let pid = host.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = host.child.wait().unwrap();
+    let mut log = String::new();
+    std::io::Read::read_to_string(host.child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(
+        log.contains("SIGTERM received") && log.contains("shutdown complete"),
+        "{log}"
+    );
+}
+
+#[test]
+fn killed_host_restarts_and_misses_nothing() {
+    let (server, _dir) = crate::nats::server();
+    let host = RunningHost::start(&server.url());
+    let publish_range = |range: std::ops::Range<usize>| {
+        for i in range {
+            let id = format!("k{i}");
+            let out = publish(
+                &server.url(),
+                &[
+                    "--name",
+                    "test",
+                    "--payload",
+                    &format!("restart:u{i}"),
+                    "--id",
+                    &id,
+                ],
+            );
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        }
+    };
+    publish_range(0..10);
+    host.wait_units(10);
+    // SIGKILL, publish while it is down, start it again.
+    let host = host.restart();
+    publish_range(10..20);
+    host.wait_units(20);
+    let expected: std::collections::BTreeSet<String> = (0..20).map(|i| format!("u{i}")).collect();
+    assert_eq!(host.units(), expected);
+}
+
+#[test]
+fn publish_replays_the_corpus_and_folds_domains() {
+    let (server, _dir) = crate::nats::server();
+    let events = crate::common::examples_dir().join("ns8/node-join-legacy/events.jsonl");
+    let events = events.to_str().unwrap();
+    let out = publish(&server.url(), &["--replay", events, "--batch-domains"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // 64 events, of which two bursts of 25 per-domain events fold into two.
+    assert!(
+        text(&out.stderr).contains("published 16 events"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = publish(&server.url(), &["--replay", events]);
+    assert!(
+        text(&out.stderr).contains("published 64 events"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = publish(&server.url(), &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("give --name"),
+        "{}",
+        text(&out.stderr)
+    );
+}
