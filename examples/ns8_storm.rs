@@ -1,179 +1,395 @@
-//! The NS8 node-join storm, replayed in-process through weir.
+//! The NS8 node-join storm through real NATS JetStream and one weir host per
+//! node.
 //!
 //! Two nodes join a 3-node NethServer 8 cluster with 25 user domains and 6
-//! apps (`examples/ns8/`, real payload shapes). In NS8 every app spawns a
-//! handler process per `user-domain-changed`: 300 spawns and 12 service
-//! restarts, none of them needed. Here each app's handler (the `mail`
-//! example, which restarts its services only for its own domains, from its
-//! own node's ldapproxy or cluster-wide) runs once per batch on a fresh
-//! sandbox. Run with:
+//! apps (`examples/ns8/`, real payload shapes). NS8 spawns a handler process
+//! per event per app: 300 spawns for `user-domain-changed` and 12 service
+//! restarts, none needed. This demo starts a private nats-server, one weir
+//! host process per node (apps placed as in the corpus, rules from
+//! `examples/ns8/rules.toml`, the `mail` example as each app's handler and
+//! `echo` as each node agent's), replays each corpus, reads every host's
+//! `/stats`, and prints the comparison. Run with:
 //!
 //! ```text
 //! cargo run --release -p weir-host --example ns8-storm
 //! ```
 //!
-//! The last columns apply the declarative pre-filter (`examples/ns8/rules.toml`),
-//! which the host evaluates before any sandbox starts. This is the in-process
-//! core; the event plane over NATS JetStream comes next.
-#![allow(clippy::unwrap_used)]
+//! Host processes are this binary re-executed as `ns8-storm host --config
+//! FILE`, which runs exactly what `weir run --config FILE` runs
+//! (`weir_host::Host`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use weir_host::corpus::{self, CorpusEvent, Delivery, Topology};
-use weir_host::filter::{Filter, RuleConfig, Verdict};
-use weir_host::{AppSpec, DomainSet, EngineConfig, Event, Runtime, envelope};
+use weir_host::nats_server::NatsServer;
+use weir_host::subjects::{DEFAULT_STREAM, Subjects};
+use weir_host::transport::Transport;
 
-#[derive(serde::Deserialize)]
-struct Ns8Rules {
-    app: AgentRules,
+/// Nodes of the corpus cluster (3 existing + 2 joining).
+const NODES: [u32; 5] = [1, 2, 3, 4, 5];
+
+/// Longest wait for the hosts to settle a scenario.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn examples() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples")
 }
 
-#[derive(serde::Deserialize)]
-struct AgentRules {
-    rule: Vec<RuleConfig>,
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
-/// Events per handler invocation in the demo.
-const MAX_BATCH: usize = 64;
+/// The `weir.toml` of `node`.
+fn node_config(
+    node: u32,
+    nats_url: &str,
+    http_port: u16,
+    topology: &Topology,
+    rules: &str,
+) -> String {
+    let (app_rules, node_rules) = rules
+        .split_once("[[node.rule]]")
+        .expect("rules.toml has [[node.rule]]");
+    let mut c = format!(
+        "[node]\nid = {node}\nname = \"node{node}\"\n[nats]\nurl = \"{nats_url}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\n\
+         [[app]]\nname = \"node\"\ncomponent = \"{echo}\"\n[[app.rule]]{node_rules}\n",
+        echo = weir_test_artifacts::ECHO,
+    );
+    for a in topology.apps.iter().filter(|a| a.node == node) {
+        c += &format!(
+            "[[app]]\nname = \"{}\"\ncomponent = \"{}\"\ndomains = [\"{}\"]\n{}\n[app.grants]\nrestart = [\"dovecot.service\", \"postfix.service\"]\n",
+            a.name,
+            weir_test_artifacts::MAIL,
+            a.domain,
+            app_rules
+        );
+    }
+    c
+}
+
+/// Event names of the node agents' rules in `rules.toml`.
+fn node_event_names(rules: &str) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Rules {
+        node: Agent,
+    }
+    #[derive(serde::Deserialize)]
+    struct Agent {
+        rule: Vec<weir_host::filter::RuleConfig>,
+    }
+    let parsed: Rules = toml::from_str(rules).unwrap();
+    parsed
+        .node
+        .rule
+        .iter()
+        .flat_map(|r| r.event.to_vec())
+        .collect()
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+}
+
+#[derive(Default, Debug)]
+struct Totals {
+    received: u64,
+    skipped: u64,
+    invoked_events: u64,
+    batches: u64,
+    effects_executed: u64,
+    settled: u64,
+    udc_invoked: u64,
+}
+
+fn totals(ports: &[u16]) -> Option<Totals> {
+    let mut t = Totals::default();
+    for port in ports {
+        let stats: serde_json::Value = serde_json::from_str(&http_get(*port, "/stats")?).ok()?;
+        for a in stats["apps"].as_array()? {
+            let n = |k: &str| a[k].as_u64().unwrap_or(0);
+            let outcomes = &a["outcomes"];
+            let settled = n("skipped")
+                + outcomes["done"].as_u64().unwrap_or(0)
+                + outcomes["reject"].as_u64().unwrap_or(0)
+                + n("dead_letters").saturating_sub(outcomes["reject"].as_u64().unwrap_or(0));
+            t.received += n("received");
+            t.skipped += n("skipped");
+            t.invoked_events += n("invoked_events");
+            t.batches += n("batches");
+            t.effects_executed += n("effects_executed");
+            t.settled += settled;
+            if a["app"] != "node" {
+                t.udc_invoked += n("invoked_events");
+            }
+        }
+    }
+    Some(t)
+}
+
+struct Scenario {
+    name: &'static str,
+    fold: bool,
+}
 
 struct Row {
-    scenario: &'static str,
-    events: usize,
-    udc: usize,
-    ns8_spawns: usize,
+    label: String,
+    published: usize,
+    ns8_runs: usize,
+    ns8_udc_runs: usize,
     ns8_restarts: usize,
-    needed: usize,
-    invocations: usize,
-    weir_restarts: usize,
-    sandbox_time: Duration,
-    relevant: usize,
-    filtered_invocations: usize,
+    weir: Totals,
 }
 
-fn scenario(
-    runtime: &Runtime,
-    dir: &Path,
-    name: &'static str,
-    topology: &Topology,
-    rules: &[RuleConfig],
-) -> Row {
-    let events: Vec<CorpusEvent> =
-        corpus::read_jsonl(&dir.join(name).join("events.jsonl")).unwrap();
+fn run_scenario(exe: &Path, s: &Scenario, topology: &Topology, rules: &str) -> Row {
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::start(&dir.path().join("js")).expect("nats-server");
+    let ports: Vec<u16> = NODES.iter().map(|_| free_port()).collect();
+    let mut hosts: Vec<Child> = NODES
+        .iter()
+        .zip(&ports)
+        .map(|(node, port)| {
+            let path = dir.path().join(format!("node{node}.toml"));
+            std::fs::write(
+                &path,
+                node_config(*node, &server.url(), *port, topology, rules),
+            )
+            .unwrap();
+            Command::new(exe)
+                .args(["host", "--config", path.to_str().unwrap()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while ports.iter().any(|p| http_get(*p, "/health").is_none()) {
+        assert!(Instant::now() < deadline, "hosts did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let dir_events = examples().join("ns8").join(s.name);
+    let events: Vec<CorpusEvent> = corpus::read_jsonl(&dir_events.join("events.jsonl")).unwrap();
     let deliveries: Vec<Delivery> =
-        corpus::read_jsonl(&dir.join(name).join("deliveries.jsonl")).unwrap();
-    let udc_seqs: Vec<u64> = events
+        corpus::read_jsonl(&dir_events.join("deliveries.jsonl")).unwrap();
+    let published = if s.fold {
+        corpus::fold_domains(&events)
+    } else {
+        events.clone()
+    };
+    let udc: Vec<u64> = events
         .iter()
         .filter(|e| e.name == "user-domain-changed")
         .map(|e| e.seq)
         .collect();
-    let udc_deliveries = deliveries.iter().filter(|d| udc_seqs.contains(&d.seq));
-    let (mut ns8_spawns, mut ns8_restarts, mut needed) = (0, 0, 0);
-    for d in udc_deliveries {
-        ns8_spawns += usize::from(d.handler_runs);
-        ns8_restarts += usize::from(d.current_effect);
-        needed += usize::from(d.ideal_effect);
-    }
-    let batch: Vec<Event> = events
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let t = Transport::connect(
+            &server.url(),
+            "ns8-storm",
+            Subjects::default(),
+            DEFAULT_STREAM,
+        )
+        .await
+        .unwrap();
+        t.ensure_streams().await.unwrap();
+        for e in &published {
+            let id =
+                e.id.clone()
+                    .unwrap_or_else(|| format!("{}:{}", s.name, e.seq));
+            t.publish_event(
+                &e.name,
+                &e.source,
+                bytes::Bytes::from(e.payload.clone()),
+                &id,
+            )
+            .await
+            .unwrap();
+        }
+    });
+    // Each event reaches every consumer filtered to its name: node agents
+    // subscribe to their rule's event names, apps to user-domain-changed.
+    let node_names = node_event_names(rules);
+    let node_events = published
+        .iter()
+        .filter(|e| node_names.contains(&e.name))
+        .count() as u64;
+    let udc_events = published
         .iter()
         .filter(|e| e.name == "user-domain-changed")
-        .map(|e| {
-            e.to_event(name, envelope::DEFAULT_MAX_PAYLOAD_BYTES)
-                .unwrap()
-        })
-        .collect();
-    let (mut invocations, mut weir_restarts, mut sandbox_time) = (0, 0, Duration::ZERO);
-    let (mut relevant, mut filtered_invocations) = (0, 0);
-    for a in &topology.apps {
-        let domains = DomainSet::new(std::slice::from_ref(&a.domain)).unwrap();
-        let filter = Filter::new(rules, a.node, domains).unwrap();
-        let passed = batch
-            .iter()
-            .filter(|e| matches!(filter.check(e), Verdict::Relevant(_)))
-            .count();
-        relevant += passed;
-        filtered_invocations += passed.div_ceil(MAX_BATCH);
-        let mut spec = AppSpec::new(&a.name, a.node, format!("node{}", a.node));
-        spec.domains = vec![a.domain.clone()];
-        let app = runtime
-            .deploy_file(spec, weir_test_artifacts::MAIL.as_ref())
-            .unwrap();
-        for chunk in batch.chunks(MAX_BATCH) {
-            let inv = app.invoke_blocking(chunk);
-            let handled = inv.result.unwrap_or_else(|e| panic!("{}: {e}", a.name));
-            invocations += 1;
-            weir_restarts += handled.effects.len();
-            sandbox_time += inv.stats.elapsed;
+        .count() as u64;
+    let expected = node_events * NODES.len() as u64 + udc_events * topology.apps.len() as u64;
+    let weir = loop {
+        if let Some(t) = totals(&ports)
+            && t.received >= expected
+            && t.settled >= expected
+        {
+            break t;
         }
+        assert!(
+            Instant::now() < deadline,
+            "hosts did not settle {expected} deliveries: {:?}",
+            totals(&ports)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for host in &mut hosts {
+        let _ = Command::new("kill")
+            .args(["-TERM", &host.id().to_string()])
+            .status();
     }
+    for host in &mut hosts {
+        let _ = host.wait();
+    }
+    let label = if s.fold {
+        format!("{} --batch-domains", s.name)
+    } else {
+        s.name.to_owned()
+    };
     Row {
-        scenario: name,
-        events: events.len(),
-        udc: batch.len(),
-        ns8_spawns,
-        ns8_restarts,
-        needed,
-        invocations,
-        weir_restarts,
-        sandbox_time,
-        relevant,
-        filtered_invocations,
+        label,
+        published: published.len(),
+        ns8_runs: deliveries.iter().filter(|d| d.handler_runs).count(),
+        ns8_udc_runs: deliveries
+            .iter()
+            .filter(|d| udc.contains(&d.seq) && d.handler_runs)
+            .count(),
+        ns8_restarts: deliveries
+            .iter()
+            .filter(|d| udc.contains(&d.seq) && d.current_effect)
+            .count(),
+        weir,
     }
 }
 
+fn host_mode(config: &Path) {
+    let config = weir_host::config::Config::load(config).unwrap_or_else(|e| panic!("{e}"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let host = weir_host::Host::start(config)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+        term.recv().await;
+        host.shutdown().await.unwrap();
+    });
+}
+
 fn main() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/ns8");
-    let topology: Topology =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("topology.json")).unwrap()).unwrap();
-    let runtime = Runtime::new(EngineConfig::default()).unwrap();
-    let rules: Ns8Rules =
-        toml::from_str(&std::fs::read_to_string(dir.join("rules.toml")).unwrap()).unwrap();
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("host") {
+        return host_mode(Path::new(&args[3]));
+    }
+    let exe = std::env::current_exe().unwrap();
+    let topology: Topology = corpus::read_topology(&examples().join("ns8/topology.json")).unwrap();
+    let rules = std::fs::read_to_string(examples().join("ns8/rules.toml")).unwrap();
     println!("NS8 node-join storm: 3 nodes + 2 joining, 25 user domains, 6 apps (examples/ns8/)");
     println!(
-        "user-domain-changed, NS8 as shipped vs weir (batches of ≤ {MAX_BATCH}, one fresh sandbox per app per batch):\n"
+        "weir: a private nats-server, one host process per node (5), rules from examples/ns8/rules.toml\n"
     );
-    println!(
-        "{:<18} {:>6} {:>4} | {:^22} | {:^31} | {:^20}",
-        "", "", "", "NS8 as shipped", "weir, handler decides", "weir + pre-filter"
-    );
-    println!(
-        "{:<18} {:>6} {:>4} | {:>6} {:>8} {:>6} | {:>11} {:>8} {:>9} | {:>8} {:>11}",
-        "scenario",
-        "events",
-        "udc",
-        "spawns",
-        "restarts",
-        "needed",
-        "invocations",
-        "restarts",
-        "time",
-        "relevant",
-        "invocations"
-    );
-    for name in ["node-join-legacy", "node-join-batched"] {
-        let r = scenario(&runtime, &dir, name, &topology, &rules.app.rule);
-        println!(
-            "{:<18} {:>6} {:>4} | {:>6} {:>8} {:>6} | {:>11} {:>8} {:>6.2} ms | {:>8} {:>11}",
-            r.scenario,
-            r.events,
-            r.udc,
-            r.ns8_spawns,
-            r.ns8_restarts,
-            r.needed,
-            r.invocations,
-            r.weir_restarts,
-            r.sandbox_time.as_secs_f64() * 1e3,
-            r.relevant,
-            r.filtered_invocations,
+    let scenarios = [
+        Scenario {
+            name: "node-join-legacy",
+            fold: false,
+        },
+        Scenario {
+            name: "node-join-legacy",
+            fold: true,
+        },
+        Scenario {
+            name: "node-join-batched",
+            fold: false,
+        },
+    ];
+    let mut rows = Vec::new();
+    for s in &scenarios {
+        let start = Instant::now();
+        rows.push(run_scenario(&exe, s, &topology, &rules));
+        eprintln!(
+            "  {} settled in {:.1?}",
+            rows.last().unwrap().label,
+            start.elapsed()
         );
     }
+    let header = [
+        "scenario",
+        "events",
+        "NS8 spawns",
+        "(udc)",
+        "NS8 restarts",
+        "weir deliveries",
+        "skipped by filter",
+        "invoked events",
+        "(udc)",
+        "handler invocations",
+        "effects",
+    ];
+    let mut table: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    table.insert(0, header.iter().map(|h| h.to_string()).collect());
+    for (i, r) in rows.iter().enumerate() {
+        let w = &r.weir;
+        table.insert(
+            i + 1,
+            vec![
+                r.label.clone(),
+                r.published.to_string(),
+                r.ns8_runs.to_string(),
+                r.ns8_udc_runs.to_string(),
+                r.ns8_restarts.to_string(),
+                w.received.to_string(),
+                w.skipped.to_string(),
+                w.invoked_events.to_string(),
+                w.udc_invoked.to_string(),
+                w.batches.to_string(),
+                w.effects_executed.to_string(),
+            ],
+        );
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| table.values().map(|r| r[c].len()).max().unwrap())
+        .collect();
+    println!();
+    for row in table.values() {
+        let cells: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(c, v)| {
+                if c == 0 {
+                    format!("{v:<w$}", w = widths[c])
+                } else {
+                    format!("{v:>w$}", w = widths[c])
+                }
+            })
+            .collect();
+        println!("{}", cells.join("  "));
+    }
     println!(
-        "\nNS8 spawns one process per event per app (24–34 ms each) and restarts services it need not."
+        "\nNS8 spawns a handler process per event per app (24–34 ms each): 300 for user-domain-changed"
     );
     println!(
-        "weir runs each app's handler once per batch in a fresh sandbox and restarts only what is needed;"
+        "and 12 restarts, none needed. weir's pre-filter acks irrelevant events before any sandbox"
     );
-    println!(
-        "with the declarative pre-filter (examples/ns8/rules.toml) the storm costs no handler invocation at all."
-    );
+    println!("starts; the node agents still handle their cluster events, in batches.");
 }

@@ -218,6 +218,9 @@ impl Host {
         if let Some(http) = self.http.take() {
             let _ = http.await;
         }
+        if let Err(e) = self.transport.close().await {
+            tracing::debug!(error = %e, "closing the NATS connection");
+        }
         if let Some(server) = self.embedded.take() {
             tokio::task::spawn_blocking(move || drop(server)).await.ok();
         }

@@ -313,6 +313,19 @@ impl Transport {
         Ok(())
     }
 
+    /// Flush, then close the connection (before stopping a private server, so
+    /// the client does not report a lost server).
+    ///
+    /// # Errors
+    ///
+    /// If the connection is already gone.
+    pub async fn close(&self) -> Result<(), TransportError> {
+        self.client
+            .drain()
+            .await
+            .map_err(|e| js_err("drain")(e.to_string()))
+    }
+
     /// Flush pending publishes and acks.
     ///
     /// # Errors

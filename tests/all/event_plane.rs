@@ -388,3 +388,101 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+#[test]
+fn cluster_wide_announcement_reaches_the_apps_of_every_node() {
+    let (server, _dir) = server();
+    rt().block_on(async {
+        let mut hosts = Vec::new();
+        for node in 1..=3 {
+            let text = format!(
+                r#"
+                [node]
+                id = {node}
+                name = "node{node}"
+                [nats]
+                url = "{url}"
+                [http]
+                enabled = false
+                [[app]]
+                name = "mail{node}"
+                component = "{mail}"
+                domains = ["dom.test"]
+                [[app.rule]]
+                event = "user-domain-changed"
+                source = "module/ldapproxy*"
+                origin = "local"
+                domains = "mine"
+                [[app.rule]]
+                event = "user-domain-changed"
+                source = ["cluster", "module/openldap*", "module/samba*"]
+                domains = "mine"
+                [app.grants]
+                restart = ["dovecot.service", "postfix.service"]
+                "#,
+                url = server.url(),
+                mail = weir_test_artifacts::MAIL,
+            );
+            hosts.push(Host::start(Config::parse(&text).unwrap()).await.unwrap());
+        }
+        let p = publisher(&server).await;
+        let payload = r#"{"domain":"dom.test","domains":["dom.test"],"node_id":1}"#;
+        p.publish_event(
+            "user-domain-changed",
+            "module/openldap1",
+            Bytes::from_static(payload.as_bytes()),
+            "rotation",
+        )
+        .await
+        .unwrap();
+        // The same shape from node 1's ldapproxy is local to node 1 only.
+        p.publish_event(
+            "user-domain-changed",
+            "module/ldapproxy1",
+            Bytes::from_static(payload.as_bytes()),
+            "remap",
+        )
+        .await
+        .unwrap();
+        for host in &hosts {
+            let node = host.node();
+            let name = format!("mail{node}");
+            let invoked = if node == 1 { 2 } else { 1 };
+            assert_eventually!(
+                Duration::from_secs(10),
+                format!("{name} settles both events"),
+                {
+                    let s = host.stats();
+                    let a = app(&s, &name);
+                    a.received == 2
+                        && a.invoked_events + a.skipped == 2
+                        && a.outcomes["done"] == invoked
+                }
+            );
+            let s = host.stats();
+            let a = app(&s, &name);
+            assert_eq!(
+                (a.invoked_events, a.skipped),
+                (invoked, 2 - invoked),
+                "{a:?}"
+            );
+            // dovecot + postfix once per batch that needed them.
+            assert!(a.effects_executed >= 2, "{a:?}");
+        }
+        for host in hosts {
+            host.shutdown().await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn the_example_node_config_is_valid() {
+    // The components are the ones the test build produced.
+    let path = crate::common::examples_dir().join("ns8/node1.toml");
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.apps.len(), 2);
+    assert!(
+        config.nats.url.is_none(),
+        "the example uses the embedded default"
+    );
+}
