@@ -25,6 +25,10 @@ use crate::transport::Transport;
 /// Most idempotency records kept: 100,000 (about 10 MB).
 pub const MAX_IDEMPOTENCY_RECORDS: usize = 100_000;
 
+/// Refused effects are logged at most once per app per window: 60 s (the
+/// count is in `/stats` either way).
+pub const REFUSED_LOG_WINDOW: Duration = Duration::from_secs(60);
+
 /// What happened to a batch's effects.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EffectReport {
@@ -44,6 +48,7 @@ pub struct EffectRunner {
     config: EffectsConfig,
     transport: Option<Transport>,
     records: Mutex<Records>,
+    refused_logged: Mutex<std::collections::HashMap<String, (std::time::Instant, u64)>>,
 }
 
 #[derive(Debug, Default)]
@@ -89,6 +94,7 @@ impl EffectRunner {
             config,
             transport,
             records: Mutex::new(Records::default()),
+            refused_logged: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -110,7 +116,7 @@ impl EffectRunner {
             let name = describe(effect);
             if !granted(grants, effect) {
                 report.refused += 1;
-                tracing::warn!(app, effect = %name, "effect refused: not granted");
+                self.log_refused(app, &name);
                 continue;
             }
             let done = {
@@ -142,6 +148,26 @@ impl EffectRunner {
             }
         }
         report
+    }
+
+    /// Log a refused effect once per [`REFUSED_LOG_WINDOW`] per app, with the
+    /// number suppressed since the last line.
+    fn log_refused(&self, app: &str, effect: &str) {
+        let mut logged = self
+            .refused_logged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        match logged.get_mut(app) {
+            Some((at, suppressed)) if now.duration_since(*at) < REFUSED_LOG_WINDOW => {
+                *suppressed += 1
+            }
+            entry => {
+                let suppressed = entry.map_or(0, |(_, n)| *n);
+                tracing::warn!(app, effect, suppressed, "effect refused: not granted");
+                logged.insert(app.to_owned(), (now, 0));
+            }
+        }
     }
 
     async fn execute(&self, app: &str, effect: &Effect, first_event: &str) -> Result<(), String> {

@@ -137,6 +137,7 @@ impl AppPipeline {
                         tracing::trace!(id = %event.id, "skipped by filter");
                         AppStats::add(&self.stats.skipped, 1);
                         self.settle(inbound.ack().await);
+                        self.stats.settle_latency.record(inbound.age());
                     }
                     Verdict::Relevant(_) => relevant.push((inbound, event)),
                 },
@@ -225,6 +226,7 @@ impl AppPipeline {
                 Outcome::Done => {
                     AppStats::add(&s.outcome_done, 1);
                     self.settle(msg.ack().await);
+                    s.settle_latency.record(msg.age());
                 }
                 Outcome::Retry(ms) => {
                     AppStats::add(&s.outcome_retry, 1);

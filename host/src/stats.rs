@@ -9,6 +9,76 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
+/// Buckets of [`LatencyHistogram`]: upper bounds growing by 10% from 50 µs,
+/// the last one unbounded (160 buckets reach past 60 s).
+const LATENCY_BUCKETS: usize = 160;
+const LATENCY_FIRST_BUCKET_US: f64 = 50.0;
+const LATENCY_GROWTH: f64 = 1.1;
+
+/// A lock-free latency histogram with log-spaced buckets (10% wide), for
+/// publish → settled latency. Quantiles are reported as bucket upper bounds.
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS],
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl LatencyHistogram {
+    fn upper_bound_us(i: usize) -> f64 {
+        LATENCY_FIRST_BUCKET_US * LATENCY_GROWTH.powi(i as i32)
+    }
+
+    /// Count one observation.
+    pub fn record(&self, latency: std::time::Duration) {
+        let us = latency.as_secs_f64() * 1e6;
+        let i = if us <= LATENCY_FIRST_BUCKET_US {
+            0
+        } else {
+            ((us / LATENCY_FIRST_BUCKET_US).ln() / LATENCY_GROWTH.ln()).ceil() as usize
+        };
+        self.buckets[i.min(LATENCY_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The upper bound of the bucket holding each quantile `q` (0..=1);
+    /// zero when empty.
+    pub fn quantiles(&self, qs: &[f64]) -> Vec<std::time::Duration> {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        qs.iter()
+            .map(|q| {
+                if total == 0 {
+                    return std::time::Duration::ZERO;
+                }
+                let rank = ((total as f64 * q).ceil() as u64).max(1);
+                let mut seen = 0;
+                for (i, c) in counts.iter().enumerate() {
+                    seen += c;
+                    if seen >= rank {
+                        return std::time::Duration::from_secs_f64(Self::upper_bound_us(i) / 1e6);
+                    }
+                }
+                std::time::Duration::from_secs_f64(Self::upper_bound_us(LATENCY_BUCKETS - 1) / 1e6)
+            })
+            .collect()
+    }
+}
+
 /// Counters of one app on this node.
 #[derive(Debug, Default)]
 pub struct AppStats {
@@ -45,10 +115,13 @@ pub struct AppStats {
     pub consumer_lag: AtomicU64,
     /// Failed batches by [`crate::InvokeError::kind`].
     traps: Mutex<BTreeMap<&'static str, u64>>,
+    /// Time from the stream's publish timestamp to the event being acked
+    /// (done or skipped).
+    pub settle_latency: LatencyHistogram,
 }
 
 /// A point-in-time copy of [`AppStats`], as `/stats` serves it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct AppStatsSnapshot {
     /// App name.
     pub app: String,
@@ -80,6 +153,10 @@ pub struct AppStatsSnapshot {
     pub memory_high_water: u64,
     /// See [`AppStats::consumer_lag`].
     pub consumer_lag: u64,
+    /// Publish → acked latency, median, in ms (bucket upper bound).
+    pub settle_latency_p50_ms: f64,
+    /// Publish → acked latency, 99th percentile, in ms (bucket upper bound).
+    pub settle_latency_p99_ms: f64,
 }
 
 fn get(a: &AtomicU64) -> u64 {
@@ -135,7 +212,19 @@ impl AppStats {
             fuel_high_water: get(&self.fuel_high_water),
             memory_high_water: get(&self.memory_high_water),
             consumer_lag: get(&self.consumer_lag),
+            settle_latency_p50_ms: 0.0,
+            settle_latency_p99_ms: 0.0,
         }
+        .with_latency(&self.settle_latency)
+    }
+}
+
+impl AppStatsSnapshot {
+    fn with_latency(mut self, h: &LatencyHistogram) -> Self {
+        let q = h.quantiles(&[0.5, 0.99]);
+        self.settle_latency_p50_ms = q[0].as_secs_f64() * 1e3;
+        self.settle_latency_p99_ms = q[1].as_secs_f64() * 1e3;
+        self
     }
 }
 
@@ -235,6 +324,28 @@ pub fn prometheus(node: u32, snapshots: &[AppStatsSnapshot]) -> String {
             );
         }
     }
+    for (name, help, q) in [
+        (
+            "weir_settle_latency_p50_ms",
+            "Publish to acked latency, median (bucket upper bound).",
+            0,
+        ),
+        (
+            "weir_settle_latency_p99_ms",
+            "Publish to acked latency, 99th percentile (bucket upper bound).",
+            1,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for s in snapshots {
+            let v = if q == 0 {
+                s.settle_latency_p50_ms
+            } else {
+                s.settle_latency_p99_ms
+            };
+            let _ = writeln!(out, "{name}{{node=\"{node}\",app=\"{}\"}} {v:.3}", s.app);
+        }
+    }
     for (name, help, pick) in [
         (
             "weir_outcomes_total",
@@ -286,5 +397,32 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# TYPE weir_consumer_lag gauge\n"), "{text}");
+    }
+
+    #[test]
+    fn latency_quantiles_are_bucket_upper_bounds() {
+        use std::time::Duration;
+        let h = LatencyHistogram::default();
+        assert_eq!(h.quantiles(&[0.5]), vec![Duration::ZERO]);
+        for _ in 0..98 {
+            h.record(Duration::from_millis(1));
+        }
+        h.record(Duration::from_millis(20));
+        h.record(Duration::from_secs(3600));
+        assert_eq!(h.count(), 100);
+        let q = h.quantiles(&[0.5, 0.99, 1.0]);
+        // Within one 10% bucket above the true value.
+        assert!(
+            q[0] >= Duration::from_millis(1) && q[0] < Duration::from_micros(1_100),
+            "{q:?}"
+        );
+        assert!(
+            q[1] >= Duration::from_millis(20) && q[1] < Duration::from_millis(22),
+            "{q:?}"
+        );
+        assert!(
+            q[2] > Duration::from_secs(60),
+            "the last bucket is unbounded: {q:?}"
+        );
     }
 }

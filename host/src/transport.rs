@@ -430,19 +430,22 @@ pub struct Inbound {
     pub sequence: u64,
     /// Publish time, ms since the Unix epoch.
     pub published_ms: u64,
+    /// Publish time, ns since the Unix epoch (for latency).
+    published_ns: i128,
 }
 
 impl Inbound {
     fn new(msg: jetstream::Message) -> Self {
-        let (attempt, sequence, published_ms, stream) = match msg.info() {
+        let (attempt, sequence, published_ns, stream) = match msg.info() {
             Ok(info) => (
                 u32::try_from(info.delivered).unwrap_or(u32::MAX),
                 info.stream_sequence,
-                u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0),
+                info.published.unix_timestamp_nanos(),
                 info.stream.to_owned(),
             ),
             Err(_) => (1, 0, 0, String::new()),
         };
+        let published_ms = u64::try_from(published_ns / 1_000_000).unwrap_or(0);
         let id = msg
             .headers
             .as_ref()
@@ -458,7 +461,17 @@ impl Inbound {
             attempt: attempt.max(1),
             sequence,
             published_ms,
+            published_ns,
         }
+    }
+
+    /// Time since the stream stored this event (zero if unknown or in the
+    /// future).
+    pub fn age(&self) -> Duration {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        Duration::from_nanos(u64::try_from(now - self.published_ns).unwrap_or(0))
     }
 
     /// Acknowledge: done.

@@ -239,6 +239,7 @@ fn publish(url: &str, extra: &[&str]) -> Output {
 
 #[test]
 fn run_consumes_and_sigterm_drains_with_exit_0() {
+    let _heavy = crate::common::heavy();
     let (server, _dir) = crate::nats::server();
     let mut host = RunningHost::start(&server.url());
     for i in 0..3 {
@@ -269,6 +270,7 @@ fn run_consumes_and_sigterm_drains_with_exit_0() {
 
 #[test]
 fn killed_host_restarts_and_misses_nothing() {
+    let _heavy = crate::common::heavy();
     let (server, _dir) = crate::nats::server();
     let host = RunningHost::start(&server.url());
     let publish_range = |range: std::ops::Range<usize>| {
@@ -300,6 +302,7 @@ fn killed_host_restarts_and_misses_nothing() {
 
 #[test]
 fn publish_replays_the_corpus_and_folds_domains() {
+    let _heavy = crate::common::heavy();
     let (server, _dir) = crate::nats::server();
     let events = crate::common::examples_dir().join("ns8/node-join-legacy/events.jsonl");
     let events = events.to_str().unwrap();

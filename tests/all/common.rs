@@ -13,8 +13,10 @@ pub fn runtime() -> &'static Runtime {
     RUNTIME.get_or_init(|| Runtime::new(EngineConfig::default()).expect("runtime"))
 }
 
-/// Tests that measure the process's RSS, or make the guest allocate hundreds
-/// of MiB, hold this lock so they do not disturb each other's figures.
+/// Tests that measure RSS or wall-clock bounds, or that load the machine
+/// (guests allocating hundreds of MiB, spinning guests, nats-servers and
+/// hosts), hold this lock: they run one at a time, beside the light tests, so
+/// a figure is never disturbed by another heavy test on a 2-core machine.
 pub fn heavy() -> MutexGuard<'static, ()> {
     static HEAVY: Mutex<()> = Mutex::new(());
     HEAVY.lock().unwrap_or_else(|e| e.into_inner())

@@ -97,6 +97,8 @@ mod fixtures {
     }
 
     pub fn infinite_loop(path: &str) {
+        // Wall-clock bound: no other heavy test may compete for the cores.
+        let _heavy = heavy();
         // Deadline first: fuel far above what 300 ms can burn.
         let deadline_ms = 300;
         let limits = Limits {

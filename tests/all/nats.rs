@@ -39,6 +39,7 @@ fn rt() -> tokio::runtime::Runtime {
 
 #[test]
 fn publish_fetch_ack_nak_term() {
+    let _heavy = crate::common::heavy();
     let (server, _dir) = server();
     rt().block_on(async {
         let t = transport(&server).await;
@@ -102,6 +103,7 @@ fn publish_fetch_ack_nak_term() {
 
 #[test]
 fn duplicate_msg_ids_are_stored_once() {
+    let _heavy = crate::common::heavy();
     let (server, _dir) = server();
     rt().block_on(async {
         let t = transport(&server).await;
@@ -119,6 +121,7 @@ fn duplicate_msg_ids_are_stored_once() {
 
 #[test]
 fn conflicting_stream_is_reported_not_changed() {
+    let _heavy = crate::common::heavy();
     let (server, _dir) = server();
     rt().block_on(async {
         // Someone else's stream under weir's name, capturing other subjects.

@@ -138,6 +138,7 @@ fn fresh_instance_per_batch_keeps_no_state() {
 
 #[test]
 fn spinning_guests_do_not_stall_the_async_runtime() {
+    let _heavy = crate::common::heavy();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -1,0 +1,256 @@
+//! End to end through a real nats-server, weir beside its raw floor in the
+//! same run:
+//!
+//! - throughput: events/s through one app with a no-op handler (`echo`, every
+//!   event done) vs a raw async-nats pull consumer fetching batches of the
+//!   same size and acking each message, over the same pre-published events;
+//! - latency: at a fixed moderate rate, time from the stream's publish
+//!   timestamp to the event being settled (weir: acked after the handler ran;
+//!   raw: acked on receipt); p50 and p99 of each.
+//!
+//! Run: `cargo bench -p weir-benches --bench e2e`. Prints the floor, weir's
+//! figure and the ratio. Needs `nats-server` (see README).
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::pull};
+use futures::StreamExt as _;
+use weir_host::config::{Delivery, Grants};
+use weir_host::effects::EffectRunner;
+use weir_host::filter::{Filter, RuleConfig};
+use weir_host::nats_server::NatsServer;
+use weir_host::pipeline::AppPipeline;
+use weir_host::stats::AppStats;
+use weir_host::subjects::{DEFAULT_STREAM, Subjects};
+use weir_host::transport::Transport;
+use weir_host::{AppSpec, DomainSet, EngineConfig, Limits, Runtime};
+
+/// Events per throughput run.
+const EVENTS: usize = 20_000;
+/// Events per batch, both sides.
+const BATCH: usize = 64;
+/// Rounds per side; the median is reported.
+const ROUNDS: usize = 3;
+/// Latency run: events per second and duration.
+const RATE: u64 = 500;
+const LATENCY_SECS: u64 = 4;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn publish_burst(js: &jetstream::Context, subject: &str, n: usize, tag: &str) {
+    let mut acks = Vec::with_capacity(1024);
+    for i in 0..n {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("{tag}-{i}"));
+        acks.push(
+            js.publish_with_headers(subject.to_owned(), headers, "{}".into())
+                .await
+                .unwrap(),
+        );
+        if acks.len() == 1024 {
+            for a in acks.drain(..) {
+                a.await.unwrap();
+            }
+        }
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+}
+
+fn raw_config(name: &str, filter: String) -> pull::Config {
+    pull::Config {
+        durable_name: Some(name.to_owned()),
+        filter_subject: filter,
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        max_ack_pending: 256,
+        ..Default::default()
+    }
+}
+
+/// Raw floor: fetch batches of BATCH, ack each; returns elapsed for `n`.
+async fn raw_consume(
+    js: &jetstream::Context,
+    name: &str,
+    filter: &str,
+    n: usize,
+    latencies: Option<&mut Vec<Duration>>,
+) -> Duration {
+    let stream = js.get_stream(DEFAULT_STREAM).await.unwrap();
+    let consumer: pull::Stream = stream
+        .create_consumer(raw_config(name, filter.to_owned()))
+        .await
+        .unwrap();
+    let mut latencies = latencies;
+    let start = Instant::now();
+    let mut done = 0;
+    while done < n {
+        let mut batch = consumer
+            .batch()
+            .max_messages(BATCH)
+            .expires(Duration::from_millis(100))
+            .messages()
+            .await
+            .unwrap();
+        while let Some(Ok(m)) = batch.next().await {
+            m.ack().await.unwrap();
+            if let Some(l) = latencies.as_deref_mut() {
+                let published = m.info().unwrap().published;
+                let now = time::OffsetDateTime::now_utc();
+                l.push((now - published).try_into().unwrap_or_default());
+            }
+            done += 1;
+        }
+    }
+    start.elapsed()
+}
+
+struct Weir {
+    transport: Transport,
+    app: weir_host::App,
+}
+
+async fn weir_pipeline(w: &Weir, app_name: &str, event: &str) -> (AppPipeline, Arc<AppStats>) {
+    let rules: Vec<RuleConfig> = vec![toml::from_str(&format!("event = \"{event}\"")).unwrap()];
+    let filter = Filter::new(&rules, 1, DomainSet::default()).unwrap();
+    let delivery = Delivery {
+        max_ack_pending: 256,
+        ..Delivery::default()
+    };
+    let consumer = w
+        .transport
+        .consumer(1, app_name, &filter.event_names(), &delivery)
+        .await
+        .unwrap();
+    let stats = Arc::new(AppStats::default());
+    let pipeline = AppPipeline {
+        app: w.app.clone(),
+        filter,
+        consumer,
+        transport: w.transport.clone(),
+        effects: Arc::new(EffectRunner::new(Default::default(), None)),
+        grants: Grants::default(),
+        delivery,
+        node: 1,
+        max_payload_bytes: 1 << 20,
+        stats: stats.clone(),
+    };
+    (pipeline, stats)
+}
+
+/// weir: the app's pipeline until `n` events are done; returns elapsed.
+async fn weir_consume(w: &Weir, app_name: &str, event: &str, n: u64) -> (Duration, Arc<AppStats>) {
+    let (pipeline, stats) = weir_pipeline(w, app_name, event).await;
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let start = Instant::now();
+    let task = tokio::spawn(pipeline.run(stop_rx));
+    while stats.outcome_done.load(Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let elapsed = start.elapsed();
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    (elapsed, stats)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--test" || a == "--list") {
+        // `cargo test --benches`: this bench needs minutes and a server.
+        println!("e2e: skipped in test mode");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::start(&dir.path().join("js")).expect("nats-server (see README)");
+    rt().block_on(async {
+        let transport = Transport::connect(&server.url(), "bench", Subjects::default(), DEFAULT_STREAM).await.unwrap();
+        transport.ensure_streams().await.unwrap();
+        let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+        let runtime = Runtime::new(EngineConfig::default()).unwrap();
+        let spec = AppSpec { limits: Limits { max_batch: BATCH, ..Limits::default() }, ..AppSpec::new("echo", 1, "node1") };
+        let app = runtime.deploy_file(spec, weir_test_artifacts::ECHO.as_ref()).unwrap();
+        let w = Weir { transport, app };
+
+        println!("throughput: {EVENTS} events, batches of {BATCH}, ack each (median of {ROUNDS}):");
+        let (mut raw, mut weir) = (Vec::new(), Vec::new());
+        for r in 0..ROUNDS {
+            let subject = format!("weir.events.t{r}.cluster");
+            publish_burst(&js, &subject, EVENTS, &format!("t{r}")).await;
+            raw.push(raw_consume(&js, &format!("raw{r}"), &subject, EVENTS, None).await);
+            let (elapsed, stats) = weir_consume(&w, &format!("app{r}"), &format!("t{r}"), EVENTS as u64).await;
+            assert_eq!(stats.received.load(Ordering::Relaxed), EVENTS as u64);
+            weir.push(elapsed);
+        }
+        let (raw, weir) = (median(raw), median(weir));
+        let rate = |d: Duration| EVENTS as f64 / d.as_secs_f64();
+        println!(
+            "  raw async-nats floor: {:>9.0} events/s\n  weir (filter, fresh sandbox per batch, ack): {:>9.0} events/s\n  ratio weir/raw: {:.2} (target ≥ 0.80)",
+            rate(raw),
+            rate(weir),
+            rate(weir) / rate(raw)
+        );
+
+        println!("\nlatency: {RATE} events/s for {LATENCY_SECS} s, publish timestamp → settled:");
+        let n = (RATE * LATENCY_SECS) as usize;
+        let interval = Duration::from_micros(1_000_000 / RATE);
+        // Raw: consumer running while the publisher paces events.
+        let mut raw_lat = Vec::with_capacity(n);
+        let publisher = {
+            let js = js.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(interval);
+                for i in 0..n {
+                    tick.tick().await;
+                    js.publish("weir.events.lraw.cluster", format!("{i}").into()).await.unwrap().await.unwrap();
+                }
+            })
+        };
+        raw_consume(&js, "lraw", "weir.events.lraw.cluster", n, Some(&mut raw_lat)).await;
+        publisher.await.unwrap();
+        // weir: the pipeline records publish → settle latency in its stats.
+        let (pipeline, stats) = weir_pipeline(&w, "lweir", "lweir").await;
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(pipeline.run(stop_rx));
+        let mut tick = tokio::time::interval(interval);
+        for i in 0..n {
+            tick.tick().await;
+            js.publish("weir.events.lweir.cluster", format!("{i}").into()).await.unwrap().await.unwrap();
+        }
+        while stats.outcome_done.load(Ordering::Relaxed) < n as u64 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.send(true).unwrap();
+        task.await.unwrap();
+        let weir_p = stats.settle_latency.quantiles(&[0.5, 0.99]);
+        let raw_p50 = percentile(&mut raw_lat, 0.5);
+        let raw_p99 = percentile(&mut raw_lat, 0.99);
+        let linger = Duration::from_millis(Limits::default().linger_ms);
+        println!(
+            "  raw async-nats floor: p50 {:.2} ms, p99 {:.2} ms\n  weir:                 p50 ≤ {:.2} ms, p99 ≤ {:.2} ms (histogram bucket upper bounds)\n  target: weir p99 ≤ raw p99 + linger ({} ms) + 1 ms = {:.2} ms",
+            raw_p50.as_secs_f64() * 1e3,
+            raw_p99.as_secs_f64() * 1e3,
+            weir_p[0].as_secs_f64() * 1e3,
+            weir_p[1].as_secs_f64() * 1e3,
+            linger.as_millis(),
+            (raw_p99 + linger + Duration::from_millis(1)).as_secs_f64() * 1e3,
+        );
+    });
+}
