@@ -86,7 +86,7 @@ async fn raw_consume(
     latencies: Option<&mut Vec<Duration>>,
 ) -> Duration {
     let stream = js.get_stream(DEFAULT_STREAM).await.unwrap();
-    let consumer: pull::Stream = stream
+    let consumer: jetstream::consumer::PullConsumer = stream
         .create_consumer(raw_config(name, filter.to_owned()))
         .await
         .unwrap();
@@ -104,9 +104,14 @@ async fn raw_consume(
         while let Some(Ok(m)) = batch.next().await {
             m.ack().await.unwrap();
             if let Some(l) = latencies.as_deref_mut() {
-                let published = m.info().unwrap().published;
-                let now = time::OffsetDateTime::now_utc();
-                l.push((now - published).try_into().unwrap_or_default());
+                let published_ns = m.info().unwrap().published.unix_timestamp_nanos();
+                let now_ns = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as i128;
+                l.push(Duration::from_nanos(
+                    u64::try_from(now_ns - published_ns).unwrap_or(0),
+                ));
             }
             done += 1;
         }

@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-/// Buckets of [`LatencyHistogram`]: upper bounds growing by 10% from 50 µs,
-/// the last one unbounded (160 buckets reach past 60 s).
-const LATENCY_BUCKETS: usize = 160;
+/// Buckets of [`LatencyHistogram`]: upper bounds growing by 5% from 50 µs,
+/// the last one unbounded (300 buckets reach past 100 s).
+const LATENCY_BUCKETS: usize = 300;
 const LATENCY_FIRST_BUCKET_US: f64 = 50.0;
-const LATENCY_GROWTH: f64 = 1.1;
+const LATENCY_GROWTH: f64 = 1.05;
 
-/// A lock-free latency histogram with log-spaced buckets (10% wide), for
+/// A lock-free latency histogram with log-spaced buckets (5% wide), for
 /// publish → settled latency. Quantiles are reported as bucket upper bounds.
 #[derive(Debug)]
 pub struct LatencyHistogram {
@@ -411,13 +411,13 @@ mod tests {
         h.record(Duration::from_secs(3600));
         assert_eq!(h.count(), 100);
         let q = h.quantiles(&[0.5, 0.99, 1.0]);
-        // Within one 10% bucket above the true value.
+        // Within one 5% bucket above the true value.
         assert!(
-            q[0] >= Duration::from_millis(1) && q[0] < Duration::from_micros(1_100),
+            q[0] >= Duration::from_millis(1) && q[0] < Duration::from_micros(1_050),
             "{q:?}"
         );
         assert!(
-            q[1] >= Duration::from_millis(20) && q[1] < Duration::from_millis(22),
+            q[1] >= Duration::from_millis(20) && q[1] < Duration::from_millis(21),
             "{q:?}"
         );
         assert!(

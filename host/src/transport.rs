@@ -10,8 +10,9 @@
 //!   the app's event names as filter subjects, explicit ack and bounded
 //!   `max_ack_pending`, `ack_wait` and `max_deliver` (failure backoff is the
 //!   delay of weir's naks);
-//! - [`AppConsumer::next_batch`]: a long poll for the first event, then at
-//!   most `linger` for the rest of a batch: only what can start is fetched;
+//! - [`AppConsumer::next_batch`]: what is ready now, else a long poll for a
+//!   first event, then at most `linger` (from that event's publish time) for
+//!   the rest of a batch: only what can start is fetched;
 //! - [`Inbound`]: one delivered event with ack / nak(delay) / term;
 //! - publishing events (with `Nats-Msg-Id`) and dead letters, each awaited
 //!   until JetStream acknowledges it.
@@ -41,6 +42,15 @@ pub const SUBSCRIPTION_CAPACITY: usize = 8_192;
 /// Long poll for the first event of a batch: 5 s, with a heartbeat every
 /// [`PULL_HEARTBEAT`] so a lost server is noticed.
 pub const LONG_POLL: Duration = Duration::from_secs(5);
+
+/// Shortest linger worth a waiting pull: 1 ms (below it, take what is ready).
+pub const MIN_LINGER_PULL: Duration = Duration::from_millis(1);
+
+/// Part of `linger` kept for the pull's own cost: 2 ms. The server answers an
+/// expired pull about a millisecond late and the reply takes a round trip;
+/// without this margin an event would wait for batch-mates a little longer
+/// than `linger` (measured with `benches/e2e.rs`).
+pub const LINGER_MARGIN: Duration = Duration::from_millis(2);
 
 /// Idle heartbeat of a pull request: 1 s.
 pub const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
@@ -366,9 +376,17 @@ impl AppConsumer {
         Ok(info.num_pending)
     }
 
-    /// Wait up to `long_poll` for a first event, then up to `linger` for the
-    /// rest, returning at most `max` events (possibly none). Only what was
-    /// asked for is delivered: no pull request is left outstanding.
+    /// Fetch at most `max` events:
+    ///
+    /// 1. take whatever is ready, without waiting (a backlog costs one round
+    ///    trip per batch);
+    /// 2. if nothing was ready, wait up to `long_poll` for a first event;
+    /// 3. if the batch is not full, wait for more only until the first event
+    ///    is `linger` old (counted from its publish time), so an event waits
+    ///    for batch-mates at most `linger` in all.
+    ///
+    /// Only what was asked for is delivered: no pull request is left
+    /// outstanding. Returns an empty batch if nothing arrived.
     ///
     /// Cancel safety: not cancel safe; events delivered to a cancelled call
     /// are redelivered after the ack wait.
@@ -383,11 +401,37 @@ impl AppConsumer {
         long_poll: Duration,
     ) -> Result<Vec<Inbound>, TransportError> {
         let mut out = Vec::with_capacity(max.min(1024));
-        self.pull(1, long_poll, &mut out).await?;
-        if !out.is_empty() && max > 1 {
-            self.pull(max - 1, linger, &mut out).await?;
+        self.ready(max, &mut out).await?;
+        if out.is_empty() {
+            self.pull(1, long_poll, &mut out).await?;
+        }
+        if out.is_empty() || out.len() >= max {
+            return Ok(out);
+        }
+        let left = max - out.len();
+        match linger.checked_sub(out[0].age() + LINGER_MARGIN) {
+            Some(wait) if wait >= MIN_LINGER_PULL => self.pull(left, wait, &mut out).await?,
+            _ => self.ready(left, &mut out).await?,
         }
         Ok(out)
+    }
+
+    /// Up to `max` events that are ready now (a no-wait pull).
+    async fn ready(&self, max: usize, out: &mut Vec<Inbound>) -> Result<(), TransportError> {
+        let mut messages = self
+            .consumer
+            .fetch()
+            .max_messages(max)
+            .messages()
+            .await
+            .map_err(|e| js_err("fetch")(e.to_string()))?;
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(msg) => out.push(Inbound::new(msg)),
+                Err(e) => return Err(js_err("fetch")(e.to_string())),
+            }
+        }
+        Ok(())
     }
 
     async fn pull(
