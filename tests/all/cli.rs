@@ -146,33 +146,7 @@ impl RunningHost {
         let config = dir.path().join("weir.toml");
         std::fs::write(
             &config,
-            format!(
-                r#"
-                [node]
-                id = 1
-                name = "node1"
-                [nats]
-                url = "{nats_url}"
-                [http]
-                enabled = false
-                [effects]
-                executor = "command"
-                command = ["sh", "-c", "echo $0 >> {marker}", "{{unit}}"]
-                [[app]]
-                name = "echo"
-                component = "{echo}"
-                [[app.rule]]
-                event = "test"
-                [app.grants]
-                restart = [{units}]
-                "#,
-                marker = marker.display(),
-                echo = weir_test_artifacts::ECHO,
-                units = (0..100)
-                    .map(|i| format!("\"u{i}\""))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            ),
+            crate::common::marker_config(nats_url, &marker, 100),
         )
         .unwrap();
         Self::spawn(dir, marker, config)
@@ -211,11 +185,7 @@ impl RunningHost {
     }
 
     fn units(&self) -> std::collections::BTreeSet<String> {
-        std::fs::read_to_string(&self.marker)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        crate::common::marker_units(&self.marker)
     }
 
     fn wait_units(&self, n: usize) {

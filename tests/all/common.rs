@@ -131,3 +131,45 @@ pub fn init_tracing() {
         }
     });
 }
+
+/// `weir.toml` for node 1 with one echo app (event `test`) whose granted
+/// restarts of `u0`..`u<units>` run `sh -c 'echo $0 >> marker'` (command
+/// executor): each handled `restart:uN` event leaves `uN` in `marker`.
+pub fn marker_config(nats_url: &str, marker: &std::path::Path, units: usize) -> String {
+    format!(
+        r#"
+        [node]
+        id = 1
+        name = "node1"
+        [nats]
+        url = "{nats_url}"
+        [http]
+        enabled = false
+        [effects]
+        executor = "command"
+        command = ["sh", "-c", "echo $0 >> {marker}", "{{unit}}"]
+        [[app]]
+        name = "echo"
+        component = "{echo}"
+        [[app.rule]]
+        event = "test"
+        [app.grants]
+        restart = [{units}]
+        "#,
+        marker = marker.display(),
+        echo = weir_test_artifacts::ECHO,
+        units = (0..units)
+            .map(|i| format!("\"u{i}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
+}
+
+/// The units recorded in a marker file (see [`marker_config`]).
+pub fn marker_units(marker: &std::path::Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_to_string(marker)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}

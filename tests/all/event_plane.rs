@@ -66,10 +66,26 @@ fn config(server: &NatsServer, extra: &str) -> Config {
         max_deliver = 3
         backoff_ms = [50, 50]
         ack_wait_ms = 5000
+        {mail}
+        {extra}
+        "#,
+        url = server.url(),
+        echo = weir_test_artifacts::ECHO,
+        mail = mail_app("mail1", "dom01.example.org"),
+    );
+    let config = Config::parse(&text).unwrap();
+    assert_eq!(config.problems(), Vec::<String>::new());
+    config
+}
+
+/// The NS8 mail app as TOML (`examples/ns8/rules.toml`'s app rules).
+fn mail_app(name: &str, domain: &str) -> String {
+    format!(
+        r#"
         [[app]]
-        name = "mail1"
+        name = "{name}"
         component = "{mail}"
-        domains = ["dom01.example.org"]
+        domains = ["{domain}"]
         [[app.rule]]
         event = "user-domain-changed"
         source = "module/ldapproxy*"
@@ -77,19 +93,13 @@ fn config(server: &NatsServer, extra: &str) -> Config {
         domains = "mine"
         [[app.rule]]
         event = "user-domain-changed"
-        source = ["cluster", "module/openldap*"]
+        source = ["cluster", "module/openldap*", "module/samba*"]
         domains = "mine"
         [app.grants]
         restart = ["dovecot.service", "postfix.service"]
-        {extra}
         "#,
-        url = server.url(),
-        echo = weir_test_artifacts::ECHO,
         mail = weir_test_artifacts::MAIL,
-    );
-    let config = Config::parse(&text).unwrap();
-    assert_eq!(config.problems(), Vec::<String>::new());
-    config
+    )
 }
 
 fn app<'a>(stats: &'a [AppStatsSnapshot], name: &str) -> &'a AppStatsSnapshot {
@@ -404,32 +414,9 @@ fn cluster_wide_announcement_reaches_the_apps_of_every_node() {
         let mut hosts = Vec::new();
         for node in 1..=3 {
             let text = format!(
-                r#"
-                [node]
-                id = {node}
-                name = "node{node}"
-                [nats]
-                url = "{url}"
-                [http]
-                enabled = false
-                [[app]]
-                name = "mail{node}"
-                component = "{mail}"
-                domains = ["dom.test"]
-                [[app.rule]]
-                event = "user-domain-changed"
-                source = "module/ldapproxy*"
-                origin = "local"
-                domains = "mine"
-                [[app.rule]]
-                event = "user-domain-changed"
-                source = ["cluster", "module/openldap*", "module/samba*"]
-                domains = "mine"
-                [app.grants]
-                restart = ["dovecot.service", "postfix.service"]
-                "#,
+                "[node]\nid = {node}\nname = \"node{node}\"\n[nats]\nurl = \"{url}\"\n[http]\nenabled = false\n{app}",
                 url = server.url(),
-                mail = weir_test_artifacts::MAIL,
+                app = mail_app(&format!("mail{node}"), "dom.test"),
             );
             hosts.push(Host::start(Config::parse(&text).unwrap()).await.unwrap());
         }
@@ -500,39 +487,8 @@ fn nats_server_restarted_mid_stream_loses_no_acknowledged_event() {
     let _heavy = crate::common::heavy();
     let (mut server, dir) = server();
     let marker = dir.path().join("handled.log");
-    let units: Vec<String> = (0..20).map(|i| format!("\"u{i}\"")).collect();
-    let text = format!(
-        r#"
-        [node]
-        id = 1
-        name = "node1"
-        [nats]
-        url = "{url}"
-        [http]
-        enabled = false
-        [effects]
-        executor = "command"
-        command = ["sh", "-c", "echo $0 >> {marker}", "{{unit}}"]
-        [[app]]
-        name = "echo"
-        component = "{echo}"
-        [[app.rule]]
-        event = "test"
-        [app.grants]
-        restart = [{units}]
-        "#,
-        url = server.url(),
-        marker = marker.display(),
-        echo = weir_test_artifacts::ECHO,
-        units = units.join(", "),
-    );
-    let handled = || -> std::collections::BTreeSet<String> {
-        std::fs::read_to_string(&marker)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    };
+    let text = crate::common::marker_config(&server.url(), &marker, 20);
+    let handled = || crate::common::marker_units(&marker);
     rt().block_on(async {
         let host = Host::start(Config::parse(&text).unwrap()).await.unwrap();
         let p = publisher(&server).await;
