@@ -72,6 +72,11 @@ fn nak_delay(delivery: &Delivery, attempt: u32) -> Duration {
     Duration::from_millis(ms)
 }
 
+/// The nak delay for a handler's `retry(ms)`, capped at [`MAX_RETRY_DELAY`].
+fn retry_delay(ms: u32) -> Duration {
+    Duration::from_millis(u64::from(ms)).min(MAX_RETRY_DELAY)
+}
+
 impl AppPipeline {
     /// Run until `shutdown` turns true: fetch, process, repeat. A batch in
     /// progress is finished before returning (drain); a fetch in progress is
@@ -236,8 +241,7 @@ impl AppPipeline {
                             format!("handler asked for a retry after {} deliveries", msg.attempt);
                         self.dead_letter(msg, &reason).await;
                     } else {
-                        let delay = Duration::from_millis(u64::from(ms)).min(MAX_RETRY_DELAY);
-                        self.settle(msg.nak(delay).await);
+                        self.settle(msg.nak(retry_delay(ms)).await);
                     }
                 }
                 Outcome::Reject(reason) => {
@@ -294,6 +298,12 @@ impl AppPipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handler_retry_delays_are_capped() {
+        assert_eq!(retry_delay(250), Duration::from_millis(250));
+        assert_eq!(retry_delay(u32::MAX), MAX_RETRY_DELAY);
+    }
 
     #[test]
     fn backoff_by_attempt_repeats_the_last_step() {

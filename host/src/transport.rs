@@ -281,13 +281,26 @@ impl Transport {
         let subject = self.subjects.event(name, source)?;
         let mut headers = HeaderMap::new();
         headers.insert(MSG_ID_HEADER, msg_id);
+        self.publish_acked(subject, headers, payload, "publish")
+            .await
+    }
+
+    /// Publish and wait until JetStream has stored the message; returns its
+    /// stream sequence.
+    async fn publish_acked(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+        operation: &'static str,
+    ) -> Result<u64, TransportError> {
         let ack = self
             .js
             .publish_with_headers(subject, headers, payload)
             .await
-            .map_err(|e| js_err("publish")(e.to_string()))?
+            .map_err(|e| js_err(operation)(e.to_string()))?
             .await
-            .map_err(|e| js_err("publish ack")(e.to_string()))?;
+            .map_err(|e| js_err(operation)(format!("not acknowledged: {e}")))?;
         Ok(ack.sequence)
     }
 
@@ -310,17 +323,15 @@ impl Transport {
         headers.insert(DEAD_ATTEMPTS_HEADER, inbound.attempt.to_string());
         headers.insert(DEAD_ID_HEADER, inbound.id.as_str());
         headers.insert(MSG_ID_HEADER, format!("dead:{node}:{app}:{}", inbound.id));
-        self.js
-            .publish_with_headers(
-                self.subjects.dead_letter(node, app),
-                headers,
-                inbound.payload.clone(),
-            )
-            .await
-            .map_err(|e| js_err("dead-letter publish")(e.to_string()))?
-            .await
-            .map_err(|e| js_err("dead-letter ack")(e.to_string()))?;
-        Ok(())
+        let subject = self.subjects.dead_letter(node, app);
+        self.publish_acked(
+            subject,
+            headers,
+            inbound.payload.clone(),
+            "dead-letter publish",
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Flush, then close the connection (before stopping a private server, so
@@ -418,20 +429,14 @@ impl AppConsumer {
 
     /// Up to `max` events that are ready now (a no-wait pull).
     async fn ready(&self, max: usize, out: &mut Vec<Inbound>) -> Result<(), TransportError> {
-        let mut messages = self
+        let messages = self
             .consumer
             .fetch()
             .max_messages(max)
             .messages()
             .await
             .map_err(|e| js_err("fetch")(e.to_string()))?;
-        while let Some(message) = messages.next().await {
-            match message {
-                Ok(msg) => out.push(Inbound::new(msg)),
-                Err(e) => return Err(js_err("fetch")(e.to_string())),
-            }
-        }
-        Ok(())
+        drain(messages, "fetch", out).await
     }
 
     async fn pull(
@@ -444,18 +449,31 @@ impl AppConsumer {
         if expires > PULL_HEARTBEAT * 2 {
             request = request.heartbeat(PULL_HEARTBEAT);
         }
-        let mut messages = request
+        let messages = request
             .messages()
             .await
             .map_err(|e| js_err("pull")(e.to_string()))?;
-        while let Some(message) = messages.next().await {
-            match message {
-                Ok(msg) => out.push(Inbound::new(msg)),
-                Err(e) => return Err(js_err("pull")(e.to_string())),
-            }
-        }
-        Ok(())
+        drain(messages, "pull", out).await
     }
+}
+
+/// Collect every message of one pull request into `out`.
+async fn drain<S, E>(
+    mut messages: S,
+    operation: &'static str,
+    out: &mut Vec<Inbound>,
+) -> Result<(), TransportError>
+where
+    S: futures::Stream<Item = Result<jetstream::Message, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    while let Some(message) = messages.next().await {
+        match message {
+            Ok(msg) => out.push(Inbound::new(msg)),
+            Err(e) => return Err(js_err(operation)(e.to_string())),
+        }
+    }
+    Ok(())
 }
 
 /// One delivered event.
