@@ -37,6 +37,10 @@ pub struct AppSpec {
     pub domains: Vec<String>,
     /// Caps for each batch.
     pub limits: Limits,
+    /// Grant of the real WASI clocks. Default `false`: the wall clock reads
+    /// the Unix epoch and the monotonic clock reads 0, so a handler cannot
+    /// time the host or other apps (see [`crate::state`]).
+    pub clocks: bool,
 }
 
 impl AppSpec {
@@ -48,6 +52,7 @@ impl AppSpec {
             node_name: node_name.into(),
             domains: Vec::new(),
             limits: Limits::default(),
+            clocks: false,
         }
     }
 }
@@ -237,6 +242,7 @@ impl Runtime {
             node_id: spec.node_id,
             node_name: spec.node_name,
             domains,
+            clocks: spec.clocks,
         });
         tracing::info!(
             app = %spec.name,

@@ -199,6 +199,9 @@ pub struct Grants {
     pub reload: Vec<String>,
     /// Event names the app may publish (as `module/<app>`).
     pub publish: Vec<String>,
+    /// Real WASI clocks (wall and monotonic). Default `false`: both read a
+    /// frozen time (the Unix epoch, 0).
+    pub clocks: bool,
 }
 
 /// `[app.delivery]`: the app's consumer settings.

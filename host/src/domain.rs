@@ -40,7 +40,7 @@ pub fn normalize(name: &str) -> Result<String, DomainError> {
         .to_ascii(
             name.as_bytes(),
             AsciiDenyList::STD3,
-            Hyphens::Allow,
+            Hyphens::CheckFirstLast,
             DnsLength::VerifyAllowRootDot,
         )
         .map_err(|_| DomainError::Invalid(name.to_owned()))?;
@@ -144,14 +144,20 @@ impl DomainSet {
         }
     }
 
-    /// Like [`DomainSet::is_mine`] for a name already normalised.
+    /// Like [`DomainSet::is_mine`] for a name that is either normalised or
+    /// an invalid name kept raw (an event's `domains`): an invalid name never
+    /// matches, even when its suffix is one of the set's wildcards
+    /// (`bad_label.example.org` does not match `*.example.org`).
     pub fn contains_normalized(&self, name: &str) -> bool {
         if self.exact.contains(name) {
+            // Entries are normal forms and normalisation is idempotent, so an
+            // invalid raw name can never equal one.
             return true;
         }
         match name.split_once('.') {
             Some((_, rest)) if !self.wildcard_suffixes.is_empty() => {
                 self.wildcard_suffixes.contains(rest)
+                    && normalize(name).is_ok_and(|n| n == name)
             }
             _ => false,
         }
@@ -230,5 +236,87 @@ mod tests {
     fn set_reports_every_invalid_entry() {
         let errs = DomainSet::new(&["ok.org", "bad_one", "", "*.also bad"]).unwrap_err();
         assert_eq!(errs.len(), 3, "{errs:?}");
+    }
+
+    #[test]
+    fn idn_edge_cases() {
+        // Homoglyph: Cyrillic `а` is a different name, never the Latin one.
+        let set = DomainSet::new(&["paypal.com", "*.example.org"]).unwrap();
+        let homoglyph = "p\u{0430}ypal.com";
+        let normal = normalize(homoglyph).unwrap();
+        assert!(normal.starts_with("xn--"), "{normal}");
+        assert!(!set.is_mine(homoglyph));
+        // Fullwidth dot, mixed case, trailing dot all reach the same name.
+        assert!(set.is_mine("PayPal\u{FF0E}COM."));
+        // Labels over 63 octets, alone or after Punycode expansion.
+        assert!(normalize(&format!("{}.org", "a".repeat(64))).is_err());
+        assert!(normalize(&format!("{}.org", "ü".repeat(60))).is_err());
+        // Invalid Punycode and forbidden characters never match a wildcard,
+        // even when their suffix is one.
+        for bad in [
+            "xn--a.example.org",
+            "xn--zz-.example.org",
+            "bad_label.example.org",
+            "-lead.example.org",
+            "a b.example.org",
+        ] {
+            assert!(normalize(bad).is_err(), "{bad}");
+            assert!(!set.is_mine(bad), "{bad}");
+            assert!(!set.contains_normalized(bad), "{bad}");
+        }
+        assert!(set.contains_normalized("mail.example.org"));
+        assert!(set.contains_normalized("xn--bcher-kva.example.org"));
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// Names built from the characters that matter: ASCII letters in both
+        /// cases, digits, `-`, `_`, dots (ASCII, fullwidth, ideographic),
+        /// `xn--` prefixes, accented and Cyrillic letters, spaces.
+        fn name() -> impl Strategy<Value = String> {
+            let atoms = prop::sample::select(vec![
+                "a", "B", "z", "0", "9", "-", "_", ".", "\u{FF0E}", "\u{3002}", "xn--", "ü",
+                "\u{0430}", "ß", " ", "*", "\u{200D}", "\u{FF21}", "example", "org",
+            ]);
+            prop::collection::vec(atoms, 0..24).prop_map(|v| v.concat())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(5_000))]
+
+            /// Normalisation is idempotent and yields lower-case ASCII within
+            /// DNS length limits.
+            #[test]
+            fn normalisation_is_idempotent_and_ascii(raw in name()) {
+                if let Ok(n) = normalize(&raw) {
+                    prop_assert_eq!(normalize(&n), Ok(n.clone()));
+                    prop_assert!(n.is_ascii() && n.len() <= 253, "{}", n);
+                    prop_assert!(n.split('.').all(|l| !l.is_empty() && l.len() <= 63), "{}", n);
+                    prop_assert_eq!(n.to_ascii_lowercase(), n);
+                }
+            }
+
+            /// An invalid name never matches, exactly or by wildcard, even
+            /// kept raw in an event; a valid one matches its own set.
+            #[test]
+            fn invalid_names_never_match(raw in name(), suffix in name()) {
+                let set = DomainSet::new(&["*.example.org", "example.org"]).unwrap();
+                let candidate = format!("{raw}.example.org");
+                match normalize(&candidate) {
+                    Err(_) => {
+                        prop_assert!(!set.is_mine(&candidate));
+                        prop_assert!(!set.contains_normalized(&candidate));
+                    }
+                    Ok(n) => prop_assert_eq!(set.is_mine(&candidate), set.contains_normalized(&n)),
+                }
+                if let Ok(n) = normalize(&suffix) {
+                    let own = DomainSet::new(&[n.as_str()]).unwrap();
+                    prop_assert!(own.is_mine(&suffix));
+                }
+            }
+        }
     }
 }

@@ -176,6 +176,7 @@ fn pooling_config(config: &EngineConfig) -> PoolingAllocationConfig {
         .max_memories_per_component(POOL_MEMORIES_PER_COMPONENT)
         .total_tables(n.saturating_mul(POOL_TABLES_PER_COMPONENT))
         .max_tables_per_component(POOL_TABLES_PER_COMPONENT)
+        .table_elements(crate::limits::MAX_TABLE_ELEMENTS)
         .max_memory_size(config.max_memory_bytes)
         .linear_memory_keep_resident(POOL_MEMORY_KEEP_RESIDENT_BYTES)
         .table_keep_resident(POOL_TABLE_KEEP_RESIDENT_BYTES)

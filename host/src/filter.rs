@@ -139,6 +139,11 @@ pub enum Verdict {
     Relevant(usize),
     /// No rule matched: ack and count as skipped.
     Skipped,
+    /// No rule matched, at least one rule naming this event refused it only
+    /// for its source, and no rule naming it trusts that source: a publisher using an event name it is not trusted
+    /// for (e.g. a module publishing a name reserved for `cluster`). Acked and
+    /// counted as skipped and as `skipped_source`.
+    UntrustedSource,
 }
 
 impl Filter {
@@ -244,15 +249,18 @@ impl Filter {
     /// Decide whether `event` is relevant.
     pub fn check(&self, event: &Event) -> Verdict {
         let mut payload: Option<Option<Value>> = None;
+        // Refused only for the source by some rule, and trusted by none.
+        let mut refused_for_source = false;
+        let mut trusted = false;
         for (i, rule) in self.rules.iter().enumerate() {
             if !rule.events.contains(&event.name) {
                 continue;
             }
-            if let Some(sources) = &rule.sources
-                && !sources.is_match(&event.source)
-            {
-                continue;
-            }
+            let source_ok = rule
+                .sources
+                .as_ref()
+                .is_none_or(|sources| sources.is_match(&event.source));
+            trusted |= source_ok;
             if rule.origin == Origin::Local && event.origin_node != Some(self.node_id) {
                 continue;
             }
@@ -271,9 +279,17 @@ impl Filter {
                     continue;
                 }
             }
+            if !source_ok {
+                refused_for_source = true;
+                continue;
+            }
             return Verdict::Relevant(i);
         }
-        Verdict::Skipped
+        if refused_for_source && !trusted {
+            Verdict::UntrustedSource
+        } else {
+            Verdict::Skipped
+        }
     }
 }
 
@@ -366,9 +382,15 @@ mod tests {
                 Verdict::Relevant(1)
             );
         }
-        // A module that is not trusted for announcements cannot forge one.
+        // A module that is not trusted for announcements cannot forge one,
+        // and the attempt is told apart from a plain skip.
         assert_eq!(
             app(2, &["dom.test"]).check(&ev("user-domain-changed", "module/mail1", payload)),
+            Verdict::UntrustedSource
+        );
+        // A trusted source refused for another reason is a plain skip.
+        assert_eq!(
+            app(2, &["other.test"]).check(&ev("user-domain-changed", "module/openldap1", payload)),
             Verdict::Skipped
         );
     }

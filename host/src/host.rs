@@ -88,6 +88,7 @@ impl Host {
             let mut spec = AppSpec::new(&app.name, config.node.id, &config.node.name);
             spec.domains = app.domains.clone();
             spec.limits = app.limits.clone();
+            spec.clocks = app.grants.clocks;
             match runtime.deploy_file(spec, &app.component) {
                 Ok(a) => deployed.push((app, a)),
                 Err(e) => problems.push(format!("app {}: {e}", app.name)),

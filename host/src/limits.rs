@@ -38,6 +38,11 @@ pub const DEFAULT_RESOURCE_TABLE_ENTRIES: usize = 1_000;
 /// few hundred for indirect calls).
 pub const DEFAULT_TABLE_ELEMENTS: usize = 100_000;
 
+/// Most table elements any app may be given: 100,000, the size of each table
+/// slot in the instance pool (wasmtime's pool default is 20,000, which would
+/// silently undercut an app's cap).
+pub const MAX_TABLE_ELEMENTS: usize = 100_000;
+
 /// Default log lines a handler may write per batch: 100. Excess lines are
 /// dropped, counted and summarised in one host line.
 pub const DEFAULT_LOG_LINES_PER_BATCH: u32 = 100;
@@ -177,6 +182,12 @@ impl Limits {
         positive("table_elements", self.table_elements as u64);
         positive("max_batch", self.max_batch as u64);
         positive("max_batch_bytes", self.max_batch_bytes as u64);
+        if self.table_elements > MAX_TABLE_ELEMENTS {
+            problems.push(format!(
+                "table_elements = {} exceeds the pool's table slot of {MAX_TABLE_ELEMENTS} elements",
+                self.table_elements
+            ));
+        }
         if self.memory_bytes > max_memory_bytes {
             problems.push(format!(
                 "memory_bytes = {} exceeds the engine's memory slot of {} bytes \

@@ -127,6 +127,15 @@ impl AppPipeline {
                 self.dead_letter(&inbound, &reason).await;
                 continue;
             };
+            if inbound.id.len() > envelope::MAX_EVENT_ID_BYTES {
+                let reason = format!(
+                    "event id of {} bytes exceeds the cap of {} bytes",
+                    inbound.id.len(),
+                    envelope::MAX_EVENT_ID_BYTES
+                );
+                self.dead_letter(&inbound, &reason).await;
+                continue;
+            }
             let meta = EventMeta {
                 id: inbound.id.clone(),
                 name: name.to_owned(),
@@ -138,9 +147,12 @@ impl AppPipeline {
             match envelope::event(meta, inbound.payload.to_vec(), self.max_payload_bytes) {
                 Err(e) => self.dead_letter(&inbound, &e.to_string()).await,
                 Ok(event) => match self.filter.check(&event) {
-                    Verdict::Skipped => {
-                        tracing::trace!(id = %event.id, "skipped by filter");
+                    verdict @ (Verdict::Skipped | Verdict::UntrustedSource) => {
+                        tracing::trace!(id = %event.id, ?verdict, "skipped by filter");
                         AppStats::add(&self.stats.skipped, 1);
+                        if verdict == Verdict::UntrustedSource {
+                            AppStats::add(&self.stats.skipped_source, 1);
+                        }
                         self.settle(inbound.ack().await);
                         self.stats.settle_latency.record(inbound.age());
                     }

@@ -26,6 +26,32 @@ pub struct AppIdentity {
     pub node_name: String,
     /// The app's domains.
     pub domains: DomainSet,
+    /// Whether the app is granted the real clocks (else frozen ones).
+    pub clocks: bool,
+}
+
+/// The clock an app without the `clocks` grant sees: always the Unix epoch
+/// (wall) or 0 (monotonic), with a one-second resolution. Time cannot be
+/// measured with it, so neither can other apps' or the host's activity.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FrozenClock;
+
+impl wasmtime_wasi::HostWallClock for FrozenClock {
+    fn resolution(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(1)
+    }
+    fn now(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
 }
 
 /// Sums the sizes of all linear memories of the instance and refuses growth
@@ -57,10 +83,12 @@ impl wasmtime::ResourceLimiter for InstanceLimiter {
         &mut self,
         current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let total = self.memory_total - current.min(self.memory_total) + desired;
-        if total > self.memory_limit {
+        // Past the slot's maximum the growth would fail quietly (-1); stop the
+        // guest with the typed error instead.
+        if total > self.memory_limit || maximum.is_some_and(|m| desired > m) {
             self.memory_exceeded = Some((self.memory_limit, total));
             return Err(wasmtime::Error::new(MemoryLimitExceeded));
         }
@@ -73,9 +101,9 @@ impl wasmtime::ResourceLimiter for InstanceLimiter {
         &mut self,
         _current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.table_elements {
+        if desired > self.table_elements || maximum.is_some_and(|m| desired > m) {
             self.table_exceeded = Some((self.table_elements, desired));
             return Err(wasmtime::Error::new(TableLimitExceeded));
         }
@@ -109,14 +137,19 @@ impl HostState {
     pub(crate) fn new(identity: Arc<AppIdentity>, limits: &Limits, log: LogSink) -> Self {
         // Deny by capability: no preopened directories, no environment or
         // arguments, no sockets or name lookup, empty stdin; stdout and stderr
-        // go into the log budget. Clocks and random are provided.
-        let wasi = WasiCtxBuilder::new()
+        // go into the log budget. Clocks are frozen unless granted; random is
+        // provided.
+        let mut builder = WasiCtxBuilder::new();
+        builder
             .stdout(log.stdio(false))
             .stderr(log.stdio(true))
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
+            .allow_ip_name_lookup(false);
+        if !identity.clocks {
+            builder.wall_clock(FrozenClock).monotonic_clock(FrozenClock);
+        }
+        let wasi = builder.build();
         let mut table = ResourceTable::new();
         table.set_max_capacity(limits.resource_table_entries);
         Self {

@@ -86,6 +86,9 @@ pub struct AppStats {
     pub received: AtomicU64,
     /// Events acked without invoking (pre-filter said irrelevant).
     pub skipped: AtomicU64,
+    /// Of `skipped`: events a rule named but refused only for their source
+    /// (see [`crate::filter::Verdict::UntrustedSource`]).
+    pub skipped_source: AtomicU64,
     /// Events handed to the handler.
     pub invoked_events: AtomicU64,
     /// Handler invocations.
@@ -129,6 +132,8 @@ pub struct AppStatsSnapshot {
     pub received: u64,
     /// See [`AppStats::skipped`].
     pub skipped: u64,
+    /// See [`AppStats::skipped_source`].
+    pub skipped_source: u64,
     /// See [`AppStats::invoked_events`].
     pub invoked_events: u64,
     /// See [`AppStats::batches`].
@@ -190,6 +195,7 @@ impl AppStats {
             app: app.to_owned(),
             received: get(&self.received),
             skipped: get(&self.skipped),
+            skipped_source: get(&self.skipped_source),
             invoked_events: get(&self.invoked_events),
             batches: get(&self.batches),
             outcomes: [
@@ -232,7 +238,7 @@ impl AppStatsSnapshot {
 /// counter, labelled by `app` (and `kind` for outcomes and traps).
 pub fn prometheus(node: u32, snapshots: &[AppStatsSnapshot]) -> String {
     type Field = fn(&AppStatsSnapshot) -> u64;
-    let families: [(&str, &str, &str, Field); 13] = [
+    let families: [(&str, &str, &str, Field); 14] = [
         (
             "weir_events_received_total",
             "counter",
@@ -244,6 +250,12 @@ pub fn prometheus(node: u32, snapshots: &[AppStatsSnapshot]) -> String {
             "counter",
             "Events acked by the pre-filter without invoking.",
             |s| s.skipped,
+        ),
+        (
+            "weir_events_skipped_source_total",
+            "counter",
+            "Events skipped because their source is not trusted for their name.",
+            |s| s.skipped_source,
         ),
         (
             "weir_events_invoked_total",

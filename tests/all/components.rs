@@ -233,13 +233,16 @@ mod fixtures {
     }
 
     pub fn capability_probe(path: &str) {
-        let app = deploy("capability-probe", path, Limits::default());
-        let handled = app.invoke_blocking(&directive("probe")).result.unwrap();
-        let [Effect::Publish(report)] = handled.effects.as_slice() else {
-            panic!("expected one probe-report, got {:?}", handled.effects)
+        let probe = |app: &App| -> serde_json::Value {
+            let handled = app.invoke_blocking(&directive("probe")).result.unwrap();
+            let [Effect::Publish(report)] = handled.effects.as_slice() else {
+                panic!("expected one probe-report, got {:?}", handled.effects)
+            };
+            assert_eq!(report.name, "probe-report");
+            serde_json::from_slice(&report.payload).unwrap()
         };
-        assert_eq!(report.name, "probe-report");
-        let r: serde_json::Value = serde_json::from_slice(&report.payload).unwrap();
+        let app = deploy("capability-probe", path, Limits::default());
+        let r = probe(&app);
         for key in [
             "file_read",
             "file_write",
@@ -254,8 +257,23 @@ mod fixtures {
         assert_eq!(r["env_vars"], 0);
         assert_eq!(r["env_home"], false);
         assert_eq!(r["args"], 0);
+        // Clocks are not granted: the wall clock reads the epoch and the
+        // monotonic clock does not move across ~10 ms of work.
+        assert_eq!(r["wall_clock_s"], 0, "{r}");
+        assert_eq!(r["monotonic_advanced"], false, "{r}");
         // Its filesystem and socket imports are linked but denied.
         crate::common::assert_fs_and_sockets_denied(&app);
+
+        // With the `clocks` grant both clocks are real.
+        let mut spec = weir_host::AppSpec::new("capability-probe-clocks", 1, "node1");
+        spec.clocks = true;
+        let granted = crate::common::runtime()
+            .deploy_file(spec, path.as_ref())
+            .unwrap();
+        let r = probe(&granted);
+        assert!(r["wall_clock_s"].as_u64().unwrap() > 1_700_000_000, "{r}");
+        assert_eq!(r["monotonic_advanced"], true, "{r}");
+        assert!(r["file_read"].as_str().unwrap().starts_with("denied"));
     }
 
     pub fn unknown_import(path: &str) {
@@ -339,6 +357,32 @@ mod fixtures {
             ]
         );
         assert_eq!(handled.outcomes, vec![Outcome::Done; 3]);
+    }
+
+    pub fn marker(path: &str) {
+        // Pool slots are reused; each batch must still see fresh memory and
+        // statics, including after a batch that trapped with its marker left
+        // in memory (a poisoned instance is never reused).
+        let app = deploy("marker", path, Limits::default());
+        let other = deploy("marker-other", path, Limits::default());
+        for i in 0..40 {
+            if i % 4 == 3 {
+                let inv = app.invoke_blocking(&[event("m", "cluster", "trap")]);
+                assert!(matches!(inv.result, Err(InvokeError::Trap(_))), "{:?}", inv.result);
+                continue;
+            }
+            let which = if i % 2 == 0 { &app } else { &other };
+            let mut ev = event("m", "cluster", "mark");
+            ev.id = format!("batch-{i}");
+            let handled = which.invoke_blocking(&[ev]).result.unwrap();
+            let [Effect::Publish(report)] = handled.effects.as_slice() else {
+                panic!("expected one marker-report, got {:?}", handled.effects)
+            };
+            let r: serde_json::Value = serde_json::from_slice(&report.payload).unwrap();
+            assert_eq!(r["batches_before"], 0, "batch {i}: {r}");
+            assert_eq!(r["foreign_marker"], false, "batch {i}: {r}");
+            assert_eq!(r["nonzero_bytes"], 0, "batch {i}: {r}");
+        }
     }
 
     pub fn certificates(path: &str) {

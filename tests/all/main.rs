@@ -19,3 +19,4 @@ mod event_plane;
 mod nats;
 mod python;
 mod runtime;
+mod table_bomb;

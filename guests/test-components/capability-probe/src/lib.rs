@@ -1,5 +1,6 @@
 //! Capability probe: tries to read files, list preopened directories, read
 //! environment variables and arguments, open a TCP socket and resolve a name.
+//! It also reads the wall and monotonic clocks twice around some work.
 //! It acks every event and publishes one `probe-report` effect whose JSON
 //! payload says what each attempt got, for the host's tests to judge.
 use wasi::sockets::network::{IpAddressFamily, IpSocketAddress, Ipv4SocketAddress};
@@ -44,6 +45,22 @@ fn name_lookup() -> String {
     }
 }
 
+fn wall_clock_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Whether the monotonic clock moves across ~10 ms of work.
+fn monotonic_advanced() -> bool {
+    let start = wasi::clocks::monotonic_clock::now();
+    let mut x = 0u64;
+    for i in 0..20_000_000u64 {
+        x = std::hint::black_box(x ^ i);
+    }
+    wasi::clocks::monotonic_clock::now() > start
+}
+
 fn outcome<T>(r: std::io::Result<T>) -> String {
     match r {
         Ok(_) => "granted".into(),
@@ -63,6 +80,8 @@ impl Handler for Probe {
             "args": std::env::args_os().count(),
             "tcp_connect": tcp_connect(),
             "name_lookup": name_lookup(),
+            "wall_clock_s": wall_clock_s(),
+            "monotonic_advanced": monotonic_advanced(),
         });
         batch.publish("probe-report", report.to_string());
     }
