@@ -120,6 +120,21 @@ pub struct NatsConfig {
     /// Store directory of the embedded server; default a `weir-nats`
     /// directory under the system's temporary directory.
     pub state_dir: Option<PathBuf>,
+    /// User name, if the server requires one (with `password`). See
+    /// `RELIABILITY.md` for the least-privilege permissions a host needs.
+    pub user: Option<String>,
+    /// Password of `user`.
+    pub password: Option<String>,
+    /// Inbox prefix for replies; default `_INBOX`. Give each host its own
+    /// (e.g. `_INBOX_weir_node1`) so permissions can keep hosts from reading
+    /// each other's replies.
+    pub inbox_prefix: Option<String>,
+    /// Events stream cap in bytes when weir creates it. Default
+    /// [`crate::transport::DEFAULT_STREAM_MAX_BYTES`] (1 GiB); a full stream
+    /// refuses new events (publishers get an error).
+    pub stream_max_bytes: i64,
+    /// Events stream cap in events when weir creates it; default `-1` (none).
+    pub stream_max_msgs: i64,
 }
 
 impl Default for NatsConfig {
@@ -129,6 +144,11 @@ impl Default for NatsConfig {
             prefix: DEFAULT_PREFIX.into(),
             stream: DEFAULT_STREAM.into(),
             state_dir: None,
+            user: None,
+            password: None,
+            inbox_prefix: None,
+            stream_max_bytes: crate::transport::DEFAULT_STREAM_MAX_BYTES,
+            stream_max_msgs: -1,
         }
     }
 }

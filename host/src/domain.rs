@@ -156,8 +156,7 @@ impl DomainSet {
         }
         match name.split_once('.') {
             Some((_, rest)) if !self.wildcard_suffixes.is_empty() => {
-                self.wildcard_suffixes.contains(rest)
-                    && normalize(name).is_ok_and(|n| n == name)
+                self.wildcard_suffixes.contains(rest) && normalize(name).is_ok_and(|n| n == name)
             }
             _ => false,
         }

@@ -8,19 +8,31 @@
 //! (`module/<app>`), so no app can forge another's events.
 //!
 //! Idempotency: an executed effect is recorded under (app, event id, effect)
-//! for every event of its batch; a redelivered batch whose events all carry
-//! the record does not execute it again. Records are kept in memory, at most
-//! [`MAX_IDEMPOTENCY_RECORDS`], oldest forgotten first.
+//! for every event of its batch, in memory (at most
+//! [`MAX_IDEMPOTENCY_RECORDS`], oldest forgotten first) and, with NATS, in the
+//! `WEIR_EFFECTS` key-value bucket so records survive a restart
+//! ([`crate::transport::EffectRecords`]). An effect runs only on behalf of the
+//! events of its batch that have no record yet; a redelivered batch whose
+//! events all carry the record does not run it again. The bucket is read only
+//! for redelivered batches (a first delivery cannot have a record).
+//!
+//! The `command` executor gets the idempotency keys in its environment:
+//! `WEIR_APP`, `WEIR_EFFECT` (e.g. `restart:dovecot.service`), `WEIR_EVENT_IDS`
+//! and `WEIR_EFFECT_KEYS` (space-separated, one per event the effect runs
+//! for). A `kill -9` of the host after an effect ran but before its record was
+//! stored runs it again on redelivery with the same keys, so an executor that
+//! remembers keys never applies an effect twice.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
+use sha2::{Digest as _, Sha256};
 
 use crate::bindings::Effect;
 use crate::config::{EffectsConfig, Executor, Grants};
-use crate::transport::Transport;
+use crate::transport::{EffectRecords, Transport};
 
 /// Most idempotency records kept: 100,000 (about 10 MB).
 pub const MAX_IDEMPOTENCY_RECORDS: usize = 100_000;
@@ -40,6 +52,9 @@ pub struct EffectReport {
     pub refused: u64,
     /// Failures, one message each (the batch is retried).
     pub failed: Vec<String>,
+    /// Records that could not be stored in the bucket (the effect ran; a
+    /// redelivery could run it again).
+    pub unrecorded: u64,
 }
 
 /// Executes effects for all apps of the host.
@@ -48,6 +63,7 @@ pub struct EffectRunner {
     config: EffectsConfig,
     transport: Option<Transport>,
     records: Mutex<Records>,
+    durable: Option<EffectRecords>,
     refused_logged: Mutex<std::collections::HashMap<String, (std::time::Instant, u64)>>,
 }
 
@@ -94,22 +110,70 @@ impl EffectRunner {
             config,
             transport,
             records: Mutex::new(Records::default()),
+            durable: None,
             refused_logged: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
-    fn key(app: &str, event_id: &str, effect: &str) -> String {
-        format!("{app}\u{1f}{event_id}\u{1f}{effect}")
+    /// Also keep records in `records` (the NATS bucket), so they survive a
+    /// restart.
+    #[must_use]
+    pub fn with_durable_records(mut self, records: EffectRecords) -> Self {
+        self.durable = Some(records);
+        self
+    }
+
+    /// The idempotency key of `effect` (as [`describe`]d) of `app` for event
+    /// `event_id`: SHA-256 of the three, `\x1f`-separated, first 32 hex
+    /// characters.
+    pub fn key(app: &str, event_id: &str, effect: &str) -> String {
+        let digest = Sha256::new()
+            .chain_update(app)
+            .chain_update([0x1f])
+            .chain_update(event_id)
+            .chain_update([0x1f])
+            .chain_update(effect)
+            .finalize();
+        hex::encode(&digest[..16])
+    }
+
+    /// Indices of `keys` without a record: the memory set, then (only when
+    /// `redelivered`) the bucket. A bucket that cannot be read counts as no
+    /// record (the effect runs again rather than being lost).
+    async fn pending(&self, app: &str, keys: &[String], redelivered: bool) -> Vec<usize> {
+        let mut pending: Vec<usize> = {
+            let records = self.records.lock().unwrap_or_else(PoisonError::into_inner);
+            (0..keys.len())
+                .filter(|&i| !records.set.contains(&format!("{app}.{}", keys[i])))
+                .collect()
+        };
+        if let (true, Some(durable)) = (redelivered, &self.durable) {
+            let mut still = Vec::with_capacity(pending.len());
+            for i in pending {
+                match durable.contains(app, &keys[i]).await {
+                    Ok(true) => {}
+                    Ok(false) => still.push(i),
+                    Err(e) => {
+                        tracing::warn!(app, error = %e, "effect record lookup failed");
+                        still.push(i);
+                    }
+                }
+            }
+            pending = still;
+        }
+        pending
     }
 
     /// Check, deduplicate and execute `effects` of `app` for the batch of
-    /// `event_ids`.
+    /// `event_ids`; `redelivered` says whether any of them was delivered
+    /// before (then the durable records are consulted).
     pub async fn run(
         &self,
         app: &str,
         grants: &Grants,
         effects: &[Effect],
         event_ids: &[&str],
+        redelivered: bool,
     ) -> EffectReport {
         let mut report = EffectReport::default();
         for effect in effects {
@@ -119,26 +183,32 @@ impl EffectRunner {
                 self.log_refused(app, &name);
                 continue;
             }
-            let done = {
-                let records = self.records.lock().unwrap_or_else(PoisonError::into_inner);
-                !event_ids.is_empty()
-                    && event_ids
-                        .iter()
-                        .all(|id| records.set.contains(&Self::key(app, id, &name)))
-            };
-            if done {
+            let keys: Vec<String> = event_ids
+                .iter()
+                .map(|id| Self::key(app, id, &name))
+                .collect();
+            let pending = self.pending(app, &keys, redelivered).await;
+            if pending.is_empty() && !event_ids.is_empty() {
                 report.repeated += 1;
                 continue;
             }
-            match self
-                .execute(app, effect, event_ids.first().copied().unwrap_or(""))
-                .await
-            {
+            let ids: Vec<&str> = pending.iter().map(|&i| event_ids[i]).collect();
+            let pending_keys: Vec<String> = pending.iter().map(|&i| keys[i].clone()).collect();
+            match self.execute(app, effect, &ids, &pending_keys).await {
                 Ok(()) => {
                     report.executed += 1;
-                    let mut records = self.records.lock().unwrap_or_else(PoisonError::into_inner);
-                    for id in event_ids {
-                        records.insert(Self::key(app, id, &name));
+                    {
+                        let mut records =
+                            self.records.lock().unwrap_or_else(PoisonError::into_inner);
+                        for key in &pending_keys {
+                            records.insert(format!("{app}.{key}"));
+                        }
+                    }
+                    if let Some(durable) = &self.durable
+                        && let Err(e) = durable.insert(app, &pending_keys).await
+                    {
+                        tracing::warn!(app, effect = %name, error = %e, "effect record not stored");
+                        report.unrecorded += 1;
                     }
                 }
                 Err(e) => {
@@ -170,7 +240,14 @@ impl EffectRunner {
         }
     }
 
-    async fn execute(&self, app: &str, effect: &Effect, first_event: &str) -> Result<(), String> {
+    async fn execute(
+        &self,
+        app: &str,
+        effect: &Effect,
+        event_ids: &[&str],
+        keys: &[String],
+    ) -> Result<(), String> {
+        let first_event = event_ids.first().copied().unwrap_or("");
         let (action, unit) = match effect {
             Effect::Restart(u) => ("restart", u),
             Effect::Reload(u) => ("reload", u),
@@ -203,6 +280,10 @@ impl EffectRunner {
                 let (program, args) = argv.split_first().ok_or("empty command")?;
                 let mut child = tokio::process::Command::new(program)
                     .args(args)
+                    .env("WEIR_APP", app)
+                    .env("WEIR_EFFECT", describe(effect))
+                    .env("WEIR_EVENT_IDS", event_ids.join(" "))
+                    .env("WEIR_EFFECT_KEYS", keys.join(" "))
                     .stdin(std::process::Stdio::null())
                     .kill_on_drop(true)
                     .spawn()
@@ -231,6 +312,7 @@ mod tests {
             restart: vec!["a.service".into()],
             reload: vec![],
             publish: vec![],
+            ..Grants::default()
         }
     }
 
@@ -250,21 +332,23 @@ mod tests {
                 Effect::Restart("b.service".into()),
             ];
             let r = runner
-                .run("mail1", &grants(), &effects, &["e1", "e2"])
+                .run("mail1", &grants(), &effects, &["e1", "e2"], false)
                 .await;
             assert_eq!((r.executed, r.refused, r.repeated), (1, 1, 0));
             // Redelivery of the same events: not executed again.
             let r = runner
-                .run("mail1", &grants(), &effects[..1], &["e1", "e2"])
+                .run("mail1", &grants(), &effects[..1], &["e1", "e2"], false)
                 .await;
             assert_eq!((r.executed, r.repeated), (0, 1));
             // A batch with a new event executes it.
             let r = runner
-                .run("mail1", &grants(), &effects[..1], &["e2", "e3"])
+                .run("mail1", &grants(), &effects[..1], &["e2", "e3"], false)
                 .await;
             assert_eq!(r.executed, 1);
             // Another app's record does not count.
-            let r = runner.run("mail2", &grants(), &effects[..1], &["e1"]).await;
+            let r = runner
+                .run("mail2", &grants(), &effects[..1], &["e1"], false)
+                .await;
             assert_eq!(r.executed, 1);
         });
     }
@@ -290,6 +374,7 @@ mod tests {
                     &grants(),
                     &[Effect::Restart("a.service".into())],
                     &["e1"],
+                    false,
                 )
                 .await;
             assert_eq!(r.executed, 1, "{r:?}");
@@ -321,6 +406,7 @@ mod tests {
                     &grants(),
                     &[Effect::Restart("a.service".into())],
                     &["e"],
+                    false,
                 )
                 .await;
             assert_eq!(r.failed.len(), 1, "{r:?}");
@@ -330,6 +416,7 @@ mod tests {
                     &grants(),
                     &[Effect::Restart("a.service".into())],
                     &["e"],
+                    false,
                 )
                 .await;
             assert!(r.failed[0].contains("ran longer than"), "{r:?}");

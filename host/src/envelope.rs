@@ -424,9 +424,31 @@ mod tests {
         /// reach deep into the parser rather than failing on the first byte.
         fn jsonish() -> impl Strategy<Value = Vec<u8>> {
             let atoms = prop::sample::select(vec![
-                "{", "}", "[", "]", ",", ":", "\"", "\"domains\"", "\"domain\"", "\"node_id\"",
-                "\"node\"", "\"a.org\"", "\"*.B.org.\"", "1", "-1", "1e400", "4294967296",
-                "null", "true", "\\u0000", "\\ud800", " ", "\u{FF0E}", "xn--", "\u{0}",
+                "{",
+                "}",
+                "[",
+                "]",
+                ",",
+                ":",
+                "\"",
+                "\"domains\"",
+                "\"domain\"",
+                "\"node_id\"",
+                "\"node\"",
+                "\"a.org\"",
+                "\"*.B.org.\"",
+                "1",
+                "-1",
+                "1e400",
+                "4294967296",
+                "null",
+                "true",
+                "\\u0000",
+                "\\ud800",
+                " ",
+                "\u{FF0E}",
+                "xn--",
+                "\u{0}",
             ]);
             prop::collection::vec(atoms, 0..40).prop_map(|v| v.concat().into_bytes())
         }

@@ -31,7 +31,7 @@ use crate::nats_server::NatsServer;
 use crate::pipeline::AppPipeline;
 use crate::stats::{AppStats, AppStatsSnapshot, prometheus};
 use crate::subjects::Subjects;
-use crate::transport::Transport;
+use crate::transport::{ConnectAuth, StreamLimits, Transport};
 
 /// Longest wait for in-flight batches at shutdown: 10 s (a batch's default
 /// deadline is 2 s; effects may take longer). Past it, unfinished events are
@@ -102,13 +102,27 @@ impl Host {
 
         let subjects = Subjects::new(&config.nats.prefix)?;
         let client_name = format!("weir-node{}", config.node.id);
+        let auth = ConnectAuth {
+            user_password: config
+                .nats
+                .user
+                .clone()
+                .map(|u| (u, config.nats.password.clone().unwrap_or_default())),
+            inbox_prefix: config.nats.inbox_prefix.clone(),
+        };
         let transport =
-            Transport::connect(&nats_url, &client_name, subjects, &config.nats.stream).await?;
+            Transport::connect_with(&nats_url, &client_name, subjects, &config.nats.stream, auth)
+                .await?
+                .with_stream_limits(StreamLimits {
+                    max_bytes: config.nats.stream_max_bytes,
+                    max_msgs: config.nats.stream_max_msgs,
+                });
         transport.ensure_streams().await?;
-        let effects = Arc::new(EffectRunner::new(
-            config.effects.clone(),
-            Some(transport.clone()),
-        ));
+        let records = transport.effect_records(config.node.id).await?;
+        let effects = Arc::new(
+            EffectRunner::new(config.effects.clone(), Some(transport.clone()))
+                .with_durable_records(records),
+        );
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut workers = JoinSet::new();
         let mut counters = Vec::new();

@@ -229,7 +229,13 @@ impl AppPipeline {
         let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
         let report = self
             .effects
-            .run(self.app.name(), &self.grants, &handled.effects, &ids)
+            .run(
+                self.app.name(),
+                &self.grants,
+                &handled.effects,
+                &ids,
+                events.iter().any(|e| e.attempt > 1),
+            )
             .await;
         AppStats::add(&s.effects_executed, report.executed);
         AppStats::add(&s.effects_collapsed, report.repeated);

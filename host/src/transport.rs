@@ -19,7 +19,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, stream};
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, kv, stream};
 use async_nats::{ConnectOptions, HeaderMap};
 use bytes::Bytes;
 use futures::StreamExt as _;
@@ -55,8 +55,23 @@ pub const LINGER_MARGIN: Duration = Duration::from_millis(2);
 /// Idle heartbeat of a pull request: 1 s.
 pub const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 
-/// Default cap on the events stream: 1 GiB, oldest discarded first.
+/// Default cap on the events stream: 1 GiB. A full stream refuses new
+/// events (discard policy `new`): the publisher gets an error, nothing
+/// stored is dropped to make room.
 pub const DEFAULT_STREAM_MAX_BYTES: i64 = 1 << 30;
+
+/// Bucket of effect idempotency records: `WEIR_EFFECTS` (a JetStream
+/// key-value bucket, so records survive a host restart).
+pub const EFFECT_RECORDS_BUCKET: &str = "WEIR_EFFECTS";
+
+/// How long an effect record is kept: 24 h, far beyond any redelivery
+/// (`max_deliver` × the longest backoff). An event redelivered later than
+/// that would run its effects again.
+pub const EFFECT_RECORD_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Cap on the effect records bucket: 256 MiB (about 2 M records). When full,
+/// recording fails and is logged; the effect has run and its events are acked.
+pub const EFFECT_RECORDS_MAX_BYTES: i64 = 256 << 20;
 
 /// Default age limit of events in the stream: 7 days (a host down longer
 /// misses events; `weir` reports the gap via consumer lag).
@@ -126,22 +141,74 @@ pub struct Transport {
     subjects: Subjects,
     stream: String,
     dead_stream: String,
+    limits: StreamLimits,
+}
+
+/// Caps of the events stream when weir creates it (an existing stream keeps
+/// its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Most bytes stored; default [`DEFAULT_STREAM_MAX_BYTES`].
+    pub max_bytes: i64,
+    /// Most events stored; default `-1` (no count cap).
+    pub max_msgs: i64,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: DEFAULT_STREAM_MAX_BYTES,
+            max_msgs: -1,
+        }
+    }
+}
+
+/// How to authenticate and where replies go.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectAuth {
+    /// User and password, if the server requires them.
+    pub user_password: Option<(String, String)>,
+    /// Inbox prefix for replies (default `_INBOX`); a per-host prefix lets
+    /// the server's permissions keep hosts from reading each other's replies.
+    pub inbox_prefix: Option<String>,
 }
 
 impl Transport {
-    /// Connect to `url` as client `name`.
+    /// Connect to `url` as client `name` without credentials.
     ///
     /// # Errors
     ///
-    /// [`TransportError::Connect`] if the options are invalid; an unreachable
-    /// server is retried in the background, not an error.
+    /// As [`Transport::connect_with`].
     pub async fn connect(
         url: &str,
         name: &str,
         subjects: Subjects,
         stream: &str,
     ) -> Result<Self, TransportError> {
-        let client = ConnectOptions::new()
+        Self::connect_with(url, name, subjects, stream, ConnectAuth::default()).await
+    }
+
+    /// Connect to `url` as client `name` with `auth`.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::Connect`] if the options are invalid; an unreachable
+    /// server is retried in the background, not an error.
+    pub async fn connect_with(
+        url: &str,
+        name: &str,
+        subjects: Subjects,
+        stream: &str,
+        auth: ConnectAuth,
+    ) -> Result<Self, TransportError> {
+        let mut options = ConnectOptions::new();
+        if let Some((user, password)) = auth.user_password {
+            options = options.user_and_password(user, password);
+        }
+        if let Some(prefix) = auth.inbox_prefix {
+            options = options.custom_inbox_prefix(prefix);
+        }
+        let client = options
             .name(name)
             .retry_on_initial_connect()
             .max_reconnects(None)
@@ -161,6 +228,44 @@ impl Transport {
             subjects,
             stream: stream.to_owned(),
             dead_stream: DEFAULT_DEAD_STREAM.to_owned(),
+            limits: StreamLimits::default(),
+        })
+    }
+
+    /// Use `limits` when creating the events stream.
+    #[must_use]
+    pub fn with_stream_limits(mut self, limits: StreamLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The effect idempotency records of `node`, in the
+    /// [`EFFECT_RECORDS_BUCKET`] bucket (looked up, else created).
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::JetStream`] if the bucket can be neither found nor
+    /// created.
+    pub async fn effect_records(&self, node: u32) -> Result<EffectRecords, TransportError> {
+        let store = match self.js.get_key_value(EFFECT_RECORDS_BUCKET).await {
+            Ok(store) => store,
+            Err(_) => self
+                .js
+                .create_key_value(kv::Config {
+                    bucket: EFFECT_RECORDS_BUCKET.to_owned(),
+                    description: "weir effect idempotency records".to_owned(),
+                    history: 1,
+                    max_age: EFFECT_RECORD_TTL,
+                    max_bytes: EFFECT_RECORDS_MAX_BYTES,
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| js_err("effect records bucket")(e.to_string()))?,
+        };
+        Ok(EffectRecords {
+            store,
+            prefix: format!("n{node}"),
         })
     }
 
@@ -203,10 +308,11 @@ impl Transport {
                         name: name.clone(),
                         subjects: vec![subject],
                         storage: stream::StorageType::File,
-                        max_bytes: DEFAULT_STREAM_MAX_BYTES,
+                        max_bytes: self.limits.max_bytes,
+                        max_messages: self.limits.max_msgs,
                         max_age: DEFAULT_STREAM_MAX_AGE,
                         duplicate_window: DUPLICATE_WINDOW,
-                        discard: stream::DiscardPolicy::Old,
+                        discard: stream::DiscardPolicy::New,
                         ..Default::default()
                     };
                     self.js
@@ -570,5 +676,57 @@ impl Inbound {
             .ack_with(AckKind::Term)
             .await
             .map_err(|e| js_err("term")(e.to_string()))
+    }
+}
+
+/// Effect idempotency records of one node: keys `n<node>.<app>.<digest>` in
+/// the [`EFFECT_RECORDS_BUCKET`] bucket, where the digest is the SHA-256 of
+/// (app, event id, effect) in hex, first 32 characters.
+#[derive(Clone)]
+pub struct EffectRecords {
+    store: kv::Store,
+    prefix: String,
+}
+
+impl std::fmt::Debug for EffectRecords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EffectRecords")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EffectRecords {
+    fn key(&self, app: &str, digest: &str) -> String {
+        format!("{}.{app}.{digest}", self.prefix)
+    }
+
+    /// Whether the record `digest` of `app` exists.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::JetStream`] if the bucket cannot be read.
+    pub async fn contains(&self, app: &str, digest: &str) -> Result<bool, TransportError> {
+        self.store
+            .get(self.key(app, digest))
+            .await
+            .map(|v| v.is_some())
+            .map_err(|e| js_err("effect record get")(e.to_string()))
+    }
+
+    /// Store the records `digests` of `app`, concurrently, each acknowledged
+    /// by JetStream.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::JetStream`] for the first record not stored.
+    pub async fn insert(&self, app: &str, digests: &[String]) -> Result<(), TransportError> {
+        let puts = digests
+            .iter()
+            .map(|d| self.store.put(self.key(app, d), Bytes::from_static(b"1")));
+        for result in futures::future::join_all(puts).await {
+            result.map_err(|e| js_err("effect record put")(e.to_string()))?;
+        }
+        Ok(())
     }
 }

@@ -368,7 +368,11 @@ mod fixtures {
         for i in 0..40 {
             if i % 4 == 3 {
                 let inv = app.invoke_blocking(&[event("m", "cluster", "trap")]);
-                assert!(matches!(inv.result, Err(InvokeError::Trap(_))), "{:?}", inv.result);
+                assert!(
+                    matches!(inv.result, Err(InvokeError::Trap(_))),
+                    "{:?}",
+                    inv.result
+                );
                 continue;
             }
             let which = if i % 2 == 0 { &app } else { &other };

@@ -79,7 +79,7 @@ fn config(server: &NatsServer, extra: &str) -> Config {
 }
 
 /// The NS8 mail app as TOML (`examples/ns8/rules.toml`'s app rules).
-fn mail_app(name: &str, domain: &str) -> String {
+pub fn mail_app(name: &str, domain: &str) -> String {
     format!(
         r#"
         [[app]]

@@ -16,6 +16,7 @@ mod common;
 mod components;
 mod corpus;
 mod event_plane;
+mod faults;
 mod nats;
 mod python;
 mod runtime;

@@ -1,6 +1,7 @@
 //! Echo: each event's outcome mirrors its payload: `retry:MS` retries after
 //! MS ms, `reject:REASON` rejects with REASON, `restart:UNIT` acks and asks for
-//! a restart of UNIT, anything else acks.
+//! a restart of UNIT, `publish:NAME PAYLOAD` acks and publishes event NAME
+//! with PAYLOAD, anything else acks.
 use weir_guest::{Batch, EventExt, Handler};
 
 struct Echo;
@@ -15,6 +16,9 @@ impl Handler for Echo {
                 batch.reject(index, reason);
             } else if let Some(unit) = text.strip_prefix("restart:") {
                 batch.restart(unit);
+            } else if let Some(rest) = text.strip_prefix("publish:") {
+                let (name, payload) = rest.split_once(' ').unwrap_or((rest, ""));
+                batch.publish(name, payload);
             }
         }
     }

@@ -1,0 +1,335 @@
+//! Fault tests with a real nats-server: slow handlers around their deadline,
+//! a poison event among healthy ones, a full stream, forged sources and
+//! effects published under another app's name.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use weir_host::config::Config;
+use weir_host::nats_server::NatsServer;
+use weir_host::stats::AppStatsSnapshot;
+use weir_host::subjects::Subjects;
+use weir_host::transport::Transport;
+use weir_host::{Host, Limits};
+
+use crate::common::{deploy, directive, heavy};
+use crate::nats::server;
+
+fn rt() -> tokio::runtime::Runtime {
+    crate::common::init_tracing();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Poll `cond` every 20 ms for at most `within`.
+async fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn host_config(server: &NatsServer, nats_extra: &str, apps: &str) -> Config {
+    let text = format!(
+        "[node]\nid = 1\nname = \"node1\"\n[nats]\nurl = \"{}\"\n{nats_extra}\n[http]\nenabled = false\n{apps}",
+        server.url()
+    );
+    let config = Config::parse(&text).unwrap();
+    assert_eq!(config.problems(), Vec::<String>::new());
+    config
+}
+
+fn stats(host: &Host, app: &str) -> AppStatsSnapshot {
+    host.stats().into_iter().find(|s| s.app == app).unwrap()
+}
+
+async fn publisher(server: &NatsServer) -> Transport {
+    Transport::connect(
+        &server.url(),
+        "publisher",
+        Subjects::default(),
+        "WEIR_EVENTS",
+    )
+    .await
+    .unwrap()
+}
+
+/// Headers of every dead letter of `app` on node 1.
+async fn dead_letters(server: &NatsServer, app: &str) -> Vec<BTreeMap<String, String>> {
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream("WEIR_DEAD").await.unwrap();
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            filter_subject: format!("weir.dead.1.{app}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut msgs = consumer
+        .fetch()
+        .max_messages(100)
+        .expires(Duration::from_millis(500))
+        .messages()
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while let Some(Ok(m)) = msgs.next().await {
+        let h = m.headers.clone().unwrap();
+        out.push(
+            h.iter()
+                .map(|(k, v)| (k.to_string(), v[0].to_string()))
+                .collect(),
+        );
+    }
+    out
+}
+
+#[test]
+fn slow_handler_under_its_deadline_is_never_redelivered_and_over_it_is_dead_lettered() {
+    let _heavy = heavy();
+    // Calibrate the spin: iterations per ms of this machine, in a sandbox.
+    let probe = deploy(
+        "spin-calibrate",
+        weir_test_artifacts::INFINITE_LOOP,
+        Limits {
+            fuel: u64::MAX / 2,
+            deadline_ms: 10_000,
+            ..Limits::default()
+        },
+    );
+    let n = 20_000_000u64;
+    let start = Instant::now();
+    probe
+        .invoke_blocking(&directive(&format!("spin:{n}")))
+        .result
+        .unwrap();
+    let per_ms = n as f64 / start.elapsed().as_secs_f64() / 1e3;
+    let deadline_ms = 1_000u64;
+    // Half the deadline: slow, but safely under it.
+    let slow = (per_ms * deadline_ms as f64 * 0.5) as u64;
+    let (server, _dir) = server();
+    let apps = format!(
+        r#"
+        [[app]]
+        name = "slow"
+        component = "{}"
+        [[app.rule]]
+        event = "slow"
+        [app.limits]
+        deadline_ms = {deadline_ms}
+        fuel = 4611686018427387903
+        max_batch = 1
+        [app.delivery]
+        max_deliver = 3
+        backoff_ms = [50]
+        ack_wait_ms = 3000
+        "#,
+        weir_test_artifacts::INFINITE_LOOP
+    );
+    rt().block_on(async {
+        let host = Host::start(host_config(&server, "", &apps)).await.unwrap();
+        let p = publisher(&server).await;
+        for i in 0..4 {
+            let payload = Bytes::from(format!("spin:{slow}"));
+            p.publish_event("slow", "cluster", payload, &format!("slow-{i}"))
+                .await
+                .unwrap();
+        }
+        eventually(Duration::from_secs(30), "4 slow events done", || {
+            stats(&host, "slow").outcomes["done"] == 4
+        })
+        .await;
+        let s = stats(&host, "slow");
+        assert_eq!(s.received, 4, "no redelivery under the deadline: {s:?}");
+        assert!(s.traps.is_empty(), "{s:?}");
+        // Far over the deadline: stopped each time, retried, dead-lettered
+        // after exactly max_deliver attempts.
+        p.publish_event("slow", "cluster", Bytes::from_static(b"spin"), "forever")
+            .await
+            .unwrap();
+        eventually(
+            Duration::from_secs(60),
+            "spinning event dead-lettered",
+            || stats(&host, "slow").dead_letters == 1,
+        )
+        .await;
+        let s = stats(&host, "slow");
+        assert_eq!(s.traps.get("timeout"), Some(&3), "{s:?}");
+        let dead = dead_letters(&server, "slow").await;
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!(dead[0]["Weir-Attempts"], "3", "{dead:?}");
+        assert_eq!(dead[0]["Weir-Original-Id"], "forever");
+        assert!(dead[0]["Weir-Dead-Reason"].contains("deadline"), "{dead:?}");
+        host.shutdown().await.unwrap();
+    });
+}
+
+#[test]
+fn poison_event_is_dead_lettered_after_exactly_max_deliver_while_others_flow() {
+    let _heavy = heavy();
+    let (server, _dir) = server();
+    let apps = format!(
+        r#"
+        [[app]]
+        name = "trap"
+        component = "{}"
+        [[app.rule]]
+        event = "work"
+        [app.delivery]
+        max_deliver = 4
+        backoff_ms = [200]
+        ack_wait_ms = 5000
+        "#,
+        weir_test_artifacts::TRAP
+    );
+    rt().block_on(async {
+        let host = Host::start(host_config(&server, "", &apps)).await.unwrap();
+        let p = publisher(&server).await;
+        p.publish_event("work", "cluster", Bytes::from_static(b"panic"), "poison")
+            .await
+            .unwrap();
+        for i in 0..200 {
+            p.publish_event(
+                "work",
+                "cluster",
+                Bytes::from_static(b"fine"),
+                &format!("f{i}"),
+            )
+            .await
+            .unwrap();
+        }
+        eventually(Duration::from_secs(30), "poison dead-lettered", || {
+            stats(&host, "trap").dead_letters == 1
+        })
+        .await;
+        let s = stats(&host, "trap");
+        assert_eq!(s.outcomes["done"], 200, "healthy events all done: {s:?}");
+        let dead = dead_letters(&server, "trap").await;
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!(dead[0]["Weir-Original-Id"], "poison");
+        assert_eq!(dead[0]["Weir-Attempts"], "4", "{dead:?}");
+        assert!(
+            dead[0]["Weir-Dead-Reason"].starts_with("failed after 4 deliveries"),
+            "{dead:?}"
+        );
+        host.shutdown().await.unwrap();
+    });
+}
+
+#[test]
+fn full_stream_refuses_publishes_and_loses_nothing_acknowledged() {
+    let _heavy = heavy();
+    let (server, dir) = server();
+    let marker = dir.path().join("handled.log");
+    let mut text = crate::common::marker_config(&server.url(), &marker, 40);
+    text = text.replace("[http]", "stream_max_msgs = 25\n        [http]");
+    rt().block_on(async {
+        let config = Config::parse(&text).unwrap();
+        let host = Host::start(config).await.unwrap();
+        let p = publisher(&server).await;
+        let mut acknowledged = Vec::new();
+        let mut refused = Vec::new();
+        for i in 0..40 {
+            let payload = Bytes::from(format!("restart:u{i}"));
+            match p
+                .publish_event("test", "cluster", payload, &format!("e{i}"))
+                .await
+            {
+                Ok(_) => acknowledged.push(format!("u{i}")),
+                Err(e) => refused.push(e.to_string()),
+            }
+        }
+        assert_eq!(acknowledged.len(), 25, "{refused:?}");
+        assert_eq!(refused.len(), 15);
+        assert!(
+            refused.iter().all(|e| e.contains("maximum messages")),
+            "{refused:?}"
+        );
+        let expected: std::collections::BTreeSet<String> = acknowledged.into_iter().collect();
+        eventually(
+            Duration::from_secs(30),
+            "every acknowledged event handled",
+            || crate::common::marker_units(&marker) == expected,
+        )
+        .await;
+        host.shutdown().await.unwrap();
+    });
+}
+
+#[test]
+fn published_effects_carry_the_apps_own_source_and_forgeries_are_skipped() {
+    let _heavy = heavy();
+    let (server, _dir) = server();
+    // `echo` may publish `user-domain-changed`: it goes out as module/echo,
+    // which the mail app does not trust for that name.
+    let apps = format!(
+        r#"
+        [[app]]
+        name = "echo"
+        component = "{echo}"
+        [[app.rule]]
+        event = "test"
+        [app.grants]
+        publish = ["user-domain-changed"]
+        {mail}
+        "#,
+        echo = weir_test_artifacts::ECHO,
+        mail = crate::event_plane::mail_app("mail1", "dom01.example.org"),
+    );
+    rt().block_on(async {
+        let host = Host::start(host_config(&server, "", &apps)).await.unwrap();
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let mut sub = client
+            .subscribe("weir.events.user-domain-changed.>")
+            .await
+            .unwrap();
+        let p = publisher(&server).await;
+        p.publish_event(
+            "test",
+            "cluster",
+            Bytes::from_static(
+                br#"publish:user-domain-changed {"domains": ["dom01.example.org"]}"#,
+            ),
+            "forge-1",
+        )
+        .await
+        .unwrap();
+        // An ungranted name (and one that would inject subject tokens) is
+        // refused, never published.
+        p.publish_event(
+            "test",
+            "cluster",
+            Bytes::from_static(b"publish:user-domain-changed.cluster"),
+            "forge-2",
+        )
+        .await
+        .unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            msg.subject.as_str(),
+            "weir.events.user-domain-changed.module.echo"
+        );
+        eventually(
+            Duration::from_secs(20),
+            "forgery skipped and counted",
+            || {
+                let m = stats(&host, "mail1");
+                m.skipped_source == 1 && stats(&host, "echo").effects_refused == 1
+            },
+        )
+        .await;
+        let m = stats(&host, "mail1");
+        assert_eq!((m.invoked_events, m.skipped), (0, 1), "{m:?}");
+        host.shutdown().await.unwrap();
+    });
+}
