@@ -102,14 +102,21 @@ impl Host {
 
         let subjects = Subjects::new(&config.nats.prefix)?;
         let client_name = format!("weir-node{}", config.node.id);
-        let auth = ConnectAuth {
-            user_password: config
-                .nats
-                .user
-                .clone()
-                .map(|u| (u, config.nats.password.clone().unwrap_or_default())),
-            inbox_prefix: config.nats.inbox_prefix.clone(),
-        };
+        let auth =
+            ConnectAuth {
+                user_password: config
+                    .nats
+                    .user
+                    .clone()
+                    .map(|u| (u, config.nats.password.clone().unwrap_or_default())),
+                // A per-node inbox, so least-privilege permissions can keep
+                // hosts from reading each other's replies.
+                inbox_prefix: Some(
+                    config.nats.inbox_prefix.clone().unwrap_or_else(|| {
+                        crate::permissions::default_inbox_prefix(config.node.id)
+                    }),
+                ),
+            };
         let transport =
             Transport::connect_with(&nats_url, &client_name, subjects, &config.nats.stream, auth)
                 .await?

@@ -68,6 +68,7 @@ pub mod guest_log;
 pub mod host;
 pub mod limits;
 pub mod nats_server;
+pub mod permissions;
 pub mod pipeline;
 mod state;
 pub mod stats;

@@ -54,6 +54,19 @@ enum Command {
     /// JSON Lines corpus (`--replay`). Each is awaited until JetStream stores
     /// it; `Nats-Msg-Id` makes republishing idempotent.
     Publish(PublishArgs),
+    /// Print the least-privilege NATS permissions of the host described by a
+    /// config, as a nats-server `users` entry (see RELIABILITY.md).
+    Permissions {
+        /// The configuration file.
+        #[arg(long, default_value = "weir.toml")]
+        config: PathBuf,
+        /// User name to put in the entry.
+        #[arg(long, default_value = "weir-node")]
+        user: String,
+        /// Password to put in the entry.
+        #[arg(long, default_value = "CHANGE-ME")]
+        password: String,
+    },
 }
 
 #[derive(Args)]
@@ -141,6 +154,11 @@ fn main() -> ExitCode {
         Command::Invoke(args) => invoke(args),
         Command::Run { config } => run(config),
         Command::Publish(args) => publish(args),
+        Command::Permissions {
+            config,
+            user,
+            password,
+        } => permissions(config, &user, &password),
     };
     match result {
         Ok(code) => code,
@@ -341,6 +359,13 @@ async fn shutdown_signal() -> anyhow::Result<()> {
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
     Ok(())
+}
+
+fn permissions(path: PathBuf, user: &str, password: &str) -> anyhow::Result<ExitCode> {
+    let config = weir_host::config::Config::load(&path)?;
+    let permissions = weir_host::permissions::for_host(&config)?;
+    println!("{}", permissions.server_user(user, password));
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run(path: PathBuf) -> anyhow::Result<ExitCode> {

@@ -50,6 +50,7 @@ pub struct NatsServer {
     port: u16,
     store_dir: PathBuf,
     binary: PathBuf,
+    config_file: Option<PathBuf>,
 }
 
 fn binary() -> PathBuf {
@@ -78,11 +79,39 @@ impl NatsServer {
         store_dir: &Path,
         port: Option<u16>,
     ) -> Result<Self, NatsServerError> {
+        Self::spawn(binary, store_dir, port, None)
+    }
+
+    /// [`NatsServer::start`] with a server configuration file (`-c`), e.g.
+    /// users and permissions; the command line's address, port, JetStream
+    /// and store directory still apply.
+    ///
+    /// # Errors
+    ///
+    /// As [`NatsServer::start`]; a bad file is a [`NatsServerError::Start`]
+    /// with the server's message.
+    pub fn start_with_config(
+        store_dir: &Path,
+        config_file: &Path,
+    ) -> Result<Self, NatsServerError> {
+        Self::spawn(&binary(), store_dir, None, Some(config_file))
+    }
+
+    fn spawn(
+        binary: &Path,
+        store_dir: &Path,
+        port: Option<u16>,
+        config_file: Option<&Path>,
+    ) -> Result<Self, NatsServerError> {
         let binary = binary.to_owned();
         std::fs::create_dir_all(store_dir)
             .map_err(|e| NatsServerError::Start(format!("store dir: {e}")))?;
         let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
-        let mut child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        if let Some(file) = config_file {
+            command.arg("-c").arg(file);
+        }
+        let mut child = command
             .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
             .arg(store_dir)
             .stdin(Stdio::null())
@@ -151,6 +180,7 @@ impl NatsServer {
             port,
             store_dir: store_dir.to_owned(),
             binary,
+            config_file: config_file.map(Path::to_owned),
         })
     }
 
@@ -205,10 +235,11 @@ impl NatsServer {
     /// As [`NatsServer::start`].
     pub fn restart(&mut self) -> Result<(), NatsServerError> {
         self.stop();
-        let again = Self::start_with(
+        let again = Self::spawn(
             &self.binary.clone(),
             &self.store_dir.clone(),
             Some(self.port),
+            self.config_file.clone().as_deref(),
         )?;
         *self = again;
         Ok(())

@@ -18,6 +18,7 @@ mod corpus;
 mod event_plane;
 mod faults;
 mod nats;
+mod permissions;
 mod python;
 mod runtime;
 mod table_bomb;

@@ -1,0 +1,159 @@
+//! weir works with exactly the least-privilege NATS permissions of
+//! `weir_host::permissions::for_host`, on a nats-server configured with them,
+//! and those permissions stop a host from acting as another node or app.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use weir_host::Host;
+use weir_host::config::Config;
+use weir_host::nats_server::NatsServer;
+use weir_host::subjects::Subjects;
+use weir_host::transport::{ConnectAuth, Transport};
+
+fn host_text(url: &str, marker: &std::path::Path) -> String {
+    format!(
+        r#"
+        [node]
+        id = 1
+        name = "node1"
+        [nats]
+        url = "{url}"
+        user = "node1"
+        password = "node1-secret"
+        [http]
+        enabled = false
+        [effects]
+        executor = "command"
+        command = ["sh", "-c", "echo $0 >> {marker}", "{{unit}}"]
+        [[app]]
+        name = "echo"
+        component = "{echo}"
+        [[app.rule]]
+        event = "test"
+        [app.grants]
+        restart = ["u1", "u2"]
+        publish = ["echoed"]
+        "#,
+        marker = marker.display(),
+        echo = weir_test_artifacts::ECHO,
+    )
+}
+
+async fn connect(url: &str, user: &str, password: &str, inbox: Option<String>) -> Transport {
+    Transport::connect_with(
+        url,
+        user,
+        Subjects::default(),
+        "WEIR_EVENTS",
+        ConnectAuth {
+            user_password: Some((user.into(), password.into())),
+            inbox_prefix: inbox,
+        },
+    )
+    .await
+    .unwrap()
+}
+
+#[test]
+fn host_runs_with_exactly_its_least_privilege_permissions() {
+    crate::common::init_tracing();
+    let _heavy = crate::common::heavy();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("effects.log");
+    // The permissions come from the host's own config; the server config
+    // also has an unrestricted operator user who creates the streams.
+    let probe = Config::parse(&host_text("nats://127.0.0.1:4222", &marker)).unwrap();
+    let node1 = weir_host::permissions::for_host(&probe)
+        .unwrap()
+        .server_user("node1", "node1-secret");
+    let server_conf = dir.path().join("server.conf");
+    std::fs::write(
+        &server_conf,
+        format!(
+            "accounts {{ WEIR {{ jetstream: enabled, users: [ {{ user: admin, password: admin-secret }}, {node1} ] }} }}\n"
+        ),
+    )
+    .unwrap();
+    let server = NatsServer::start_with_config(&dir.path().join("js"), &server_conf)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // The operator creates the streams and the effect-records bucket.
+        let admin = connect(&server.url(), "admin", "admin-secret", None).await;
+        admin.ensure_streams().await.unwrap();
+        admin.effect_records(1).await.unwrap();
+        let config = Config::parse(&host_text(&server.url(), &marker)).unwrap();
+        let host = Host::start(config)
+            .await
+            .expect("host starts with its permissions");
+        let client = async_nats::ConnectOptions::with_user_and_password(
+            "admin".into(),
+            "admin-secret".into(),
+        )
+        .connect(server.url())
+        .await
+        .unwrap();
+        let mut echoed = client.subscribe("weir.events.echoed.>").await.unwrap();
+        admin
+            .publish_event("test", "cluster", Bytes::from_static(b"restart:u1"), "e1")
+            .await
+            .unwrap();
+        admin
+            .publish_event(
+                "test",
+                "cluster",
+                Bytes::from_static(b"publish:echoed hi"),
+                "e2",
+            )
+            .await
+            .unwrap();
+        admin
+            .publish_event("test", "cluster", Bytes::from_static(b"reject:no"), "e3")
+            .await
+            .unwrap();
+        // Consume, ack, execute and record an effect, publish as itself,
+        // dead-letter: all within the permissions.
+        let msg = tokio::time::timeout(
+            Duration::from_secs(20),
+            futures::StreamExt::next(&mut echoed),
+        )
+        .await
+        .expect("publish effect within 20 s")
+        .unwrap();
+        assert_eq!(msg.subject.as_str(), "weir.events.echoed.module.echo");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = host.stats().into_iter().find(|s| s.app == "echo").unwrap();
+            if s.outcomes["done"] == 2 && s.dead_letters == 1 {
+                assert_eq!(s.effects_executed, 2, "{s:?}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{s:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(crate::common::marker_units(&marker).len(), 1);
+
+        // With the same credentials, acting as another app or node fails.
+        let inbox = weir_host::permissions::default_inbox_prefix(1);
+        let node1 = connect(&server.url(), "node1", "node1-secret", Some(inbox)).await;
+        let forged = node1
+            .publish_event("test", "module/other", Bytes::from_static(b"x"), "forged")
+            .await;
+        assert!(forged.is_err(), "publish as module/other must be refused");
+        let other_consumer = node1
+            .consumer(
+                2,
+                "mail2",
+                &["test"],
+                &weir_host::config::Delivery::default(),
+            )
+            .await;
+        assert!(other_consumer.is_err(), "node 2's consumer must be refused");
+        host.shutdown().await.unwrap();
+    });
+}
