@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::Component;
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
 
 use crate::bindings::{BatchResult, Effect, Event, HandlerPre, Outcome};
 use crate::check::{CheckReport, inspect};
@@ -20,7 +20,9 @@ use crate::domain::DomainSet;
 use crate::engine::{INSTANCES_PER_APP, Runtime};
 use crate::error::{DeployError, InvokeError};
 use crate::guest_log::{LogCounts, LogSink, LogWindow};
-use crate::limits::{Limits, MAX_REJECT_REASON_BYTES, MAX_TRAP_MESSAGE_BYTES};
+use crate::limits::{
+    EPOCH_TICK, LONG_BATCH_TICKS, Limits, MAX_REJECT_REASON_BYTES, MAX_TRAP_MESSAGE_BYTES,
+};
 use crate::state::{AppIdentity, HostState, MemoryLimitExceeded, TableLimitExceeded};
 
 /// Everything needed to deploy one app on this node.
@@ -70,6 +72,9 @@ struct AppInner {
     limits: Limits,
     log_window: Arc<LogWindow>,
     report: CheckReport,
+    /// The last batch ran past [`LONG_BATCH_TICKS`]: the next one starts
+    /// demoted (a spinning app never competes at full priority).
+    long_running: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for AppInner {
@@ -256,6 +261,7 @@ impl Runtime {
                 runtime: self.clone(),
                 pre,
                 log_window: Arc::new(LogWindow::new(&spec.limits)),
+                long_running: std::sync::atomic::AtomicBool::new(false),
                 limits: spec.limits,
                 identity,
                 report,
@@ -365,10 +371,28 @@ impl App {
         let log = LogSink::new(inner.identity.app.clone(), inner.log_window.clone(), limits);
         let state = HostState::new(inner.identity.clone(), limits, log);
         let mut store = Store::new(&inner.runtime.inner.engine, state);
+        if inner.long_running.load(Ordering::Relaxed) {
+            store.data_mut().demoted = crate::priority::demote_current_thread();
+        }
         store.limiter(|s| &mut s.limiter);
         store.set_hostcall_fuel(limits.hostcall_bytes);
         store.set_max_component_handles(limits.resource_table_entries);
-        store.set_epoch_deadline(limits.deadline_ticks());
+        // The first epoch callback comes after LONG_BATCH_TICKS: the batch is
+        // demoted and runs on to its deadline, where it is interrupted.
+        let deadline = limits.deadline_ticks();
+        let mut ticks = LONG_BATCH_TICKS.min(deadline);
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_callback(move |mut ctx| {
+            if ticks >= deadline {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            if !ctx.data().demoted {
+                ctx.data_mut().demoted = crate::priority::demote_current_thread();
+            }
+            let rest = deadline - ticks;
+            ticks = deadline;
+            Ok(UpdateDeadline::Continue(rest))
+        });
         let mut stats = InvokeStats {
             events: events.len(),
             ..InvokeStats::default()
@@ -387,6 +411,12 @@ impl App {
             Err(e) => Err(classify_error(&e, store.data(), limits)),
         };
         stats.log = store.data().log.finish();
+        let ran_long =
+            store.data().demoted || start.elapsed() >= EPOCH_TICK * LONG_BATCH_TICKS as u32;
+        inner.long_running.store(ran_long, Ordering::Relaxed);
+        if store.data().demoted {
+            crate::priority::restore_current_thread();
+        }
         drop(store);
         stats.elapsed = start.elapsed();
         Invocation { result, stats }

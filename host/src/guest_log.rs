@@ -20,7 +20,7 @@ use crate::bindings::weir::handler::log::Level;
 use crate::limits::{Limits, MAX_LOG_LINE_BYTES};
 
 /// Length of the per-app log window: one minute.
-const LOG_WINDOW: Duration = Duration::from_secs(60);
+pub const LOG_WINDOW: Duration = Duration::from_secs(60);
 
 /// Bytes the guest may write to stdout/stderr per `check-write`: 64 KiB.
 const STDIO_WRITE_PERMIT: usize = 64 << 10;
@@ -31,6 +31,8 @@ pub(crate) struct LogWindow {
     lines_per_minute: u32,
     bytes_per_minute: u64,
     state: Mutex<WindowState>,
+    /// Drops not yet reported: (last summary, lines, bytes).
+    dropped: Mutex<(Option<Instant>, u64, u64)>,
 }
 
 #[derive(Debug)]
@@ -50,7 +52,23 @@ impl LogWindow {
                 lines: 0,
                 bytes: 0,
             }),
+            dropped: Mutex::new((None, 0, 0)),
         }
+    }
+
+    /// Add a batch's drops; returns the totals to report if no summary line
+    /// was written in the last [`LOG_WINDOW`] (one summary line per window).
+    fn report_drops(&self, lines: u64, bytes: u64) -> Option<(u64, u64)> {
+        let mut d = self.dropped.lock().unwrap_or_else(PoisonError::into_inner);
+        d.1 += lines;
+        d.2 += bytes;
+        let due = d.0.is_none_or(|at| at.elapsed() >= LOG_WINDOW);
+        if !due || d.1 == 0 {
+            return None;
+        }
+        let totals = (d.1, d.2);
+        *d = (Some(Instant::now()), 0, 0);
+        Some(totals)
     }
 
     /// Charge one line of `bytes`; false if the minute's budget is spent.
@@ -157,15 +175,15 @@ impl Buffer {
             }
         }
         let c = self.counts;
-        if c.dropped_lines > 0 {
+        if c.dropped_lines > 0
+            && let Some((lines, bytes)) = self.window.report_drops(c.dropped_lines, c.dropped_bytes)
+        {
             tracing::warn!(
                 target: "weir::guest",
                 app = %self.app,
-                dropped_lines = c.dropped_lines,
-                dropped_bytes = c.dropped_bytes,
-                "handler log over budget: {} lines ({} bytes) dropped this batch",
-                c.dropped_lines,
-                c.dropped_bytes
+                dropped_lines = lines,
+                dropped_bytes = bytes,
+                "handler log over budget: {lines} lines ({bytes} bytes) dropped since the last summary"
             );
         }
         c

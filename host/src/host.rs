@@ -33,6 +33,9 @@ use crate::stats::{AppStats, AppStatsSnapshot, prometheus};
 use crate::subjects::Subjects;
 use crate::transport::{ConnectAuth, StreamLimits, Transport};
 
+/// Pause between attempts to set up streams at start: 1 s.
+pub const SETUP_RETRY: Duration = Duration::from_secs(1);
+
 /// Longest wait for in-flight batches at shutdown: 10 s (a batch's default
 /// deadline is 2 s; effects may take longer). Past it, unfinished events are
 /// redelivered after their ack wait.
@@ -124,8 +127,26 @@ impl Host {
                     max_bytes: config.nats.stream_max_bytes,
                     max_msgs: config.nats.stream_max_msgs,
                 });
-        transport.ensure_streams().await?;
-        let records = transport.effect_records(config.node.id).await?;
+        // NATS may be down at start: wait for it, then set up; a setup error
+        // other than a conflicting stream is retried (the connection can drop
+        // again in between).
+        let records = loop {
+            transport.wait_connected().await;
+            let setup = async {
+                transport.ensure_streams().await?;
+                transport.effect_records(config.node.id).await
+            };
+            match setup.await {
+                Ok(records) => break records,
+                Err(e @ crate::transport::TransportError::StreamConflict { .. }) => {
+                    return Err(e.into());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "stream setup failed; retrying");
+                    tokio::time::sleep(SETUP_RETRY).await;
+                }
+            }
+        };
         let effects = Arc::new(
             EffectRunner::new(config.effects.clone(), Some(transport.clone()))
                 .with_durable_records(records),

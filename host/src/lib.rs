@@ -70,6 +70,7 @@ pub mod limits;
 pub mod nats_server;
 pub mod permissions;
 pub mod pipeline;
+mod priority;
 mod state;
 pub mod stats;
 pub mod subjects;

@@ -89,6 +89,17 @@ pub const MAX_CORE_INSTANCES_PER_STORE: usize = 64;
 /// regardless of the period, so a short tick is cheap.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// Epoch ticks after which a running batch is demoted: 2 (20 ms). Its thread's
+/// nice value is raised by [`LONG_BATCH_NICE`] for the rest of the batch, so
+/// short batches of other apps and the host's own threads win the CPU from a
+/// guest spinning towards its deadline. An app whose last batch ran this long
+/// starts its next batch demoted.
+pub const LONG_BATCH_TICKS: u64 = 2;
+
+/// How much a long batch's thread is niced: 10 (Linux weight 110 against
+/// 1024 at nice 0, so a normal thread gets ~90% of a contended core).
+pub const LONG_BATCH_NICE: i32 = 10;
+
 /// Per-app caps on one batch's sandbox. Construct with [`Limits::default`]
 /// and override fields as needed; [`Limits::validate`] reports nonsensical
 /// values.

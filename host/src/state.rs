@@ -130,6 +130,9 @@ pub struct HostState {
     pub(crate) limiter: InstanceLimiter,
     identity: Arc<AppIdentity>,
     pub(crate) log: LogSink,
+    /// Whether this batch's thread was demoted (see
+    /// [`crate::limits::LONG_BATCH_TICKS`]).
+    pub(crate) demoted: bool,
 }
 
 impl HostState {
@@ -165,6 +168,7 @@ impl HostState {
             },
             identity,
             log,
+            demoted: false,
         }
     }
 }

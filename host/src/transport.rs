@@ -55,6 +55,9 @@ pub const LINGER_MARGIN: Duration = Duration::from_millis(2);
 /// Idle heartbeat of a pull request: 1 s.
 pub const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 
+/// While NATS is unreachable at start, a warning every 10 s.
+pub const CONNECT_WAIT_LOG: Duration = Duration::from_secs(10);
+
 /// Default cap on the events stream: 1 GiB. A full stream refuses new
 /// events (discard policy `new`): the publisher gets an error, nothing
 /// stored is dropped to make room.
@@ -230,6 +233,23 @@ impl Transport {
             dead_stream: DEFAULT_DEAD_STREAM.to_owned(),
             limits: StreamLimits::default(),
         })
+    }
+
+    /// Wait until the client is connected, logging every
+    /// [`CONNECT_WAIT_LOG`] while it is not (the client keeps retrying on its
+    /// own: a host started while NATS is down starts serving once it is up,
+    /// with no manual action).
+    pub async fn wait_connected(&self) {
+        let started = std::time::Instant::now();
+        let mut next_log = Duration::ZERO;
+        while self.client.connection_state() != async_nats::connection::State::Connected {
+            let waited = started.elapsed();
+            if waited >= next_log {
+                tracing::warn!(waited_s = waited.as_secs(), "waiting for NATS");
+                next_log += CONNECT_WAIT_LOG;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Use `limits` when creating the events stream.

@@ -1,0 +1,126 @@
+//! nats-server faults while a host (in this process) consumes: stopped with
+//! SIGTERM and SIGKILL, down 1 s and 30 s, and down when the host starts.
+//! No manual action: the host and the publisher reconnect on their own.
+//! Judged by the ledger, with the time to resume after each fault.
+
+use std::time::{Duration, Instant};
+
+use weir_host::Host;
+use weir_host::config::Config;
+use weir_host::nats_server::NatsServer;
+
+use crate::ledger::{self, Publisher, Scratch};
+use crate::report::Report;
+use crate::util::wait_for;
+
+/// Publish rate: 200 events/s.
+const RATE: u32 = 200;
+/// Bar on resuming after the server is back: 10 s ("within seconds").
+const RESUME_BAR: Duration = Duration::from_secs(10);
+
+/// (signal, down time) of each fault.
+const FAULTS: [(&str, u64); 4] = [("TERM", 1), ("KILL", 1), ("TERM", 30), ("KILL", 30)];
+
+async fn resumed_after(ledger: &std::path::Path) -> Option<Duration> {
+    let before = ledger::handled(ledger);
+    let t = Instant::now();
+    wait_for(Duration::from_secs(60), || ledger::handled(ledger) > before)
+        .await
+        .then(|| t.elapsed())
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
+}
+
+/// Run the scenario.
+pub async fn run(report: &mut Report) -> anyhow::Result<()> {
+    let scratch = Scratch::new()?;
+    let server = NatsServer::start(&scratch.dir.path().join("js"))?;
+    let url = server.url();
+    let text = ledger::host_config(&url, &scratch.ledger, &scratch.cache, 2_000);
+    let host = Host::start(Config::parse(&text).map_err(anyhow::Error::msg)?).await?;
+    let publisher = Publisher::start(&url, RATE, "b").await?;
+    let mut server = Some(server);
+    let mut resumes = Vec::new();
+    for (signal, down) in FAULTS {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut s = server.take().expect("server");
+        eprintln!("   nats-server SIG{signal}, down {down} s");
+        s = blocking(move || {
+            if signal == "KILL" {
+                s.kill();
+            } else {
+                s.stop();
+            }
+            s
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(down)).await;
+        let s = blocking(move || s.restart().map(|()| s)).await?;
+        server = Some(s);
+        let r = resumed_after(&scratch.ledger).await;
+        resumes.push((format!("SIG{signal}, down {down} s"), r));
+    }
+    // NATS down when the host starts: the host waits, then serves.
+    host.shutdown().await?;
+    let mut s = server.take().expect("server");
+    s = blocking(move || {
+        s.stop();
+        s
+    })
+    .await;
+    let starting = tokio::spawn(async move {
+        Host::start(Config::parse(&text).map_err(anyhow::Error::msg)?).await
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = blocking(move || s.restart().map(|()| s)).await?;
+    let r = resumed_after(&scratch.ledger).await;
+    resumes.push(("down at host start (3 s)".to_owned(), r));
+    let host = starting.await??;
+    let published = publisher.finish().await;
+    let drained = ledger::drain(&published, &scratch.ledger, Duration::from_secs(60)).await;
+    host.shutdown().await?;
+    drop(s);
+    let v = ledger::check(&published, &ledger::read(&scratch.ledger));
+    let injected = "nats-server SIGTERM and SIGKILL, down 1 s and 30 s; down at host start";
+    report.check(
+        "broker faults: lost",
+        injected,
+        format!(
+            "{} of {} acknowledged (drained: {drained})",
+            v.lost, v.acked
+        ),
+        "0",
+        v.lost == 0 && drained,
+    );
+    report.check(
+        "broker faults: unexpected",
+        injected,
+        v.unexpected.to_string(),
+        "0",
+        v.unexpected == 0,
+    );
+    report.check(
+        "broker faults: effects with unstable keys",
+        injected,
+        v.unstable_keys.to_string(),
+        "0",
+        v.unstable_keys == 0,
+    );
+    report.note(
+        "broker faults: publish attempts refused while down (retried)",
+        injected,
+        published.errors.to_string(),
+    );
+    for (what, r) in resumes {
+        report.check(
+            &format!("broker: resume after {what}"),
+            "server back on the same port and store",
+            r.map_or("never".to_owned(), |d| format!("{:.2} s", d.as_secs_f64())),
+            &format!("≤ {} s, no manual action", RESUME_BAR.as_secs()),
+            r.is_some_and(|d| d <= RESUME_BAR),
+        );
+    }
+    Ok(())
+}

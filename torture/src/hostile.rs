@@ -1,0 +1,310 @@
+//! Hostile guests beside a bystander: spinning guests on every worker thread
+//! (heartbeat gaps, bystander latency), and memory, hostcall, log and effect
+//! bombs (host RSS before and after, log summary lines per window).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use weir_host::limits::EPOCH_TICK;
+use weir_host::{App, AppSpec, EngineConfig, Event, Limits, Runtime};
+
+use crate::report::Report;
+use crate::util::{mib, quantile, rss_bytes};
+
+/// Each measured window: 3 s.
+const WINDOW: Duration = Duration::from_secs(3);
+/// Deadline of the spinning guests: 200 ms.
+const SPIN_DEADLINE_MS: u64 = 200;
+/// Events per bystander batch.
+const BYSTANDER_BATCH: usize = 8;
+
+/// Counts the host's "log over budget" summary lines.
+pub static SUMMARY_LINES: AtomicU64 = AtomicU64::new(0);
+
+/// A tracing layer counting summary lines (events with a `dropped_lines`
+/// field from `weir::guest`).
+pub struct SummaryCounter;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SummaryCounter {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let m = event.metadata();
+        if m.target() == "weir::guest" && m.fields().field("dropped_lines").is_some() {
+            SUMMARY_LINES.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn event(payload: &str) -> Event {
+    weir_host::envelope::event(
+        weir_host::envelope::EventMeta {
+            id: "e".into(),
+            name: "test".into(),
+            source: "cluster".into(),
+            attempt: 1,
+            ..Default::default()
+        },
+        payload.as_bytes().to_vec(),
+        1 << 20,
+    )
+    .expect("valid event")
+}
+
+fn deploy(rt: &Runtime, name: &str, path: &str, limits: Limits) -> anyhow::Result<App> {
+    let mut spec = AppSpec::new(name, 1, "node1");
+    spec.limits = limits;
+    Ok(rt.deploy_file(spec, path.as_ref())?)
+}
+
+/// Bystander latencies and the heartbeat's largest gap over one window,
+/// with `spinners` spinning guests running throughout; also the longest a
+/// spinning batch ran.
+async fn window(
+    bystander: &App,
+    spin: &App,
+    spinners: usize,
+) -> (Vec<Duration>, Duration, Duration) {
+    let stop = Instant::now() + WINDOW;
+    let mut tasks = Vec::new();
+    let longest_spin = Arc::new(std::sync::Mutex::new(Duration::ZERO));
+    for _ in 0..spinners {
+        let (spin, longest) = (spin.clone(), longest_spin.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < stop {
+                let inv = spin.invoke(vec![event("spin")]).await;
+                let mut l = longest
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                *l = (*l).max(inv.stats.elapsed);
+            }
+        }));
+    }
+    let heartbeat = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(EPOCH_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = Instant::now();
+        let mut gap = Duration::ZERO;
+        while Instant::now() < stop {
+            tick.tick().await;
+            gap = gap.max(last.elapsed());
+            last = Instant::now();
+        }
+        gap
+    });
+    let batch: Vec<Event> = (0..BYSTANDER_BATCH).map(|_| event("hello")).collect();
+    let batch: Arc<[Event]> = batch.into();
+    let mut latencies = Vec::new();
+    while Instant::now() < stop {
+        let t = Instant::now();
+        let inv = bystander.invoke(batch.clone()).await;
+        latencies.push(t.elapsed());
+        assert!(inv.result.is_ok(), "bystander failed: {:?}", inv.result);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let gap = heartbeat.await.unwrap_or_default();
+    let longest = *longest_spin
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    (latencies, gap, longest)
+}
+
+/// Run the scenario.
+pub async fn run(report: &mut Report) -> anyhow::Result<()> {
+    let rt = Runtime::new(EngineConfig {
+        pool_instances: 16,
+        ..EngineConfig::default()
+    })?;
+    let bystander = deploy(
+        &rt,
+        "bystander",
+        weir_test_artifacts::ECHO,
+        Limits::default(),
+    )?;
+    let spin = deploy(
+        &rt,
+        "spin",
+        weir_test_artifacts::INFINITE_LOOP,
+        Limits {
+            deadline_ms: SPIN_DEADLINE_MS,
+            fuel: u64::MAX / 2,
+            ..Limits::default()
+        },
+    )?;
+    // Warm up, then the baseline and the attack (one spinner per worker).
+    let _ = window(&bystander, &spin, 0).await;
+    let (mut base, base_gap, _) = window(&bystander, &spin, 0).await;
+    let (mut attacked, gap, longest) = window(&bystander, &spin, 2).await;
+    let (b99, a99) = (quantile(&mut base, 0.99), quantile(&mut attacked, 0.99));
+    let injected = "2 guests spinning forever (one per tokio worker), re-invoked on each stop";
+    let tick_ms = EPOCH_TICK.as_millis();
+    let bound = Duration::from_millis(SPIN_DEADLINE_MS) + 2 * EPOCH_TICK;
+    report.check(
+        "infinite loop: stopped",
+        injected,
+        format!("longest batch {:.1} ms", longest.as_secs_f64() * 1e3),
+        &format!(
+            "≤ deadline {SPIN_DEADLINE_MS} ms + 2 ticks = {} ms",
+            bound.as_millis()
+        ),
+        longest <= bound && longest > Duration::ZERO,
+    );
+    report.check(
+        "infinite loop: host heartbeat",
+        injected,
+        format!(
+            "largest gap {:.1} ms (baseline {:.1} ms), tick {tick_ms} ms",
+            gap.as_secs_f64() * 1e3,
+            base_gap.as_secs_f64() * 1e3
+        ),
+        "≤ 2 ticks",
+        gap <= 2 * EPOCH_TICK,
+    );
+    report.check(
+        "infinite loop: bystander p99",
+        injected,
+        format!(
+            "{:.1} µs vs {:.1} µs baseline ({:.2}×, {} batches of {BYSTANDER_BATCH})",
+            a99.as_secs_f64() * 1e6,
+            b99.as_secs_f64() * 1e6,
+            a99.as_secs_f64() / b99.as_secs_f64().max(1e-9),
+            attacked.len()
+        ),
+        "≤ 1.2× baseline",
+        a99.as_secs_f64() <= 1.2 * b99.as_secs_f64(),
+    );
+    bombs(&rt, &bystander, report).await
+}
+
+async fn bombs(rt: &Runtime, bystander: &App, report: &mut Report) -> anyhow::Result<()> {
+    let big = Limits {
+        memory_bytes: 256 << 20,
+        deadline_ms: 30_000,
+        ..Limits::default()
+    };
+    let cases: Vec<(App, String)> = vec![
+        (
+            deploy(
+                rt,
+                "memory-bomb",
+                weir_test_artifacts::MEMORY_BOMB,
+                Limits {
+                    memory_bytes: 48 << 20,
+                    ..Limits::default()
+                },
+            )?,
+            "bomb".into(),
+        ),
+        (
+            deploy(
+                rt,
+                "deep-recursion",
+                weir_test_artifacts::DEEP_RECURSION,
+                Limits::default(),
+            )?,
+            "recurse".into(),
+        ),
+        (
+            deploy(
+                rt,
+                "huge-return",
+                weir_test_artifacts::HUGE_RETURN,
+                big.clone(),
+            )?,
+            format!("string:{}", 200 << 20),
+        ),
+        (
+            deploy(
+                rt,
+                "huge-list",
+                weir_test_artifacts::HUGE_RETURN,
+                big.clone(),
+            )?,
+            "list:3000000".into(),
+        ),
+        (
+            deploy(rt, "log-flood", weir_test_artifacts::LOG_FLOOD, big.clone())?,
+            "flood".into(),
+        ),
+        (
+            deploy(
+                rt,
+                "effect-spam",
+                weir_test_artifacts::EFFECT_SPAM,
+                Limits::default(),
+            )?,
+            "distinct".into(),
+        ),
+        (
+            deploy(
+                rt,
+                "resource-flood",
+                weir_test_artifacts::RESOURCE_FLOOD,
+                Limits::default(),
+            )?,
+            "flood".into(),
+        ),
+    ];
+    // Warm-up: one round, which brings each app's pool slot to its resident
+    // steady state (up to 2 MiB of memory kept resident per slot), so the
+    // measured rounds show growth per attack, i.e. leaks.
+    let cold = rss_bytes("self");
+    let summaries_before = SUMMARY_LINES.load(Ordering::Relaxed);
+    for (app, directive) in &cases {
+        let _ = app.invoke(vec![event(directive)]).await;
+    }
+    let _ = bystander.invoke(vec![event("hello")]).await;
+    let baseline = rss_bytes("self");
+    let mut stopped = 0;
+    let rounds = 5;
+    for _ in 0..rounds {
+        for (app, directive) in &cases {
+            let inv = app.invoke(vec![event(directive)]).await;
+            // Capped (log flood: lines dropped) or stopped with a typed error.
+            if inv.result.is_err() || inv.stats.log.dropped_lines > 0 {
+                stopped += 1;
+            }
+            anyhow::ensure!(
+                bystander.invoke(vec![event("hello")]).await.result.is_ok(),
+                "bystander failed after {}",
+                app.name()
+            );
+        }
+    }
+    let after = rss_bytes("self");
+    let summaries = SUMMARY_LINES.load(Ordering::Relaxed) - summaries_before;
+    report.note(
+        "bombs: warm-up round",
+        "one round of each bomb",
+        format!(
+            "RSS {} → {} (pool slots keep ≤ 2 MiB resident each)",
+            mib(cold),
+            mib(baseline)
+        ),
+    );
+    let injected = "memory bomb, deep recursion, 200 MiB string, 3 M-item list, 1 M log lines, 1,000 effects, resource flood; 5 rounds";
+    report.check(
+        "bombs: stopped or capped",
+        injected,
+        format!("{stopped} of {}", rounds * cases.len()),
+        "all, bystander served after each",
+        stopped == rounds * cases.len(),
+    );
+    report.check(
+        "bombs: host RSS after",
+        injected,
+        format!("{} → {}", mib(baseline), mib(after)),
+        "≤ 1.05 × baseline",
+        after as f64 <= baseline as f64 * 1.05,
+    );
+    report.check(
+        "bombs: log summary lines",
+        injected,
+        format!("{summaries} for {} floods within one window", rounds + 1),
+        "1 per app per 60 s window",
+        summaries == 1,
+    );
+    Ok(())
+}

@@ -1,0 +1,281 @@
+//! A ledger checker in the spirit of Jepsen's queue checker.
+//!
+//! - The [`Publisher`] sends events with unique ids (`Nats-Msg-Id`) and
+//!   records which it attempted and which JetStream acknowledged (a failed
+//!   publish is retried with the same id, so the stream stores it once).
+//! - The host's handler (the `echo` component) asks for one effect per
+//!   event; the `command` executor appends a line per execution to a ledger
+//!   file: the idempotency keys and the event ids it ran for
+//!   (`WEIR_EFFECT_KEYS|WEIR_EVENT_IDS`).
+//! - [`check`] compares them after a drain phase: `lost` (acknowledged but
+//!   never handled) and `unexpected` (handled but never attempted) must be 0;
+//!   `re-executions` counts effects run again for an event (a kill between
+//!   the effect and its record); `unstable keys` counts events whose effect
+//!   got two different keys (an executor deduplicating by key would apply it
+//!   twice), which must be 0.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use weir_host::subjects::Subjects;
+use weir_host::transport::Transport;
+
+/// The event every ledger app handles.
+pub const EVENT: &str = "work";
+/// The unit every event asks to restart.
+pub const UNIT: &str = "ledger.service";
+
+/// `weir.toml` for node 1 with one app, `ledger` (the echo component), whose
+/// effects append to `ledger`. `ack_wait_ms` is short so a killed host's
+/// in-flight events come back quickly; `max_deliver` is high so no event is
+/// dead-lettered by the faults alone.
+pub fn host_config(nats_url: &str, ledger: &Path, cache: &Path, ack_wait_ms: u64) -> String {
+    format!(
+        r#"
+        [node]
+        id = 1
+        name = "node1"
+        [nats]
+        url = "{nats_url}"
+        [http]
+        enabled = false
+        [engine]
+        cache_dir = "{cache}"
+        [effects]
+        executor = "command"
+        command = ["sh", "-c", "printf '%s|%s\n' \"$WEIR_EFFECT_KEYS\" \"$WEIR_EVENT_IDS\" >> {ledger}"]
+        [[app]]
+        name = "ledger"
+        component = "{echo}"
+        [[app.rule]]
+        event = "{EVENT}"
+        [app.grants]
+        restart = ["{UNIT}"]
+        [app.delivery]
+        max_deliver = 1000
+        backoff_ms = [100]
+        ack_wait_ms = {ack_wait_ms}
+        "#,
+        ledger = ledger.display(),
+        cache = cache.display(),
+        echo = weir_test_artifacts::ECHO,
+    )
+}
+
+/// What the publisher did.
+#[derive(Default)]
+pub struct Published {
+    /// Ids sent at least once.
+    pub attempted: HashSet<String>,
+    /// Ids JetStream acknowledged.
+    pub acked: HashSet<String>,
+    /// Failed publish attempts (each retried).
+    pub errors: u64,
+}
+
+/// A background publisher at a fixed rate.
+pub struct Publisher {
+    stop: Arc<AtomicBool>,
+    state: Arc<Mutex<Published>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Publisher {
+    /// Start publishing `EVENT` (payload `restart:UNIT`) at `per_second` to
+    /// `url`, ids `<prefix><n>`.
+    pub async fn start(url: &str, per_second: u32, prefix: &str) -> anyhow::Result<Self> {
+        Self::start_with(url, per_second, prefix, EVENT, format!("restart:{UNIT}")).await
+    }
+
+    /// Start publishing `event` with `payload` at `per_second`.
+    pub async fn start_with(
+        url: &str,
+        per_second: u32,
+        prefix: &str,
+        event: &str,
+        payload: String,
+    ) -> anyhow::Result<Self> {
+        let (event, payload) = (event.to_owned(), Bytes::from(payload));
+        let t =
+            Transport::connect(url, "ledger-publisher", Subjects::default(), "WEIR_EVENTS").await?;
+        t.wait_connected().await;
+        t.ensure_streams().await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(Mutex::new(Published::default()));
+        let (s, st, prefix) = (stop.clone(), state.clone(), prefix.to_owned());
+        let period = Duration::from_secs_f64(1.0 / f64::from(per_second.max(1)));
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut n = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let id = format!("{prefix}{n}");
+                n += 1;
+                lock(&st).attempted.insert(id.clone());
+                // Retry with the same id until acknowledged (or stopped).
+                loop {
+                    match t
+                        .publish_event(&event, "cluster", payload.clone(), &id)
+                        .await
+                    {
+                        Ok(_) => {
+                            lock(&st).acked.insert(id);
+                            break;
+                        }
+                        Err(_) => {
+                            lock(&st).errors += 1;
+                            if s.load(Ordering::Relaxed) {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Self { stop, state, task })
+    }
+
+    /// Ids acknowledged so far.
+    pub fn acked(&self) -> usize {
+        lock(&self.state).acked.len()
+    }
+
+    /// Stop and return what was published.
+    pub async fn finish(self) -> Published {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        std::mem::take(&mut *lock(&self.state))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The ledger file's executions.
+#[derive(Default)]
+pub struct Executions {
+    /// Executions per event id.
+    pub per_event: HashMap<String, u32>,
+    /// Distinct keys per event id.
+    pub keys: HashMap<String, HashSet<String>>,
+    /// Lines (effect executions).
+    pub lines: usize,
+}
+
+/// Read `ledger`.
+pub fn read(ledger: &Path) -> Executions {
+    let mut ex = Executions::default();
+    let text = std::fs::read_to_string(ledger).unwrap_or_default();
+    for line in text.lines() {
+        let Some((keys, ids)) = line.split_once('|') else {
+            continue;
+        };
+        ex.lines += 1;
+        for (key, id) in keys.split_whitespace().zip(ids.split_whitespace()) {
+            *ex.per_event.entry(id.to_owned()).or_default() += 1;
+            ex.keys
+                .entry(id.to_owned())
+                .or_default()
+                .insert(key.to_owned());
+        }
+    }
+    ex
+}
+
+/// Events handled so far (distinct ids in the ledger).
+pub fn handled(ledger: &Path) -> usize {
+    read(ledger).per_event.len()
+}
+
+/// The checker's verdict.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    /// Acknowledged publishes.
+    pub acked: usize,
+    /// Distinct events handled.
+    pub handled: usize,
+    /// Acknowledged but never handled.
+    pub lost: usize,
+    /// Handled but never attempted.
+    pub unexpected: usize,
+    /// Effects run more than once for an event (sum of extra runs).
+    pub reexecutions: u64,
+    /// Events whose effect got more than one key.
+    pub unstable_keys: usize,
+}
+
+/// Judge `published` against `executions`.
+pub fn check(published: &Published, executions: &Executions) -> Verdict {
+    let handled: HashSet<&String> = executions.per_event.keys().collect();
+    Verdict {
+        acked: published.acked.len(),
+        handled: handled.len(),
+        lost: published
+            .acked
+            .iter()
+            .filter(|id| !handled.contains(id))
+            .count(),
+        unexpected: handled
+            .iter()
+            .filter(|id| !published.attempted.contains(id.as_str()))
+            .count(),
+        reexecutions: executions
+            .per_event
+            .values()
+            .map(|n| u64::from(n.saturating_sub(1)))
+            .sum(),
+        unstable_keys: executions.keys.values().filter(|k| k.len() > 1).count(),
+    }
+}
+
+/// Wait (at most `within`) until every acknowledged id is in the ledger.
+pub async fn drain(published: &Published, ledger: &Path, within: Duration) -> bool {
+    crate::util::wait_for(within, || {
+        let ex = read(ledger);
+        published
+            .acked
+            .iter()
+            .all(|id| ex.per_event.contains_key(id))
+    })
+    .await
+}
+
+/// Total deliveries (including redeliveries) of node 1's `app` consumer.
+pub async fn deliveries(url: &str, app: &str) -> anyhow::Result<u64> {
+    let client = async_nats::connect(url).await?;
+    let js = async_nats::jetstream::new(client);
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream("WEIR_EVENTS")
+        .await?
+        .get_consumer(&weir_host::subjects::consumer_name(1, app))
+        .await
+        .map_err(|e| anyhow::anyhow!("consumer lookup: {e}"))?;
+    Ok(consumer.info().await?.delivered.consumer_sequence)
+}
+
+/// A scratch directory with the ledger and the artifact cache.
+pub struct Scratch {
+    /// Kept alive for the scenario.
+    pub dir: tempfile::TempDir,
+    /// The ledger file.
+    pub ledger: PathBuf,
+    /// The artifact cache.
+    pub cache: PathBuf,
+}
+
+impl Scratch {
+    /// A fresh scratch directory.
+    pub fn new() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let ledger = dir.path().join("ledger.log");
+        let cache = dir.path().join("cache");
+        Ok(Self { dir, ledger, cache })
+    }
+}

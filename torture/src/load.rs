@@ -1,0 +1,250 @@
+//! Load: a sustained rate across 10 apps, and a burst of 100,000 events.
+
+use std::time::{Duration, Instant};
+
+use weir_host::Host;
+use weir_host::config::Config;
+use weir_host::nats_server::NatsServer;
+
+use crate::ledger::Publisher;
+use crate::report::Report;
+use crate::util::{mib, open_fds, rss_bytes};
+
+/// Apps of the sustained test.
+const APPS: usize = 10;
+/// Sustained publish rate: 1,000 events/s (10,000 handled/s over 10 apps).
+const RATE: u32 = 1_000;
+/// Sustained run: 60 s, of which the first 10 s are warm-up.
+const SUSTAINED: Duration = Duration::from_secs(60);
+const WARM_UP: Duration = Duration::from_secs(10);
+/// Burst size.
+const BURST: usize = 100_000;
+/// Reference backlog for the host's own throughput.
+const REFERENCE: usize = 20_000;
+/// Constant part of the burst RSS bound: 64 MiB (runtime, NATS client
+/// buffers, allocator slack).
+const RSS_CONSTANT: u64 = 64 << 20;
+
+fn config(url: &str, apps: &[(&str, &str)], dir: &std::path::Path) -> anyhow::Result<Config> {
+    let mut text = format!(
+        "[node]\nid = 1\nname = \"node1\"\n[nats]\nurl = \"{url}\"\n[http]\nenabled = false\n[engine]\ncache_dir = \"{}\"\n",
+        dir.join("cache").display()
+    );
+    for (name, event) in apps {
+        text.push_str(&format!(
+            "[[app]]\nname = \"{name}\"\ncomponent = \"{}\"\n[[app.rule]]\nevent = \"{event}\"\n",
+            weir_test_artifacts::ECHO
+        ));
+    }
+    Config::parse(&text).map_err(anyhow::Error::msg)
+}
+
+/// Sustained rate for a fixed time with 10 apps.
+pub async fn sustained(report: &mut Report) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = NatsServer::start(&dir.path().join("js"))?;
+    let names: Vec<String> = (0..APPS).map(|i| format!("load{i}")).collect();
+    let apps: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "load")).collect();
+    let host = Host::start(config(&server.url(), &apps, dir.path())?).await?;
+    let publisher = Publisher::start_with(&server.url(), RATE, "s", "load", "x".into()).await?;
+    let start = Instant::now();
+    let mut samples: Vec<(u64, usize)> = Vec::new();
+    while start.elapsed() < SUSTAINED {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if start.elapsed() >= WARM_UP {
+            samples.push((rss_bytes("self"), open_fds()));
+        }
+    }
+    let published = publisher.finish().await;
+    let acked = published.acked.len() as u64;
+    let all_done = crate::util::wait_for(Duration::from_secs(30), || {
+        host.stats().iter().all(|s| s.outcomes["done"] >= acked)
+    })
+    .await;
+    let stats = host.stats();
+    host.shutdown().await?;
+    drop(server);
+    let lost: u64 = stats
+        .iter()
+        .map(|s| acked.saturating_sub(s.outcomes["done"]))
+        .sum();
+    let injected = format!(
+        "{RATE} events/s for {} s to {APPS} apps",
+        SUSTAINED.as_secs()
+    );
+    report.check(
+        "sustained: lost",
+        &injected,
+        format!(
+            "{lost} of {} deliveries (all done: {all_done})",
+            acked * APPS as u64
+        ),
+        "0",
+        lost == 0 && all_done,
+    );
+    let (first_rss, first_fds) = samples.first().copied().unwrap_or_default();
+    let (last_rss, _) = samples.last().copied().unwrap_or_default();
+    let max_rss = samples.iter().map(|s| s.0).max().unwrap_or_default();
+    report.check(
+        "sustained: RSS after warm-up",
+        &injected,
+        format!(
+            "{} → {} (max {})",
+            mib(first_rss),
+            mib(last_rss),
+            mib(max_rss)
+        ),
+        "end ≤ 1.05 × start of the measured window",
+        last_rss as f64 <= first_rss as f64 * 1.05,
+    );
+    let fd_min = samples.iter().map(|s| s.1).min().unwrap_or_default();
+    let fd_max = samples.iter().map(|s| s.1).max().unwrap_or_default();
+    report.check(
+        "sustained: open file descriptors",
+        &injected,
+        format!("{first_fds} at warm-up, {fd_min}–{fd_max} after"),
+        "flat (max − min ≤ 2)",
+        fd_max - fd_min <= 2,
+    );
+    let p99 = stats
+        .iter()
+        .map(|s| s.settle_latency_p99_ms)
+        .fold(0.0, f64::max);
+    let p50 = stats
+        .iter()
+        .map(|s| s.settle_latency_p50_ms)
+        .fold(0.0, f64::max);
+    report.note(
+        "sustained: publish → settled latency",
+        &injected,
+        format!("p50 {p50:.1} ms, p99 {p99:.1} ms (worst app; linger 20 ms)"),
+    );
+    Ok(())
+}
+
+/// Publish `n` events named `event` as fast as JetStream acknowledges them
+/// (a window of 1,000 outstanding acks).
+async fn flood(url: &str, event: &str, prefix: &str, n: usize) -> anyhow::Result<()> {
+    let client = async_nats::connect(url).await?;
+    let js = async_nats::jetstream::new(client);
+    let subject = format!("weir.events.{event}.cluster");
+    let mut pending = Vec::with_capacity(1_000);
+    for i in 0..n {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("{prefix}{i}").as_str());
+        pending.push(
+            js.publish_with_headers(subject.clone(), headers, bytes::Bytes::from_static(b"x"))
+                .await?,
+        );
+        if pending.len() == 1_000 {
+            for ack in pending.drain(..) {
+                ack.await?;
+            }
+        }
+    }
+    for ack in pending {
+        ack.await?;
+    }
+    Ok(())
+}
+
+/// Start a host on a backlog of `n` events; returns (events/s from the first
+/// to the n-th done, peak RSS while draining).
+async fn drain(config: Config, n: u64) -> anyhow::Result<(f64, u64, Host)> {
+    let host = Host::start(config).await?;
+    let done = |h: &Host| h.stats().iter().map(|s| s.outcomes["done"]).sum::<u64>();
+    let mut first: Option<Instant> = None;
+    let mut peak = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let d = done(&host);
+        peak = peak.max(rss_bytes("self"));
+        if d > 0 && first.is_none() {
+            first = Some(Instant::now());
+        }
+        if d >= n {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "backlog not drained: {d} of {n}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let secs = first.map_or(0.0, |t| t.elapsed().as_secs_f64()).max(1e-3);
+    Ok((n as f64 / secs, peak, host))
+}
+
+/// 100,000 events at once, then a steady rate.
+pub async fn burst(report: &mut Report) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = NatsServer::start(&dir.path().join("js"))?;
+    let url = server.url();
+    let apps = [("burst", "burst")];
+    // The host's own throughput on a smaller backlog.
+    let t = weir_host::transport::Transport::connect(
+        &url,
+        "setup",
+        weir_host::subjects::Subjects::default(),
+        "WEIR_EVENTS",
+    )
+    .await?;
+    t.ensure_streams().await?;
+    flood(&url, "burst", "r", REFERENCE).await?;
+    let (reference, _, host) = drain(config(&url, &apps, dir.path())?, REFERENCE as u64).await?;
+    host.shutdown().await?;
+    // The burst, drained while a steady publisher keeps going.
+    let baseline_rss = rss_bytes("self");
+    let t0 = Instant::now();
+    flood(&url, "burst", "b", BURST).await?;
+    let published_in = t0.elapsed();
+    let steady = Publisher::start_with(&url, 200, "st", "burst", "x".into()).await?;
+    let host_config = config(&url, &apps, dir.path())?;
+    let app = &host_config.apps[0];
+    let bound = baseline_rss
+        + app.limits.max_batch as u64 * weir_host::envelope::DEFAULT_MAX_PAYLOAD_BYTES as u64
+        + u64::from(host_config.engine.pool_instances) * app.limits.memory_bytes as u64
+        + RSS_CONSTANT;
+    let (rate, peak, host) = drain(host_config, BURST as u64).await?;
+    let published = steady.finish().await;
+    let total = (REFERENCE + BURST + published.acked.len()) as u64;
+    let settled = crate::util::wait_for(Duration::from_secs(30), || {
+        host.stats()[0].outcomes["done"] >= (BURST + published.acked.len()) as u64
+    })
+    .await;
+    host.shutdown().await?;
+    let deliveries = crate::ledger::deliveries(&url, "burst").await?;
+    let injected = format!(
+        "{BURST} events published at once ({:.1} s), then 200 events/s",
+        published_in.as_secs_f64()
+    );
+    report.check(
+        "burst: backlog drain rate",
+        &injected,
+        format!(
+            "{rate:.0} events/s vs {reference:.0} events/s on a {REFERENCE}-event backlog ({:.2}×)",
+            rate / reference
+        ),
+        "≥ 0.9×",
+        rate >= 0.9 * reference,
+    );
+    report.check(
+        "burst: peak RSS",
+        &injected,
+        format!("{} (baseline {})", mib(peak), mib(baseline_rss)),
+        &format!(
+            "≤ baseline + max_batch × 1 MiB payload cap + pool × memory cap + 64 MiB = {}",
+            mib(bound)
+        ),
+        peak <= bound,
+    );
+    report.check(
+        "burst: redeliveries of fetched events",
+        &injected,
+        format!(
+            "{} ({deliveries} deliveries of {total} events; all settled: {settled})",
+            deliveries.saturating_sub(total)
+        ),
+        "0 (fetch only what can start)",
+        deliveries == total && settled,
+    );
+    drop(server);
+    Ok(())
+}
