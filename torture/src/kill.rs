@@ -34,6 +34,10 @@ pub fn host_main(args: &[String]) -> ExitCode {
         eprintln!("usage: weir-torture host --config FILE");
         return ExitCode::from(2);
     };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
     let run = async {
         let config = weir_host::config::Config::load(Path::new(path))?;
         let host = weir_host::Host::start(config).await?;
@@ -55,14 +59,27 @@ pub fn host_main(args: &[String]) -> ExitCode {
     }
 }
 
+/// Start a host process; its log goes to `host.log` next to `config`.
 fn spawn_host(config: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(config.with_file_name("host.log"))?;
     Ok(Command::new(std::env::current_exe()?)
         .args(["host", "--config"])
         .arg(config)
+        .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()?)
+}
+
+/// The last lines of the hosts' log, for an error message.
+fn log_tail(config: &Path) -> String {
+    let text = std::fs::read_to_string(config.with_file_name("host.log")).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join("\n")
 }
 
 /// Run up to `kills` iterations within `budget`.
@@ -74,6 +91,11 @@ pub async fn run(report: &mut Report, kills: u32, budget: Duration) -> anyhow::R
         &config,
         ledger::host_config(&server.url(), &scratch.ledger, &scratch.cache, ACK_WAIT_MS),
     )?;
+    let text = std::fs::read_to_string(&config)?;
+    let problems = weir_host::config::Config::parse(&text)
+        .map_err(anyhow::Error::msg)?
+        .problems();
+    anyhow::ensure!(problems.is_empty(), "ledger config: {problems:?}");
     let publisher = Publisher::start(&server.url(), RATE, "k").await?;
     let mut rng = Rng::from_clock();
     let started = Instant::now();
@@ -84,20 +106,29 @@ pub async fn run(report: &mut Report, kills: u32, budget: Duration) -> anyhow::R
         let before = ledger::handled(&scratch.ledger);
         let t = Instant::now();
         let mut child = spawn_host(&config)?;
+        let mut exited = None;
         let resumed = wait_for(Duration::from_secs(30), || {
-            ledger::handled(&scratch.ledger) > before
+            exited = child.try_wait().ok().flatten();
+            exited.is_some() || ledger::handled(&scratch.ledger) > before
         })
         .await;
+        if let Some(status) = exited {
+            anyhow::bail!("host exited ({status}): {}", log_tail(&config));
+        }
         if resumed {
             resumes.push(t.elapsed());
         } else {
             stuck += 1;
+            eprintln!(
+                "   host did not resume within 30 s; log: {}",
+                log_tail(&config)
+            );
         }
         tokio::time::sleep(Duration::from_millis(rng.below(400))).await;
         child.kill()?;
         child.wait()?;
         done += 1;
-        if done % 10 == 0 {
+        if done.is_multiple_of(10) {
             eprintln!(
                 "   {done}/{kills} kills, {} events acked",
                 publisher.acked()

@@ -20,7 +20,7 @@ const WARM_UP: Duration = Duration::from_secs(10);
 /// Burst size.
 const BURST: usize = 100_000;
 /// Reference backlog for the host's own throughput.
-const REFERENCE: usize = 20_000;
+const REFERENCE: usize = 50_000;
 /// Constant part of the burst RSS bound: 64 MiB (runtime, NATS client
 /// buffers, allocator slack).
 const RSS_CONSTANT: u64 = 64 << 20;
@@ -46,7 +46,8 @@ pub async fn sustained(report: &mut Report) -> anyhow::Result<()> {
     let names: Vec<String> = (0..APPS).map(|i| format!("load{i}")).collect();
     let apps: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "load")).collect();
     let host = Host::start(config(&server.url(), &apps, dir.path())?).await?;
-    let publisher = Publisher::start_with(&server.url(), RATE, "s", "load", "x".into()).await?;
+    let publisher =
+        Publisher::start_with(&server.url(), RATE, "s", "load", "x".into(), false).await?;
     let start = Instant::now();
     let mut samples: Vec<(u64, usize)> = Vec::new();
     while start.elapsed() < SUSTAINED {
@@ -56,7 +57,7 @@ pub async fn sustained(report: &mut Report) -> anyhow::Result<()> {
         }
     }
     let published = publisher.finish().await;
-    let acked = published.acked.len() as u64;
+    let acked = published.acked_count;
     let all_done = crate::util::wait_for(Duration::from_secs(30), || {
         host.stats().iter().all(|s| s.outcomes["done"] >= acked)
     })
@@ -195,7 +196,7 @@ pub async fn burst(report: &mut Report) -> anyhow::Result<()> {
     let t0 = Instant::now();
     flood(&url, "burst", "b", BURST).await?;
     let published_in = t0.elapsed();
-    let steady = Publisher::start_with(&url, 200, "st", "burst", "x".into()).await?;
+    let steady = Publisher::start_with(&url, 200, "st", "burst", "x".into(), false).await?;
     let host_config = config(&url, &apps, dir.path())?;
     let app = &host_config.apps[0];
     let bound = baseline_rss
@@ -204,9 +205,9 @@ pub async fn burst(report: &mut Report) -> anyhow::Result<()> {
         + RSS_CONSTANT;
     let (rate, peak, host) = drain(host_config, BURST as u64).await?;
     let published = steady.finish().await;
-    let total = (REFERENCE + BURST + published.acked.len()) as u64;
+    let total = (REFERENCE + BURST) as u64 + published.acked_count;
     let settled = crate::util::wait_for(Duration::from_secs(30), || {
-        host.stats()[0].outcomes["done"] >= (BURST + published.acked.len()) as u64
+        host.stats()[0].outcomes["done"] >= BURST as u64 + published.acked_count
     })
     .await;
     host.shutdown().await?;
