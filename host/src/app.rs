@@ -371,9 +371,6 @@ impl App {
         let log = LogSink::new(inner.identity.app.clone(), inner.log_window.clone(), limits);
         let state = HostState::new(inner.identity.clone(), limits, log);
         let mut store = Store::new(&inner.runtime.inner.engine, state);
-        if inner.long_running.load(Ordering::Relaxed) {
-            store.data_mut().demoted = crate::priority::demote_current_thread();
-        }
         store.limiter(|s| &mut s.limiter);
         store.set_hostcall_fuel(limits.hostcall_bytes);
         store.set_max_component_handles(limits.resource_table_entries);
@@ -398,10 +395,14 @@ impl App {
             ..InvokeStats::default()
         };
         let raw = match store.set_fuel(limits.fuel) {
-            Ok(()) => inner
-                .pre
-                .instantiate(&mut store)
-                .and_then(|handler| handler.call_handle(&mut store, events)),
+            Ok(()) => inner.pre.instantiate(&mut store).and_then(|handler| {
+                // Demote only once instantiated: the pool's locks are never
+                // held by an idle-priority thread (no priority inversion).
+                if inner.long_running.load(Ordering::Relaxed) {
+                    store.data_mut().demoted = crate::priority::demote_current_thread();
+                }
+                handler.call_handle(&mut store, events)
+            }),
             Err(e) => Err(e),
         };
         stats.fuel_consumed = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
