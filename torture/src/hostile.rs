@@ -16,6 +16,8 @@ use crate::util::{mib, quantile, rss_bytes};
 const WINDOW: Duration = Duration::from_secs(3);
 /// Deadline of the spinning guests: 200 ms.
 const SPIN_DEADLINE_MS: u64 = 200;
+/// Warm-up rounds of every bomb before the RSS baseline: 2.
+const WARM_UP_ROUNDS: usize = 2;
 /// Events per bystander batch.
 const BYSTANDER_BATCH: usize = 8;
 
@@ -248,15 +250,17 @@ async fn bombs(rt: &Runtime, bystander: &App, report: &mut Report) -> anyhow::Re
             "flood".into(),
         ),
     ];
-    // Warm-up: one round, which brings each app's pool slot to its resident
-    // steady state (up to 2 MiB of memory kept resident per slot), so the
-    // measured rounds show growth per attack, i.e. leaks.
+    // Warm-up rounds bring the pool slots these apps use to their resident
+    // steady state (up to 2 MiB of memory kept resident per slot, bounded by
+    // the pool size), so the measured rounds show growth per attack: leaks.
     let cold = rss_bytes("self");
     let summaries_before = SUMMARY_LINES.load(Ordering::Relaxed);
-    for (app, directive) in &cases {
-        let _ = app.invoke(vec![event(directive)]).await;
+    for _ in 0..WARM_UP_ROUNDS {
+        for (app, directive) in &cases {
+            let _ = app.invoke(vec![event(directive)]).await;
+            let _ = bystander.invoke(vec![event("hello")]).await;
+        }
     }
-    let _ = bystander.invoke(vec![event("hello")]).await;
     let baseline = rss_bytes("self");
     let mut stopped = 0;
     let rounds = 5;
@@ -277,8 +281,8 @@ async fn bombs(rt: &Runtime, bystander: &App, report: &mut Report) -> anyhow::Re
     let after = rss_bytes("self");
     let summaries = SUMMARY_LINES.load(Ordering::Relaxed) - summaries_before;
     report.note(
-        "bombs: warm-up round",
-        "one round of each bomb",
+        "bombs: warm-up rounds",
+        "two rounds of each bomb",
         format!(
             "RSS {} → {} (pool slots keep ≤ 2 MiB resident each)",
             mib(cold),
@@ -303,7 +307,10 @@ async fn bombs(rt: &Runtime, bystander: &App, report: &mut Report) -> anyhow::Re
     report.check(
         "bombs: log summary lines",
         injected,
-        format!("{summaries} for {} floods within one window", rounds + 1),
+        format!(
+            "{summaries} for {} floods within one window",
+            rounds + WARM_UP_ROUNDS
+        ),
         "1 per app per 60 s window",
         summaries == 1,
     );
