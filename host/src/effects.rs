@@ -52,9 +52,6 @@ pub struct EffectReport {
     pub refused: u64,
     /// Failures, one message each (the batch is retried).
     pub failed: Vec<String>,
-    /// Records that could not be stored in the bucket (the effect ran; a
-    /// redelivery could run it again).
-    pub unrecorded: u64,
 }
 
 /// Executes effects for all apps of the host.
@@ -207,8 +204,8 @@ impl EffectRunner {
                     if let Some(durable) = &self.durable
                         && let Err(e) = durable.insert(app, &pending_keys).await
                     {
+                        // The effect ran; a redelivery could run it again.
                         tracing::warn!(app, effect = %name, error = %e, "effect record not stored");
-                        report.unrecorded += 1;
                     }
                 }
                 Err(e) => {

@@ -255,6 +255,16 @@ mod tests {
         let p = l.problems(5);
         assert_eq!(p.len(), 3, "{p:?}");
         assert!(p[2].contains("memory_bytes = 10 exceeds the engine's memory slot of 5"));
+        let tables = Limits {
+            table_elements: MAX_TABLE_ELEMENTS + 1,
+            ..Limits::default()
+        };
+        let p = tables.problems(DEFAULT_MEMORY_BYTES);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].contains("exceeds the pool's table slot of 100000"),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -173,3 +173,25 @@ pub fn marker_units(marker: &std::path::Path) -> std::collections::BTreeSet<Stri
         .map(str::to_owned)
         .collect()
 }
+
+/// Poll `cond` every 20 ms for at most `within`; panic with `what` if it never
+/// holds.
+#[macro_export]
+macro_rules! assert_eventually {
+    ($within:expr, $what:expr, $cond:expr) => {{
+        let deadline = Instant::now() + $within;
+        loop {
+            let holds: bool = $cond;
+            if holds {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not within {:?}: {}",
+                $within,
+                $what
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }};
+}

@@ -4,45 +4,11 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::StreamExt as _;
 use weir_host::Host;
 use weir_host::config::Config;
 use weir_host::nats_server::NatsServer;
-use weir_host::stats::AppStatsSnapshot;
-use weir_host::subjects::Subjects;
-use weir_host::transport::Transport;
 
-use crate::nats::server;
-
-/// Poll `cond` every 20 ms for at most `within`; panic with `what` if it never
-/// holds.
-macro_rules! assert_eventually {
-    ($within:expr, $what:expr, $cond:expr) => {{
-        let deadline = Instant::now() + $within;
-        loop {
-            let holds: bool = $cond;
-            if holds {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not within {:?}: {}",
-                $within,
-                $what
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }};
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    crate::common::init_tracing();
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use crate::nats::{app, dead_letters, publisher, rt, server};
 
 /// Node 1 with an echo app (event `test`, any source) and the NS8 mail app.
 fn config(server: &NatsServer, extra: &str) -> Config {
@@ -100,52 +66,6 @@ pub fn mail_app(name: &str, domain: &str) -> String {
         "#,
         mail = weir_test_artifacts::MAIL,
     )
-}
-
-fn app<'a>(stats: &'a [AppStatsSnapshot], name: &str) -> &'a AppStatsSnapshot {
-    stats.iter().find(|s| s.app == name).unwrap()
-}
-
-async fn publisher(server: &NatsServer) -> Transport {
-    let t = Transport::connect(
-        &server.url(),
-        "publisher",
-        Subjects::default(),
-        "WEIR_EVENTS",
-    )
-    .await
-    .unwrap();
-    t.ensure_streams().await.unwrap();
-    t
-}
-
-/// Dead letters stored for `app` on node 1: (reason, original id).
-async fn dead_letters(server: &NatsServer, app: &str, expect: usize) -> Vec<(String, String)> {
-    let client = async_nats::connect(server.url()).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    let stream = js.get_stream("WEIR_DEAD").await.unwrap();
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::Config {
-            filter_subject: format!("weir.dead.1.{app}"),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    let mut msgs = consumer
-        .fetch()
-        .max_messages(expect + 10)
-        .messages()
-        .await
-        .unwrap();
-    while let Some(Ok(m)) = msgs.next().await {
-        let h = m.headers.clone().unwrap();
-        out.push((
-            h.get("Weir-Dead-Reason").unwrap().to_string(),
-            h.get("Weir-Original-Id").unwrap().to_string(),
-        ));
-    }
-    out
 }
 
 #[test]
@@ -239,19 +159,16 @@ fn delivers_filters_and_settles_outcomes() {
         assert_eq!(echo.effects_refused, 1);
         assert_eq!(echo.outcomes["reject"], 1);
 
-        let mut dead = dead_letters(&server, "echo", 2).await;
+        let mut dead = dead_letters(&server, "echo").await;
         dead.sort();
         assert_eq!(dead.len(), 2, "{dead:?}");
         assert!(
-            dead[0].0.contains("malformed JSON payload") && dead[0].1 == "t-malformed",
+            dead[0].reason.contains("malformed JSON payload") && dead[0].id == "t-malformed",
             "{dead:?}"
         );
         assert_eq!(
-            dead[1],
-            (
-                "rejected by handler: no thanks".to_owned(),
-                "t-reject".to_owned()
-            )
+            (dead[1].reason.as_str(), dead[1].id.as_str()),
+            ("rejected by handler: no thanks", "t-reject")
         );
 
         // The HTTP endpoints serve the same counters.
@@ -293,8 +210,11 @@ fn retry_then_dead_letter_after_max_deliver() {
         );
         let s = host.stats();
         assert_eq!(app(&s, "echo").outcomes["retry"], 3);
-        let dead = dead_letters(&server, "echo", 1).await;
-        assert_eq!(dead[0].0, "handler asked for a retry after 3 deliveries");
+        let dead = dead_letters(&server, "echo").await;
+        assert_eq!(
+            dead[0].reason,
+            "handler asked for a retry after 3 deliveries"
+        );
         host.shutdown().await.unwrap();
     });
 }
@@ -335,11 +255,13 @@ fn trapping_batches_are_retried_then_dead_lettered_with_the_error() {
                 t.dead_letters == 1 && t.outcomes["done"] >= 1
             }
         );
-        let dead = dead_letters(&server, "trap", 1).await;
+        let dead = dead_letters(&server, "trap").await;
         assert_eq!(dead.len(), 1, "{dead:?}");
-        assert_eq!(dead[0].1, "poison");
+        assert_eq!(dead[0].id, "poison");
         assert!(
-            dead[0].0.starts_with("failed after 2 deliveries: trap:"),
+            dead[0]
+                .reason
+                .starts_with("failed after 2 deliveries: trap:"),
             "{dead:?}"
         );
         // The poison event failed with its batch-mate once, then alone twice;

@@ -2,7 +2,6 @@
 //! a poison event among healthy ones, a full stream, forged sources and
 //! effects published under another app's name.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -10,30 +9,10 @@ use futures::StreamExt as _;
 use weir_host::config::Config;
 use weir_host::nats_server::NatsServer;
 use weir_host::stats::AppStatsSnapshot;
-use weir_host::subjects::Subjects;
-use weir_host::transport::Transport;
 use weir_host::{Host, Limits};
 
 use crate::common::{deploy, directive, heavy};
-use crate::nats::server;
-
-fn rt() -> tokio::runtime::Runtime {
-    crate::common::init_tracing();
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// Poll `cond` every 20 ms for at most `within`.
-async fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use crate::nats::{app, dead_letters, publisher, rt, server};
 
 fn host_config(server: &NatsServer, nats_extra: &str, apps: &str) -> Config {
     let text = format!(
@@ -45,50 +24,8 @@ fn host_config(server: &NatsServer, nats_extra: &str, apps: &str) -> Config {
     config
 }
 
-fn stats(host: &Host, app: &str) -> AppStatsSnapshot {
-    host.stats().into_iter().find(|s| s.app == app).unwrap()
-}
-
-async fn publisher(server: &NatsServer) -> Transport {
-    Transport::connect(
-        &server.url(),
-        "publisher",
-        Subjects::default(),
-        "WEIR_EVENTS",
-    )
-    .await
-    .unwrap()
-}
-
-/// Headers of every dead letter of `app` on node 1.
-async fn dead_letters(server: &NatsServer, app: &str) -> Vec<BTreeMap<String, String>> {
-    let client = async_nats::connect(server.url()).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    let stream = js.get_stream("WEIR_DEAD").await.unwrap();
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::Config {
-            filter_subject: format!("weir.dead.1.{app}"),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut msgs = consumer
-        .fetch()
-        .max_messages(100)
-        .expires(Duration::from_millis(500))
-        .messages()
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    while let Some(Ok(m)) = msgs.next().await {
-        let h = m.headers.clone().unwrap();
-        out.push(
-            h.iter()
-                .map(|(k, v)| (k.to_string(), v[0].to_string()))
-                .collect(),
-        );
-    }
-    out
+fn stats(host: &Host, name: &str) -> AppStatsSnapshot {
+    app(&host.stats(), name).clone()
 }
 
 #[test]
@@ -143,10 +80,9 @@ fn slow_handler_under_its_deadline_is_never_redelivered_and_over_it_is_dead_lett
                 .await
                 .unwrap();
         }
-        eventually(Duration::from_secs(30), "4 slow events done", || {
+        assert_eventually!(Duration::from_secs(30), "4 slow events done", {
             stats(&host, "slow").outcomes["done"] == 4
-        })
-        .await;
+        });
         let s = stats(&host, "slow");
         assert_eq!(s.received, 4, "no redelivery under the deadline: {s:?}");
         assert!(s.traps.is_empty(), "{s:?}");
@@ -155,19 +91,18 @@ fn slow_handler_under_its_deadline_is_never_redelivered_and_over_it_is_dead_lett
         p.publish_event("slow", "cluster", Bytes::from_static(b"spin"), "forever")
             .await
             .unwrap();
-        eventually(
-            Duration::from_secs(60),
+        assert_eventually!(
+            Duration::from_secs(90),
             "spinning event dead-lettered",
-            || stats(&host, "slow").dead_letters == 1,
-        )
-        .await;
+            stats(&host, "slow").dead_letters == 1
+        );
         let s = stats(&host, "slow");
         assert_eq!(s.traps.get("timeout"), Some(&3), "{s:?}");
         let dead = dead_letters(&server, "slow").await;
         assert_eq!(dead.len(), 1, "{dead:?}");
-        assert_eq!(dead[0]["Weir-Attempts"], "3", "{dead:?}");
-        assert_eq!(dead[0]["Weir-Original-Id"], "forever");
-        assert!(dead[0]["Weir-Dead-Reason"].contains("deadline"), "{dead:?}");
+        assert_eq!(dead[0].attempts, "3", "{dead:?}");
+        assert_eq!(dead[0].id, "forever");
+        assert!(dead[0].reason.contains("deadline"), "{dead:?}");
         host.shutdown().await.unwrap();
     });
 }
@@ -206,18 +141,17 @@ fn poison_event_is_dead_lettered_after_exactly_max_deliver_while_others_flow() {
             .await
             .unwrap();
         }
-        eventually(Duration::from_secs(30), "poison dead-lettered", || {
+        assert_eventually!(Duration::from_secs(30), "poison dead-lettered", {
             stats(&host, "trap").dead_letters == 1
-        })
-        .await;
+        });
         let s = stats(&host, "trap");
         assert_eq!(s.outcomes["done"], 200, "healthy events all done: {s:?}");
         let dead = dead_letters(&server, "trap").await;
         assert_eq!(dead.len(), 1, "{dead:?}");
-        assert_eq!(dead[0]["Weir-Original-Id"], "poison");
-        assert_eq!(dead[0]["Weir-Attempts"], "4", "{dead:?}");
+        assert_eq!(dead[0].id, "poison");
+        assert_eq!(dead[0].attempts, "4", "{dead:?}");
         assert!(
-            dead[0]["Weir-Dead-Reason"].starts_with("failed after 4 deliveries"),
+            dead[0].reason.starts_with("failed after 4 deliveries"),
             "{dead:?}"
         );
         host.shutdown().await.unwrap();
@@ -254,12 +188,11 @@ fn full_stream_refuses_publishes_and_loses_nothing_acknowledged() {
             "{refused:?}"
         );
         let expected: std::collections::BTreeSet<String> = acknowledged.into_iter().collect();
-        eventually(
+        assert_eventually!(
             Duration::from_secs(30),
             "every acknowledged event handled",
-            || crate::common::marker_units(&marker) == expected,
-        )
-        .await;
+            crate::common::marker_units(&marker) == expected
+        );
         host.shutdown().await.unwrap();
     });
 }
@@ -320,17 +253,48 @@ fn published_effects_carry_the_apps_own_source_and_forgeries_are_skipped() {
             msg.subject.as_str(),
             "weir.events.user-domain-changed.module.echo"
         );
-        eventually(
-            Duration::from_secs(20),
-            "forgery skipped and counted",
-            || {
-                let m = stats(&host, "mail1");
-                m.skipped_source == 1 && stats(&host, "echo").effects_refused == 1
-            },
-        )
-        .await;
+        assert_eventually!(Duration::from_secs(20), "forgery skipped and counted", {
+            let m = stats(&host, "mail1");
+            m.skipped_source == 1 && stats(&host, "echo").effects_refused == 1
+        });
         let m = stats(&host, "mail1");
         assert_eq!((m.invoked_events, m.skipped), (0, 1), "{m:?}");
+        host.shutdown().await.unwrap();
+    });
+}
+
+#[test]
+fn oversized_event_id_is_dead_lettered_with_the_reason() {
+    let _heavy = heavy();
+    let (server, _dir) = server();
+    let apps = format!(
+        "[[app]]\nname = \"echo\"\ncomponent = \"{}\"\n[[app.rule]]\nevent = \"test\"\n",
+        weir_test_artifacts::ECHO
+    );
+    rt().block_on(async {
+        let host = Host::start(host_config(&server, "", &apps)).await.unwrap();
+        let p = publisher(&server).await;
+        let long_id = "x".repeat(weir_host::envelope::MAX_EVENT_ID_BYTES + 1);
+        p.publish_event("test", "cluster", Bytes::from_static(b"hi"), &long_id)
+            .await
+            .unwrap();
+        p.publish_event("test", "cluster", Bytes::from_static(b"hi"), "short")
+            .await
+            .unwrap();
+        assert_eventually!(
+            Duration::from_secs(20),
+            "long id dead-lettered, short done",
+            {
+                let s = stats(&host, "echo");
+                s.dead_letters == 1 && s.outcomes["done"] == 1
+            }
+        );
+        let dead = dead_letters(&server, "echo").await;
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!(
+            dead[0].reason,
+            "event id of 257 bytes exceeds the cap of 256 bytes"
+        );
         host.shutdown().await.unwrap();
     });
 }

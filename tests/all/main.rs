@@ -8,10 +8,14 @@
 //! - `event_plane`: `weir run` (the `Host`) end to end against a real server;
 //! - `runtime`: deploy, cache, pool and isolation properties;
 //! - `cli`: the `weir` binary (`check`, `invoke`);
-//! - `python`: a componentize-py handler against the same WIT.
+//! - `python`: a componentize-py handler against the same WIT;
+//! - `faults`: slow and poison events, a full stream, forged sources;
+//! - `permissions`: a host on exactly its least-privilege NATS permissions;
+//! - `table_bomb`: a table-growth bomb written in component text.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 mod cli;
+#[macro_use]
 mod common;
 mod components;
 mod corpus;

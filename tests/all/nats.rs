@@ -29,12 +29,80 @@ async fn transport(server: &NatsServer) -> Transport {
     t
 }
 
-fn rt() -> tokio::runtime::Runtime {
+/// A 2-worker runtime with tracing (RUST_LOG) for a server test.
+pub fn rt() -> tokio::runtime::Runtime {
+    crate::common::init_tracing();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// App `name`'s stats in a host's `stats`.
+pub fn app<'a>(
+    stats: &'a [weir_host::stats::AppStatsSnapshot],
+    name: &str,
+) -> &'a weir_host::stats::AppStatsSnapshot {
+    stats.iter().find(|s| s.app == name).unwrap()
+}
+
+/// A producer connection that also creates the streams.
+pub async fn publisher(server: &NatsServer) -> Transport {
+    let t = Transport::connect(
+        &server.url(),
+        "publisher",
+        Subjects::default(),
+        "WEIR_EVENTS",
+    )
+    .await
+    .unwrap();
+    t.ensure_streams().await.unwrap();
+    t
+}
+
+/// One stored dead letter (its `Weir-*` headers), ordered by reason.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DeadLetter {
+    /// `Weir-Dead-Reason`.
+    pub reason: String,
+    /// `Weir-Original-Id`.
+    pub id: String,
+    /// `Weir-Attempts`.
+    pub attempts: String,
+}
+
+/// Every dead letter stored for `app` on node 1.
+pub async fn dead_letters(server: &NatsServer, app: &str) -> Vec<DeadLetter> {
+    use futures::StreamExt as _;
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream("WEIR_DEAD").await.unwrap();
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            filter_subject: format!("weir.dead.1.{app}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut msgs = consumer
+        .fetch()
+        .max_messages(100)
+        .expires(Duration::from_millis(500))
+        .messages()
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while let Some(Ok(m)) = msgs.next().await {
+        let h = m.headers.clone().unwrap();
+        let get = |k: &str| h.get(k).map(ToString::to_string).unwrap_or_default();
+        out.push(DeadLetter {
+            reason: get("Weir-Dead-Reason"),
+            id: get("Weir-Original-Id"),
+            attempts: get("Weir-Attempts"),
+        });
+    }
+    out
 }
 
 #[test]
