@@ -145,6 +145,9 @@ pub struct Transport {
     stream: String,
     dead_stream: String,
     limits: StreamLimits,
+    /// Counts (re)connections: a pull waiting when it changes was lost with
+    /// the old connection and is abandoned at once.
+    connections: tokio::sync::watch::Receiver<u64>,
 }
 
 /// Caps of the events stream when weir creates it (an existing stream keeps
@@ -211,6 +214,16 @@ impl Transport {
         if let Some(prefix) = auth.inbox_prefix {
             options = options.custom_inbox_prefix(prefix);
         }
+        let (connected_tx, connections) = tokio::sync::watch::channel(0u64);
+        let connected_tx = std::sync::Arc::new(connected_tx);
+        options = options.event_callback(move |event| {
+            let tx = connected_tx.clone();
+            async move {
+                if matches!(event, async_nats::Event::Connected) {
+                    tx.send_modify(|n| *n += 1);
+                }
+            }
+        });
         let client = options
             .name(name)
             .retry_on_initial_connect()
@@ -232,6 +245,7 @@ impl Transport {
             stream: stream.to_owned(),
             dead_stream: DEFAULT_DEAD_STREAM.to_owned(),
             limits: StreamLimits::default(),
+            connections,
         })
     }
 
@@ -387,7 +401,11 @@ impl Transport {
             .create_consumer(config)
             .await
             .map_err(|e| js_err("consumer create")(e.to_string()))?;
-        Ok(AppConsumer { consumer, name })
+        Ok(AppConsumer {
+            consumer,
+            name,
+            connections: self.connections.clone(),
+        })
     }
 
     /// Publish event `name` from `source` with `payload` and id `msg_id`;
@@ -491,6 +509,7 @@ impl Transport {
 pub struct AppConsumer {
     consumer: PullConsumer,
     name: String,
+    connections: tokio::sync::watch::Receiver<u64>,
 }
 
 impl AppConsumer {
@@ -571,6 +590,8 @@ impl AppConsumer {
         expires: Duration,
         out: &mut Vec<Inbound>,
     ) -> Result<(), TransportError> {
+        let mut connections = self.connections.clone();
+        connections.mark_unchanged();
         let mut request = self.consumer.batch().max_messages(max).expires(expires);
         if expires > PULL_HEARTBEAT * 2 {
             request = request.heartbeat(PULL_HEARTBEAT);
@@ -579,7 +600,13 @@ impl AppConsumer {
             .messages()
             .await
             .map_err(|e| js_err("pull")(e.to_string()))?;
-        drain(messages, "pull", out).await
+        // A reconnection means the server may have lost this pull request
+        // (e.g. it was killed): stop waiting and pull again at once, keeping
+        // what arrived (unacked events are redelivered if need be).
+        tokio::select! {
+            result = drain(messages, "pull", out) => result,
+            _ = connections.changed() => Ok(()),
+        }
     }
 }
 
