@@ -17,13 +17,15 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 use crate::bindings::{BatchResult, Effect, Event, HandlerPre, Outcome};
 use crate::check::{CheckReport, inspect};
 use crate::domain::DomainSet;
-use crate::engine::{INSTANCES_PER_APP, Runtime};
+use crate::engine::Runtime;
 use crate::error::{DeployError, InvokeError};
 use crate::guest_log::{LogCounts, LogSink, LogWindow};
 use crate::limits::{
     EPOCH_TICK, LONG_BATCH_TICKS, Limits, MAX_REJECT_REASON_BYTES, MAX_TRAP_MESSAGE_BYTES,
 };
-use crate::state::{AppIdentity, HostState, MemoryLimitExceeded, TableLimitExceeded};
+use crate::state::{
+    AppIdentity, DeadlineReached, HostState, MemoryLimitExceeded, TableLimitExceeded,
+};
 
 /// Everything needed to deploy one app on this node.
 #[derive(Debug, Clone)]
@@ -41,7 +43,7 @@ pub struct AppSpec {
     pub limits: Limits,
     /// Grant of the real WASI clocks. Default `false`: the wall clock reads
     /// the Unix epoch and the monotonic clock reads 0, so a handler cannot
-    /// time the host or other apps (see [`crate::state`]).
+    /// time the host or other apps.
     pub clocks: bool,
 }
 
@@ -191,13 +193,13 @@ impl Runtime {
     }
 
     /// Deploy an app from component bytes: validate the spec (every problem
-    /// at once), check the pool has room, load and check the component, and
-    /// prepare it for instantiation.
+    /// at once), load and check the component, and prepare it for
+    /// instantiation. Apps share the runtime's pool slots: deploying reserves
+    /// none, any number of apps may be deployed.
     ///
     /// # Errors
     ///
-    /// [`DeployError::Config`] (limits, domains), [`DeployError::PoolFull`],
-    /// the load errors of [`Runtime::check`], and [`DeployError::Refused`]
+    /// [`DeployError::Config`] (limits, domains), the load errors of [`Runtime::check`], and [`DeployError::Refused`]
     /// with every import or export problem.
     pub fn deploy(&self, spec: AppSpec, bytes: &[u8]) -> Result<App, DeployError> {
         let mut problems: Vec<String> = spec
@@ -230,18 +232,7 @@ impl Runtime {
             .instantiate_pre(&component)
             .and_then(HandlerPre::new)
             .map_err(|e| DeployError::Refused(vec![format!("{e:#}")]))?;
-        let pool = self.inner.config.pool_instances;
-        let apps = self.inner.deployed.fetch_add(1, Ordering::Relaxed) + 1;
-        let needed = apps.saturating_mul(INSTANCES_PER_APP);
-        if needed > pool {
-            self.inner.deployed.fetch_sub(1, Ordering::Relaxed);
-            return Err(DeployError::PoolFull {
-                apps,
-                per_app: INSTANCES_PER_APP,
-                needed,
-                pool,
-            });
-        }
+        self.inner.deployed.fetch_add(1, Ordering::Relaxed);
         let identity = Arc::new(AppIdentity {
             app: spec.name.as_str().into(),
             node_id: spec.node_id,
@@ -315,8 +306,10 @@ impl App {
     }
 
     /// Run the handler on `events` (a `Vec<Event>` or a shared `Arc<[Event]>`,
-    /// which the caller may keep) on a blocking thread, after taking one of
-    /// the runtime's instance permits (waits while all are in use).
+    /// which the caller may keep) on one of the runtime's batch threads
+    /// ([`crate::threads`]), after taking one of its instance permits. While
+    /// all are in use the batch waits; waiting batches get permits in arrival
+    /// order, so no app starves another.
     ///
     /// Cancel safety: dropping the future before it completes gives up the
     /// result, but a call already started runs to completion or to its caps
@@ -345,11 +338,13 @@ impl App {
             }
         };
         let app = self.clone();
-        match tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            app.invoke_blocking(&events)
-        })
-        .await
+        let threads = self.inner.runtime.inner.threads.clone();
+        match threads
+            .run(move || {
+                let _permit = permit;
+                app.invoke_blocking(&events)
+            })
+            .await
         {
             Ok(invocation) => invocation,
             Err(e) => Invocation {
@@ -490,6 +485,11 @@ fn classify_error(e: &wasmtime::Error, state: &HostState, limits: &Limits) -> In
     }
     if e.is::<TableLimitExceeded>() {
         return InvokeError::ResourceLimit("table element limit exceeded".into());
+    }
+    if e.is::<DeadlineReached>() {
+        return InvokeError::Timeout {
+            deadline_ms: limits.deadline_ms,
+        };
     }
     if let Some(trap) = e.downcast_ref::<Trap>() {
         match trap {

@@ -44,7 +44,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::DomainSet;
-use crate::engine::{EngineConfig, INSTANCES_PER_APP};
+use crate::engine::EngineConfig;
 use crate::filter::{Filter, RuleConfig};
 use crate::limits::Limits;
 use crate::subjects::{self, DEFAULT_PREFIX, DEFAULT_STREAM};
@@ -55,10 +55,14 @@ pub const DEFAULT_HTTP_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9101));
 
 /// Default most deliveries of one event before it is dead-lettered: 5.
+/// weir counts them itself (JetStream's own limit is off), so an event is
+/// dead-lettered with the reason even when earlier deliveries were lost to a
+/// kill or a lost ack.
 pub const DEFAULT_MAX_DELIVER: u32 = 5;
 
 /// Default time JetStream waits for an ack before redelivering: 30,000 ms.
-/// Longer than the default batch deadline (2 s) plus effects.
+/// It must exceed two batch deadlines (an event delivered ahead of its batch
+/// waits for the batch before it, then runs in its own), checked at start.
 pub const DEFAULT_ACK_WAIT_MS: u64 = 30_000;
 
 /// Default most unacknowledged events per app consumer: 256 (four default
@@ -135,6 +139,41 @@ pub struct NatsConfig {
     pub stream_max_bytes: i64,
     /// Events stream cap in events when weir creates it; default `-1` (none).
     pub stream_max_msgs: i64,
+    /// Age in seconds after which JetStream removes an event, handled or not,
+    /// when weir creates the stream. Default
+    /// [`crate::transport::DEFAULT_STREAM_MAX_AGE`] (7 days).
+    pub stream_max_age_s: u64,
+    /// Dead-letter stream cap in bytes when weir creates it. Default
+    /// [`crate::transport::DEFAULT_DEAD_MAX_BYTES`] (256 MiB). A full
+    /// dead-letter stream refuses new dead letters; their events stay in the
+    /// events stream and are retried (nothing is lost, `/stats` counts
+    /// `dead_letter_failures`).
+    pub dead_max_bytes: i64,
+    /// Dead-letter stream cap in messages; default `-1` (none).
+    pub dead_max_msgs: i64,
+    /// Age in seconds after which JetStream removes a dead letter. Default
+    /// [`crate::transport::DEFAULT_DEAD_MAX_AGE`] (30 days).
+    pub dead_max_age_s: u64,
+}
+
+impl NatsConfig {
+    /// The events stream's caps.
+    pub fn stream_limits(&self) -> crate::transport::StreamLimits {
+        crate::transport::StreamLimits {
+            max_bytes: self.stream_max_bytes,
+            max_msgs: self.stream_max_msgs,
+            max_age: std::time::Duration::from_secs(self.stream_max_age_s),
+        }
+    }
+
+    /// The dead-letter stream's caps.
+    pub fn dead_letter_limits(&self) -> crate::transport::StreamLimits {
+        crate::transport::StreamLimits {
+            max_bytes: self.dead_max_bytes,
+            max_msgs: self.dead_max_msgs,
+            max_age: std::time::Duration::from_secs(self.dead_max_age_s),
+        }
+    }
 }
 
 impl Default for NatsConfig {
@@ -149,6 +188,10 @@ impl Default for NatsConfig {
             inbox_prefix: None,
             stream_max_bytes: crate::transport::DEFAULT_STREAM_MAX_BYTES,
             stream_max_msgs: -1,
+            stream_max_age_s: crate::transport::DEFAULT_STREAM_MAX_AGE.as_secs(),
+            dead_max_bytes: crate::transport::DEFAULT_DEAD_MAX_BYTES,
+            dead_max_msgs: -1,
+            dead_max_age_s: crate::transport::DEFAULT_DEAD_MAX_AGE.as_secs(),
         }
     }
 }
@@ -225,6 +268,11 @@ pub struct Grants {
 }
 
 /// `[app.delivery]`: the app's consumer settings.
+///
+/// `max_deliver` is enforced by weir, not by JetStream: an event is handed
+/// to the handler at most `max_deliver` times; after a failure on its last
+/// delivery, or when it comes back past it (earlier deliveries consumed by a
+/// kill or a lost ack), it is dead-lettered with the reason and the count.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Delivery {
@@ -348,8 +396,15 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string())
     }
 
-    /// Every problem with this configuration (empty if valid).
+    /// Every problem with this configuration (empty if valid), the memory
+    /// arithmetic checked against this node's memory.
     pub fn problems(&self) -> Vec<String> {
+        self.problems_on(crate::engine::node_memory_bytes())
+    }
+
+    /// [`Config::problems`] for a node with `node_memory` bytes (`None`:
+    /// unknown, not checked).
+    pub fn problems_on(&self, node_memory: Option<u64>) -> Vec<String> {
         let mut p = Vec::new();
         if self.node.name.trim().is_empty() {
             p.push("node.name must not be empty".to_owned());
@@ -379,13 +434,24 @@ impl Config {
         if self.apps.is_empty() {
             p.push("no [[app]]: nothing to run".to_owned());
         }
-        let needed = (self.apps.len() as u32).saturating_mul(INSTANCES_PER_APP);
-        if needed > self.engine.pool_instances {
-            p.push(format!(
-                "{} apps × {INSTANCES_PER_APP} instance(s) each need {needed} pool slots, engine.pool_instances is {}",
-                self.apps.len(),
-                self.engine.pool_instances
-            ));
+        let largest = self
+            .apps
+            .iter()
+            .map(|a| a.limits.memory_bytes)
+            .max()
+            .unwrap_or(0);
+        p.extend(crate::engine::memory_problem(
+            self.engine.pool_instances,
+            largest,
+            node_memory,
+        ));
+        for (name, value) in [
+            ("nats.stream_max_age_s", self.nats.stream_max_age_s),
+            ("nats.dead_max_age_s", self.nats.dead_max_age_s),
+        ] {
+            if value == 0 {
+                p.push(format!("{name} must be greater than 0"));
+            }
         }
         let mut names = HashSet::new();
         for app in &self.apps {
@@ -437,9 +503,9 @@ impl Config {
                     "{a}: delivery.max_ack_pending must be greater than 0"
                 ));
             }
-            if d.ack_wait_ms <= app.limits.deadline_ms {
+            if d.ack_wait_ms <= app.limits.deadline_ms.saturating_mul(2) {
                 p.push(format!(
-                    "{a}: delivery.ack_wait_ms = {} must exceed limits.deadline_ms = {} or every slow batch is redelivered",
+                    "{a}: delivery.ack_wait_ms = {} must exceed twice limits.deadline_ms = {} (an event fetched during a batch waits for it, then runs in its own) or slow batches are redelivered",
                     d.ack_wait_ms, app.limits.deadline_ms
                 ));
             }
@@ -563,7 +629,6 @@ mod tests {
             "node.name must not be empty",
             "nats.prefix",
             "effects.command must contain {unit}",
-            "2 apps × 1 instance(s) each need 2 pool slots, engine.pool_instances is 1",
             "app name \"a.b\" cannot be used in a NATS subject",
             "duplicate app name",
             "does not exist",
@@ -571,7 +636,7 @@ mod tests {
             "domains: invalid domain name \"bad_domain\"",
             "at least one rule is required",
             "\"../etc\" is not a unit name",
-            "delivery.ack_wait_ms = 10 must exceed limits.deadline_ms = 2000",
+            "delivery.ack_wait_ms = 10 must exceed twice limits.deadline_ms = 2000",
             "delivery.max_ack_pending = 1 is below limits.max_batch = 64",
         ];
         for e in expected {
@@ -580,6 +645,30 @@ mod tests {
                 "missing {e:?} in {p:#?}"
             );
         }
+    }
+
+    #[test]
+    fn a_thousand_apps_fit_the_default_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let component = dir.path().join("h.wasm");
+        std::fs::write(&component, b"\0asm").unwrap();
+        let mut text = String::from("[node]\nid = 1\nname = \"n1\"\n");
+        for i in 0..1000 {
+            text.push_str(&format!(
+                "[[app]]\nname = \"t{i:04}\"\ncomponent = \"{}\"\n[[app.rule]]\nevent = [\"t{i:04}-a\", \"t{i:04}-b\", \"t{i:04}-c\"]\n",
+                component.display()
+            ));
+        }
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.engine.pool_instances, 64);
+        // 64 slots × 64 MiB fit a 4 GiB node, whatever the number of apps.
+        assert_eq!(c.problems_on(Some(4 << 30)), Vec::<String>::new());
+        let p = c.problems_on(Some(2 << 30));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].contains("= 4096 MiB of linear memory at most"),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -83,11 +83,19 @@ impl Records {
     }
 }
 
-fn describe(effect: &Effect) -> String {
+/// The effect as its idempotency keys and executors name it:
+/// `restart:<unit>`, `reload:<unit>`, or `publish:<name>:<digest>` where the
+/// digest is the first 16 hex characters of the payload's SHA-256, so two
+/// publishes of one name with different payloads are two effects (both go
+/// out, once each) and identical ones are one.
+pub fn describe(effect: &Effect) -> String {
     match effect {
         Effect::Restart(u) => format!("restart:{u}"),
         Effect::Reload(u) => format!("reload:{u}"),
-        Effect::Publish(m) => format!("publish:{}", m.name),
+        Effect::Publish(m) => {
+            let digest = Sha256::digest(&m.payload);
+            format!("publish:{}:{}", m.name, hex::encode(&digest[..8]))
+        }
     }
 }
 
@@ -254,7 +262,10 @@ impl EffectRunner {
                     .as_ref()
                     .ok_or("no NATS connection for publish effects")?;
                 let source = format!("module/{app}");
-                let id = format!("effect:{app}:{first_event}:{}", m.name);
+                // Deterministic for (app, first event, name, payload): a
+                // redelivered batch republishes under the same id, which the
+                // stream drops within its duplicate window.
+                let id = format!("effect:{app}:{first_event}:{}", describe(effect));
                 return transport
                     .publish_event(&m.name, &source, Bytes::from(m.payload.clone()), &id)
                     .await
@@ -417,6 +428,43 @@ mod tests {
                 )
                 .await;
             assert!(r.failed[0].contains("ran longer than"), "{r:?}");
+        });
+    }
+
+    #[test]
+    fn publishes_with_different_payloads_are_different_effects() {
+        let publish = |payload: &str| {
+            Effect::Publish(crate::bindings::Message {
+                name: "mail-changed".into(),
+                payload: payload.as_bytes().to_vec(),
+            })
+        };
+        let (a, b) = (describe(&publish("a")), describe(&publish("b")));
+        assert_ne!(a, b);
+        assert_eq!(a, describe(&publish("a")));
+        assert!(a.starts_with("publish:mail-changed:"), "{a}");
+        assert_ne!(
+            EffectRunner::key("app", "e1", &a),
+            EffectRunner::key("app", "e1", &b)
+        );
+        // Both run for the same event: neither is taken for a repeat.
+        let runner = EffectRunner::new(EffectsConfig::default(), None);
+        let grants = Grants {
+            publish: vec!["mail-changed".into()],
+            ..Grants::default()
+        };
+        rt().block_on(async {
+            let r = runner
+                .run(
+                    "app",
+                    &grants,
+                    &[publish("a"), publish("b")],
+                    &["e1"],
+                    false,
+                )
+                .await;
+            // No NATS here: both are attempted (and fail), none is "repeated".
+            assert_eq!((r.repeated, r.failed.len()), (0, 2), "{r:?}");
         });
     }
 

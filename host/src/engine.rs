@@ -1,6 +1,12 @@
 //! The process-wide runtime: one wasmtime [`Engine`], one [`Linker`], one epoch
-//! ticker thread, the precompiled-artifact cache and the instance-pool
-//! permits.
+//! ticker thread, the precompiled-artifact cache, the instance-pool permits
+//! and the threads batches run on.
+//!
+//! Pool slots are shared, not reserved per app: any number of apps deploy
+//! into one pool, and a batch waits (in arrival order, so no app starves
+//! another) for a free slot. What must fit is memory: at most
+//! `pool_instances` instances live at once, each capped at its app's
+//! `memory_bytes` ([`memory_problem`]).
 //!
 //! Lifetime: created once per process ([`Runtime::new`]); apps are deployed
 //! into it ([`Runtime::deploy`]); batches run on fresh stores
@@ -20,7 +26,10 @@ use crate::limits::{DEFAULT_MEMORY_BYTES, EPOCH_TICK};
 use crate::state::HostState;
 
 /// Default number of component instances that may be live at once (the
-/// pooling allocator's slots and the invocation permits): 64.
+/// pooling allocator's slots and the invocation permits), shared by all
+/// apps: 64. A 2-core node runs 2 batches at a time; the rest is room for
+/// batches that wait on I/O (a guest blocked in a WASI call until its
+/// deadline) without holding up other apps.
 pub const DEFAULT_POOL_INSTANCES: u32 = 64;
 
 /// Default size of one linear-memory slot in the pool, the most any app may
@@ -54,16 +63,15 @@ pub const POOL_MEMORIES_PER_COMPONENT: u32 = 2;
 /// shim modules each carry a table).
 pub const POOL_TABLES_PER_COMPONENT: u32 = 8;
 
-/// Linear-memory bytes each pool slot keeps resident between instances: 2 MiB.
-/// Resetting them with `memset` instead of `madvise` saves page faults on the
-/// next instantiation; a Rust handler's whole memory (about 1.1 MiB) fits.
+/// Linear-memory bytes each pool slot keeps resident between instances when
+/// the reset can scan for dirty pages (`PAGEMAP_SCAN`, see [`ResetPolicy`]):
+/// 2 MiB. Resetting the pages a guest wrote with `memset` instead of
+/// `madvise` saves page faults on the next instantiation; a Rust handler's
+/// whole memory (about 1.1 MiB) fits.
 pub const POOL_MEMORY_KEEP_RESIDENT_BYTES: usize = 2 << 20;
 
 /// Table bytes each pool slot keeps resident between instances: 64 KiB.
 pub const POOL_TABLE_KEEP_RESIDENT_BYTES: usize = 64 << 10;
-
-/// Instances each app may use at once: 1 (batches of an app run in order).
-pub const INSTANCES_PER_APP: u32 = 1;
 
 /// Process-wide engine settings. Every field has a `DEFAULT_*` constant.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -135,8 +143,10 @@ pub(crate) struct RuntimeInner {
     pub(crate) config: EngineConfig,
     pub(crate) cache: ArtifactCache,
     pub(crate) permits: Arc<tokio::sync::Semaphore>,
+    pub(crate) threads: Arc<crate::threads::BatchThreads>,
     pub(crate) deployed: AtomicU32,
     pooling: bool,
+    reset: ResetPolicy,
 }
 
 /// The process-wide runtime. Cheap to clone (an `Arc`).
@@ -150,6 +160,7 @@ impl std::fmt::Debug for Runtime {
         f.debug_struct("Runtime")
             .field("config", &self.inner.config)
             .field("pooling", &self.inner.pooling)
+            .field("reset", &self.inner.reset)
             .finish_non_exhaustive()
     }
 }
@@ -166,7 +177,57 @@ fn base_config(config: &EngineConfig) -> Config {
     c
 }
 
-fn pooling_config(config: &EngineConfig) -> PoolingAllocationConfig {
+/// How pool slots are reset between instances.
+///
+/// wasmtime 48's `PAGEMAP_SCAN` reset looks only at pages that are present:
+/// a dirty page that was swapped out is neither reset nor decommitted, and
+/// the next instance in the slot could read the previous one's data
+/// (wasmtime pull request #14357, open as of the pinned 48.0.8). That needs
+/// swap. So weir reads `/proc/swaps` at start:
+///
+/// - no active swap area: [`ResetPolicy::Scan`], the scan and
+///   [`POOL_MEMORY_KEEP_RESIDENT_BYTES`] kept resident (no page of the
+///   process can be swapped out);
+/// - swap active, or `/proc/swaps` unreadable: [`ResetPolicy::Decommit`], no
+///   scan and nothing kept resident, so every used page is decommitted with
+///   `madvise`, swapped ones included. (Keeping 2 MiB resident without the
+///   scan means a 2 MiB `memset` per batch, slower still.)
+///
+/// Swap enabled after weir started is not seen: restart weir after adding
+/// swap. Costs on the invoke bench are in the README ("Sandbox freshness").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetPolicy {
+    /// `PAGEMAP_SCAN` for dirty pages, 2 MiB kept resident (no swap).
+    Scan,
+    /// Decommit every used page (swap active or unknown).
+    Decommit,
+}
+
+impl ResetPolicy {
+    /// The policy for a node whose `/proc/swaps` reads `swaps` (`None`:
+    /// unreadable).
+    pub fn for_swaps(swaps: Option<&str>) -> Self {
+        match swaps {
+            // The header line only: no swap area.
+            Some(text) if text.lines().skip(1).all(|l| l.trim().is_empty()) => Self::Scan,
+            _ => Self::Decommit,
+        }
+    }
+
+    /// The policy for this node.
+    pub fn for_this_node() -> Self {
+        Self::for_swaps(std::fs::read_to_string("/proc/swaps").ok().as_deref())
+    }
+
+    fn keep_resident(self) -> usize {
+        match self {
+            Self::Scan => POOL_MEMORY_KEEP_RESIDENT_BYTES,
+            Self::Decommit => 0,
+        }
+    }
+}
+
+fn pooling_config(config: &EngineConfig, reset: ResetPolicy) -> PoolingAllocationConfig {
     let n = config.pool_instances;
     let mut p = PoolingAllocationConfig::default();
     p.total_component_instances(n)
@@ -178,9 +239,12 @@ fn pooling_config(config: &EngineConfig) -> PoolingAllocationConfig {
         .max_tables_per_component(POOL_TABLES_PER_COMPONENT)
         .table_elements(crate::limits::MAX_TABLE_ELEMENTS)
         .max_memory_size(config.max_memory_bytes)
-        .linear_memory_keep_resident(POOL_MEMORY_KEEP_RESIDENT_BYTES)
+        .linear_memory_keep_resident(reset.keep_resident())
         .table_keep_resident(POOL_TABLE_KEEP_RESIDENT_BYTES)
-        .pagemap_scan(wasmtime::Enabled::Auto)
+        .pagemap_scan(match reset {
+            ResetPolicy::Scan => wasmtime::Enabled::Auto,
+            ResetPolicy::Decommit => wasmtime::Enabled::No,
+        })
         .total_stacks(0);
     p
 }
@@ -202,9 +266,12 @@ impl Runtime {
         if !problems.is_empty() {
             return Err(DeployError::Config(problems));
         }
+        let reset = ResetPolicy::for_this_node();
         let (engine, pooling) = if config.pooling {
             let mut c = base_config(&config);
-            c.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(&config)));
+            c.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(
+                &config, reset,
+            )));
             match Engine::new(&c) {
                 Ok(engine) => (engine, true),
                 Err(e) => {
@@ -224,23 +291,31 @@ impl Runtime {
             .map_err(|e| DeployError::Config(vec![format!("failed to link WASI: {e}")]))?;
         crate::bindings::Handler::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| DeployError::Config(vec![format!("failed to link weir:handler: {e}")]))?;
+        crate::state::bound_blocking_waits(&mut linker).map_err(|e| {
+            DeployError::Config(vec![format!(
+                "failed to link the bounded wasi:io/poll: {e}"
+            )])
+        })?;
         let cache = ArtifactCache::new(config.cache_dir.clone())?;
         spawn_epoch_ticker(&engine);
         tracing::info!(
             pool_instances = config.pool_instances,
             pooling,
+            reset = ?reset,
             max_memory_bytes = config.max_memory_bytes,
             "runtime ready"
         );
         Ok(Self {
             inner: Arc::new(RuntimeInner {
                 permits: Arc::new(tokio::sync::Semaphore::new(config.pool_instances as usize)),
+                threads: Arc::default(),
                 engine,
                 linker,
                 cache,
                 config,
                 deployed: AtomicU32::new(0),
                 pooling,
+                reset,
             }),
         })
     }
@@ -266,10 +341,58 @@ impl Runtime {
         self.inner.pooling
     }
 
+    /// How pool slots are reset between instances on this node.
+    pub fn reset_policy(&self) -> ResetPolicy {
+        self.inner.reset
+    }
+
     /// Apps currently deployed.
     pub fn deployed_apps(&self) -> u32 {
         self.inner.deployed.load(Ordering::Relaxed)
     }
+
+    /// Batch threads retired so far because a long batch left them demoted
+    /// and their priority could not be restored (see [`crate::threads`]).
+    pub fn retired_threads(&self) -> u64 {
+        self.inner.threads.retired()
+    }
+}
+
+/// This node's physical memory in bytes (`MemTotal` of `/proc/meminfo`);
+/// `None` where it cannot be read.
+pub fn node_memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// The memory arithmetic of a pool: `pool_instances` live instances, each
+/// of at most `largest_app_memory` bytes of linear memory (the largest
+/// `memory_bytes` of the apps), must fit in `node_memory` bytes. Returns the
+/// problem with the arithmetic, or `None` if it fits (or the node's memory
+/// is unknown).
+pub fn memory_problem(
+    pool_instances: u32,
+    largest_app_memory: usize,
+    node_memory: Option<u64>,
+) -> Option<String> {
+    let node = node_memory?;
+    let need = u64::from(pool_instances).saturating_mul(largest_app_memory as u64);
+    (need > node).then(|| {
+        format!(
+            "engine.pool_instances = {pool_instances} instances × {} MiB (the largest app memory_bytes) = {} MiB of linear memory at most, more than this node's {} MiB (MemTotal): lower engine.pool_instances or the apps' memory_bytes",
+            largest_app_memory >> 20,
+            need >> 20,
+            node >> 20
+        )
+    })
 }
 
 /// Start the thread that advances the engine's epoch every [`EPOCH_TICK`]. It
@@ -321,6 +444,33 @@ mod tests {
         assert_eq!(c.problems().len(), 3, "{:?}", c.problems());
         let err = Runtime::new(c).unwrap_err();
         assert!(matches!(err, DeployError::Config(p) if p.len() == 3));
+    }
+
+    #[test]
+    fn the_dirty_page_scan_is_used_only_without_swap() {
+        let header = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n";
+        assert_eq!(ResetPolicy::for_swaps(Some(header)), ResetPolicy::Scan);
+        let with_swap = format!("{header}/dev/zram0  partition\t4194300\t0\t100\n");
+        assert_eq!(
+            ResetPolicy::for_swaps(Some(&with_swap)),
+            ResetPolicy::Decommit
+        );
+        assert_eq!(ResetPolicy::for_swaps(None), ResetPolicy::Decommit);
+        assert_eq!(ResetPolicy::Decommit.keep_resident(), 0);
+        assert_eq!(ResetPolicy::Scan.keep_resident(), 2 << 20);
+    }
+
+    #[test]
+    fn memory_arithmetic() {
+        let gib = 1u64 << 30;
+        assert_eq!(memory_problem(64, 64 << 20, Some(4 * gib)), None);
+        let p = memory_problem(64, 64 << 20, Some(2 * gib)).unwrap();
+        assert!(
+            p.contains("64 instances × 64 MiB (the largest app memory_bytes) = 4096 MiB of linear memory at most, more than this node's 2048 MiB"),
+            "{p}"
+        );
+        assert_eq!(memory_problem(64, 64 << 20, None), None);
+        assert!(node_memory_bytes().is_some_and(|m| m > 0));
     }
 
     #[test]

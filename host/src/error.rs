@@ -42,21 +42,6 @@ pub enum DeployError {
     /// The app's configuration is invalid. Every problem is listed.
     #[error("invalid app configuration:\n  {}", .0.join("\n  "))]
     Config(Vec<String>),
-    /// The instance pool cannot hold another app.
-    #[error(
-        "instance pool full: {apps} apps × {per_app} instance(s) each would need {needed} slots, \
-         the pool has {pool} (engine pool_instances)"
-    )]
-    PoolFull {
-        /// Apps including the one being deployed.
-        apps: u32,
-        /// Instances each app may use at once.
-        per_app: u32,
-        /// `apps × per_app`.
-        needed: u32,
-        /// Pool size.
-        pool: u32,
-    },
     /// The precompiled-artifact cache failed (I/O, permissions).
     #[error("artifact cache: {0}")]
     Cache(String),

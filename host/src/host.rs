@@ -1,27 +1,36 @@
 //! A running host: `weir run` as a library.
 //!
-//! [`Host::start`] phases, in order (each fails with every problem it can
-//! see):
+//! [`Host::start`] runs these phases in order; `/health` reports the current
+//! one from the first ([`Phase`]):
 //!
-//! 1. NATS: the configured URL, or a private nats-server on loopback (the
-//!    embedded default, stopped with the host);
-//! 2. the runtime and every app deployed (compiled, checked, prepared);
-//! 3. the streams created or verified, one durable consumer per app;
-//! 4. one pipeline task per app, and the HTTP endpoints.
+//! 1. `serve_http`: `/metrics`, `/health`, `/stats` (first, so a host that is
+//!    still starting says so);
+//! 2. `start_nats`: the configured URL, or a private nats-server on loopback
+//!    (the embedded default, stopped with the host);
+//! 3. `deploy_apps`: the runtime and every app (compiled, checked,
+//!    prepared), off the async workers;
+//! 4. `connect` and `set_up_streams`: waits for NATS, creates or verifies the
+//!    streams and the effect records bucket (a conflicting stream fails);
+//! 5. `spawn_pipelines`: one durable consumer and one pipeline task per app.
 //!
-//! [`Host::shutdown`] stops intake, lets in-flight batches finish within
-//! [`DRAIN_TIMEOUT`], flushes acks and stops the private server.
+//! Every phase may be abandoned by dropping the future (a signal during
+//! start): what it holds is released on drop (the private server is
+//! stopped). [`Host::shutdown`] stops intake, lets in-flight batches finish
+//! within [`DRAIN_TIMEOUT`], then flushes and closes NATS within
+//! [`NATS_CLOSE_TIMEOUT`] each, so it ends within
+//! `DRAIN_TIMEOUT` + [`SHUTDOWN_SLACK`] even when NATS is gone.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::app::AppSpec;
-use crate::config::Config;
+use crate::app::{App, AppSpec};
+use crate::config::{AppConfig, Config};
 use crate::domain::DomainSet;
 use crate::effects::EffectRunner;
 use crate::engine::Runtime;
@@ -31,7 +40,7 @@ use crate::nats_server::NatsServer;
 use crate::pipeline::AppPipeline;
 use crate::stats::{AppStats, AppStatsSnapshot, prometheus};
 use crate::subjects::Subjects;
-use crate::transport::{ConnectAuth, StreamLimits, Transport};
+use crate::transport::{ConnectAuth, EffectRecords, Transport, TransportError};
 
 /// Pause between attempts to set up streams at start: 1 s.
 pub const SETUP_RETRY: Duration = Duration::from_secs(1);
@@ -41,7 +50,99 @@ pub const SETUP_RETRY: Duration = Duration::from_secs(1);
 /// redelivered after their ack wait.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Longest wait for each of flushing and closing the NATS connection at
+/// shutdown: 2 s (both wait forever on a connection whose server is gone).
+pub const NATS_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Longest wait for the HTTP server to stop at shutdown: 1 s.
+pub const HTTP_STOP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What [`Host::shutdown`] may take beyond [`DRAIN_TIMEOUT`]: 5 s (flush and
+/// close, the HTTP server, the private nats-server's own stop grace).
+pub const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
+
 type AppCounters = Arc<Vec<(String, Arc<AppStats>)>>;
+
+/// Where a host is in its life, as `/health` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Starting NATS (the private server) or the runtime.
+    Starting = 0,
+    /// Compiling, checking and preparing the apps.
+    Deploying = 1,
+    /// Waiting for NATS, setting up streams and consumers.
+    Connecting = 2,
+    /// Consuming events.
+    Running = 3,
+    /// Shutting down: intake stopped, in-flight batches finishing.
+    Draining = 4,
+}
+
+impl Phase {
+    /// The word `/health` answers with.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Deploying => "deploying",
+            Self::Connecting => "connecting",
+            Self::Running => "running",
+            Self::Draining => "draining",
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::Starting,
+            1 => Self::Deploying,
+            2 => Self::Connecting,
+            3 => Self::Running,
+            _ => Self::Draining,
+        }
+    }
+}
+
+/// What `/health` reads: the phase and, once connected, the NATS state.
+#[derive(Debug, Default)]
+struct Health {
+    phase: AtomicU8,
+    transport: OnceLock<Transport>,
+}
+
+impl Health {
+    fn set(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Relaxed);
+        tracing::debug!(phase = phase.label(), "phase");
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Relaxed))
+    }
+
+    /// HTTP status and body: 200 only while running with NATS connected.
+    fn answer(&self) -> (u16, String) {
+        match self.phase() {
+            Phase::Running if self.transport.get().is_some_and(Transport::is_connected) => {
+                (200, "ok: running\n".to_owned())
+            }
+            Phase::Running => (503, "unavailable: running, NATS disconnected\n".to_owned()),
+            other => (503, format!("unavailable: {}\n", other.label())),
+        }
+    }
+}
+
+/// Aborts a task when dropped (the HTTP server of a start that failed or was
+/// abandoned).
+#[derive(Debug)]
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
 
 /// A running host.
 #[derive(Debug)]
@@ -50,168 +151,64 @@ pub struct Host {
     nats_url: String,
     http_addr: Option<SocketAddr>,
     stats: AppCounters,
+    health: Arc<Health>,
     transport: Transport,
+    runtime: Runtime,
     shutdown: watch::Sender<bool>,
     workers: JoinSet<()>,
-    http: Option<tokio::task::JoinHandle<()>>,
+    http: AbortOnDrop,
     embedded: Option<NatsServer>,
 }
 
 impl Host {
     /// Start everything `config` describes (see module docs).
     ///
+    /// Cancel safety: dropping the future abandons the start and releases
+    /// what it holds (the HTTP listener, the private nats-server, the NATS
+    /// connection); a compile already running finishes on its thread.
+    ///
     /// # Errors
     ///
     /// The first phase that fails, with every problem of that phase: the
-    /// private server cannot start (with the install hint), an app cannot be
-    /// deployed, a stream conflicts, a consumer is refused, the HTTP address
-    /// is taken.
+    /// HTTP address is taken, the private server cannot start (with the
+    /// install hint), an app cannot be deployed, a stream conflicts, a
+    /// consumer is refused.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
-        let (embedded, nats_url) = match &config.nats.url {
-            Some(url) => (None, url.clone()),
-            None => {
-                let dir = config
-                    .nats
-                    .state_dir
-                    .clone()
-                    .unwrap_or_else(|| std::env::temp_dir().join("weir-nats"));
-                let server = tokio::task::spawn_blocking(move || NatsServer::start(&dir))
-                    .await
-                    .context("failed to start the private nats-server")??;
-                let url = server.url();
-                tracing::info!(url = %url, "no nats.url configured: using a private nats-server (embedded default)");
-                (Some(server), url)
-            }
-        };
-
-        let runtime = Runtime::new(config.engine.clone())?;
-        let mut deployed = Vec::new();
-        let mut problems = Vec::new();
-        for app in &config.apps {
-            let mut spec = AppSpec::new(&app.name, config.node.id, &config.node.name);
-            spec.domains = app.domains.clone();
-            spec.limits = app.limits.clone();
-            spec.clocks = app.grants.clocks;
-            match runtime.deploy_file(spec, &app.component) {
-                Ok(a) => deployed.push((app, a)),
-                Err(e) => problems.push(format!("app {}: {e}", app.name)),
-            }
-        }
-        anyhow::ensure!(
-            problems.is_empty(),
-            "cannot deploy:\n  {}",
-            problems.join("\n  ")
+        let config = Arc::new(config);
+        let health = Arc::new(Health::default());
+        let stats: AppCounters = Arc::new(
+            config
+                .apps
+                .iter()
+                .map(|a| (a.name.clone(), Arc::new(AppStats::default())))
+                .collect(),
         );
-
-        let subjects = Subjects::new(&config.nats.prefix)?;
-        let client_name = format!("weir-node{}", config.node.id);
-        let auth =
-            ConnectAuth {
-                user_password: config
-                    .nats
-                    .user
-                    .clone()
-                    .map(|u| (u, config.nats.password.clone().unwrap_or_default())),
-                // A per-node inbox, so least-privilege permissions can keep
-                // hosts from reading each other's replies.
-                inbox_prefix: Some(
-                    config.nats.inbox_prefix.clone().unwrap_or_else(|| {
-                        crate::permissions::default_inbox_prefix(config.node.id)
-                    }),
-                ),
-            };
-        let transport =
-            Transport::connect_with(&nats_url, &client_name, subjects, &config.nats.stream, auth)
-                .await?
-                .with_stream_limits(StreamLimits {
-                    max_bytes: config.nats.stream_max_bytes,
-                    max_msgs: config.nats.stream_max_msgs,
-                });
-        // NATS may be down at start: wait for it, then set up; a setup error
-        // other than a conflicting stream is retried (the connection can drop
-        // again in between).
-        let records = loop {
-            transport.wait_connected().await;
-            let setup = async {
-                transport.ensure_streams().await?;
-                transport.effect_records(config.node.id).await
-            };
-            match setup.await {
-                Ok(records) => break records,
-                Err(e @ crate::transport::TransportError::StreamConflict { .. }) => {
-                    return Err(e.into());
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "stream setup failed; retrying");
-                    tokio::time::sleep(SETUP_RETRY).await;
-                }
-            }
-        };
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (http, http_addr) =
+            serve_http(&config, stats.clone(), health.clone(), shutdown_rx.clone()).await?;
+        let (embedded, nats_url) = start_nats(&config).await?;
+        health.set(Phase::Deploying);
+        let (runtime, apps) = deploy_apps(config.clone()).await?;
+        health.set(Phase::Connecting);
+        let transport = connect(&config, &nats_url).await?;
+        let _ = health.transport.set(transport.clone());
+        let records = set_up_streams(&transport, config.node.id).await?;
         let effects = Arc::new(
             EffectRunner::new(config.effects.clone(), Some(transport.clone()))
                 .with_durable_records(records),
         );
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let mut workers = JoinSet::new();
-        let mut counters = Vec::new();
-        for (app_config, app) in deployed {
-            let domains =
-                DomainSet::new(&app_config.domains).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            let filter = Filter::new(&app_config.rule, config.node.id, domains)
-                .map_err(|p| anyhow::anyhow!("app {}: {}", app_config.name, p.join("; ")))?;
-            let consumer = transport
-                .consumer(
-                    config.node.id,
-                    &app_config.name,
-                    &filter.event_names(),
-                    &app_config.delivery,
-                )
-                .await?;
-            let stats = Arc::new(AppStats::default());
-            counters.push((app_config.name.clone(), stats.clone()));
-            tracing::info!(app = %app_config.name, consumer = %consumer.name(), events = ?filter.event_names(), "app consuming");
-            let pipeline = AppPipeline {
-                app,
-                filter,
-                consumer,
-                transport: transport.clone(),
-                effects: effects.clone(),
-                grants: app_config.grants.clone(),
-                delivery: app_config.delivery.clone(),
-                node: config.node.id,
-                max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
-                stats,
-            };
-            workers.spawn(pipeline.run(shutdown_rx.clone()));
-        }
-        let stats: AppCounters = Arc::new(counters);
-        let (http, http_addr) = if config.http.enabled {
-            let listener = tokio::net::TcpListener::bind(config.http.listen)
-                .await
-                .with_context(|| format!("failed to listen on {}", config.http.listen))?;
-            let addr = listener.local_addr()?;
-            let router = http_router(config.node.id, stats.clone());
-            let mut stop = shutdown_rx.clone();
-            let task = tokio::spawn(async move {
-                let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                });
-                if let Err(e) = serve.await {
-                    tracing::warn!(error = %e, "HTTP server stopped");
-                }
-            });
-            tracing::info!(addr = %addr, "serving /metrics, /health, /stats");
-            (Some(task), Some(addr))
-        } else {
-            (None, None)
-        };
+        let workers =
+            spawn_pipelines(&config, apps, &stats, &transport, &effects, &shutdown_rx).await?;
+        health.set(Phase::Running);
         tracing::info!(node = config.node.id, apps = stats.len(), "weir running");
         Ok(Self {
             node: config.node.id,
             nats_url,
             http_addr,
             stats,
+            health,
             transport,
+            runtime,
             shutdown,
             workers,
             http,
@@ -242,27 +239,52 @@ impl Host {
         self.node
     }
 
+    /// The current phase (see [`Phase`]).
+    pub fn phase(&self) -> Phase {
+        self.health.phase()
+    }
+
+    /// The runtime the apps run in.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
     /// Stop intake, drain in-flight batches (at most [`DRAIN_TIMEOUT`]), flush
-    /// acks, stop the HTTP server and the private nats-server.
+    /// and close NATS (at most [`NATS_CLOSE_TIMEOUT`] each), stop the HTTP
+    /// server and the private nats-server. Ends within `DRAIN_TIMEOUT` +
+    /// [`SHUTDOWN_SLACK`], NATS reachable or not.
     ///
     /// # Errors
     ///
-    /// If the drain timed out (events will be redelivered).
+    /// If the drain timed out (unfinished events will be redelivered).
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         tracing::info!("shutting down: draining in-flight batches");
+        self.health.set(Phase::Draining);
         let _ = self.shutdown.send(true);
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
             while self.workers.join_next().await.is_some() {}
         })
         .await;
-        if let Err(e) = self.transport.flush().await {
-            tracing::warn!(error = %e, "flush at shutdown failed");
+        if drained.is_err() {
+            self.workers.abort_all();
         }
-        if let Some(http) = self.http.take() {
-            let _ = http.await;
+        match tokio::time::timeout(NATS_CLOSE_TIMEOUT, self.transport.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "flush at shutdown failed"),
+            Err(_) => tracing::warn!(
+                "flush at shutdown timed out (NATS unreachable): unsent acks are redelivered later"
+            ),
         }
-        if let Err(e) = self.transport.close().await {
-            tracing::debug!(error = %e, "closing the NATS connection");
+        if let Some(http) = self.http.0.take()
+            && tokio::time::timeout(HTTP_STOP_TIMEOUT, http).await.is_err()
+        {
+            tracing::debug!("HTTP server did not stop in time");
+        }
+        if tokio::time::timeout(NATS_CLOSE_TIMEOUT, self.transport.close())
+            .await
+            .is_err()
+        {
+            tracing::debug!("closing the NATS connection timed out");
         }
         if let Some(server) = self.embedded.take() {
             tokio::task::spawn_blocking(move || drop(server)).await.ok();
@@ -272,23 +294,203 @@ impl Host {
                 tracing::info!("shutdown complete");
                 Ok(())
             }
-            Err(_) => {
-                self.workers.abort_all();
-                anyhow::bail!(
-                    "drain timed out after {DRAIN_TIMEOUT:?}; unfinished events will be redelivered"
-                )
+            Err(_) => anyhow::bail!(
+                "drain timed out after {DRAIN_TIMEOUT:?}; unfinished events will be redelivered"
+            ),
+        }
+    }
+}
+
+/// Phase 1: bind and serve the HTTP endpoints (if enabled).
+async fn serve_http(
+    config: &Config,
+    stats: AppCounters,
+    health: Arc<Health>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<(AbortOnDrop, Option<SocketAddr>)> {
+    if !config.http.enabled {
+        return Ok((AbortOnDrop(None), None));
+    }
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", config.http.listen))?;
+    let addr = listener.local_addr()?;
+    let router = http_router(config.node.id, stats, health);
+    let task = tokio::spawn(async move {
+        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+        if let Err(e) = serve.await {
+            tracing::warn!(error = %e, "HTTP server stopped");
+        }
+    });
+    tracing::info!(addr = %addr, "serving /metrics, /health, /stats");
+    Ok((AbortOnDrop(Some(task)), Some(addr)))
+}
+
+/// Phase 2: the configured NATS URL, or a private nats-server.
+async fn start_nats(config: &Config) -> anyhow::Result<(Option<NatsServer>, String)> {
+    if let Some(url) = &config.nats.url {
+        return Ok((None, url.clone()));
+    }
+    let dir = config
+        .nats
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("weir-nats"));
+    let server = tokio::task::spawn_blocking(move || NatsServer::start(&dir))
+        .await
+        .context("failed to start the private nats-server")??;
+    let url = server.url();
+    tracing::info!(url = %url, "no nats.url configured: using a private nats-server (embedded default)");
+    Ok((Some(server), url))
+}
+
+/// Phase 3: the runtime and every app, on a blocking thread (compiling is
+/// CPU work; the async workers keep serving `/health` and signals).
+async fn deploy_apps(config: Arc<Config>) -> anyhow::Result<(Runtime, Vec<App>)> {
+    tokio::task::spawn_blocking(move || {
+        let runtime = Runtime::new(config.engine.clone())?;
+        let mut deployed = Vec::with_capacity(config.apps.len());
+        let mut problems = Vec::new();
+        for app in &config.apps {
+            let mut spec = AppSpec::new(&app.name, config.node.id, &config.node.name);
+            spec.domains = app.domains.clone();
+            spec.limits = app.limits.clone();
+            spec.clocks = app.grants.clocks;
+            match runtime.deploy_file(spec, &app.component) {
+                Ok(a) => deployed.push(a),
+                Err(e) => problems.push(format!("app {}: {e}", app.name)),
+            }
+        }
+        anyhow::ensure!(
+            problems.is_empty(),
+            "cannot deploy:\n  {}",
+            problems.join("\n  ")
+        );
+        Ok((runtime, deployed))
+    })
+    .await
+    .context("deploy thread failed")?
+}
+
+/// Phase 4a: the NATS connection (an unreachable server is retried in the
+/// background).
+async fn connect(config: &Config, url: &str) -> anyhow::Result<Transport> {
+    let subjects = Subjects::new(&config.nats.prefix)?;
+    let client_name = format!("weir-node{}", config.node.id);
+    let auth = ConnectAuth {
+        user_password: config
+            .nats
+            .user
+            .clone()
+            .map(|u| (u, config.nats.password.clone().unwrap_or_default())),
+        // A per-node inbox, so least-privilege permissions can keep hosts
+        // from reading each other's replies.
+        inbox_prefix: Some(
+            config
+                .nats
+                .inbox_prefix
+                .clone()
+                .unwrap_or_else(|| crate::permissions::default_inbox_prefix(config.node.id)),
+        ),
+    };
+    Ok(
+        Transport::connect_with(url, &client_name, subjects, &config.nats.stream, auth)
+            .await?
+            .with_stream_limits(config.nats.stream_limits())
+            .with_dead_letter_limits(config.nats.dead_letter_limits()),
+    )
+}
+
+/// Phase 4b: wait for NATS, then create or verify the streams and the
+/// effect records bucket. A setup error other than a conflicting stream is
+/// retried (the connection can drop again in between).
+async fn set_up_streams(transport: &Transport, node: u32) -> anyhow::Result<EffectRecords> {
+    loop {
+        transport.wait_connected().await;
+        let setup = async {
+            transport.ensure_streams().await?;
+            transport.effect_records(node).await
+        };
+        match setup.await {
+            Ok(records) => return Ok(records),
+            Err(e @ TransportError::StreamConflict { .. }) => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, "stream setup failed; retrying");
+                tokio::time::sleep(SETUP_RETRY).await;
             }
         }
     }
 }
 
-fn http_router(node: u32, stats: AppCounters) -> axum::Router {
+/// Phase 5: one durable consumer and one pipeline task per app.
+async fn spawn_pipelines(
+    config: &Config,
+    apps: Vec<App>,
+    stats: &AppCounters,
+    transport: &Transport,
+    effects: &Arc<EffectRunner>,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<JoinSet<()>> {
+    let mut workers = JoinSet::new();
+    for ((app_config, app), (_, app_stats)) in config.apps.iter().zip(apps).zip(stats.iter()) {
+        let filter = app_filter(config, app_config)?;
+        let consumer = transport
+            .consumer(
+                config.node.id,
+                &app_config.name,
+                &filter.event_names(),
+                &app_config.delivery,
+            )
+            .await?;
+        tracing::debug!(app = %app_config.name, consumer = %consumer.name(), events = ?filter.event_names(), "app consuming");
+        let pipeline = AppPipeline {
+            app,
+            filter,
+            consumer,
+            transport: transport.clone(),
+            effects: effects.clone(),
+            grants: app_config.grants.clone(),
+            delivery: app_config.delivery.clone(),
+            node: config.node.id,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            stats: app_stats.clone(),
+        };
+        workers.spawn(pipeline.run(shutdown.clone()));
+    }
+    tracing::info!(apps = workers.len(), "apps consuming");
+    Ok(workers)
+}
+
+fn app_filter(config: &Config, app: &AppConfig) -> anyhow::Result<Filter> {
+    let domains = DomainSet::new(&app.domains).map_err(|e| {
+        let e: Vec<String> = e.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("app {}: domains: {}", app.name, e.join("; "))
+    })?;
+    Filter::new(&app.rule, config.node.id, domains)
+        .map_err(|p| anyhow::anyhow!("app {}: {}", app.name, p.join("; ")))
+}
+
+fn http_router(node: u32, stats: AppCounters, health: Arc<Health>) -> axum::Router {
+    use axum::http::StatusCode;
     use axum::routing::get;
     let snapshots =
         |stats: &AppCounters| stats.iter().map(|(n, s)| s.snapshot(n)).collect::<Vec<_>>();
     let for_stats = stats.clone();
     axum::Router::new()
-        .route("/health", get(|| async { "ok\n" }))
+        .route(
+            "/health",
+            get(move || {
+                let (code, body) = health.answer();
+                async move {
+                    (
+                        StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                        body,
+                    )
+                }
+            }),
+        )
         .route(
             "/stats",
             get(move || {
@@ -303,4 +505,34 @@ fn http_router(node: u32, stats: AppCounters) -> axum::Router {
                 async move { ([("content-type", "text/plain; version=0.0.4")], body) }
             }),
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_is_ok_only_while_running() {
+        let h = Health::default();
+        assert_eq!(h.answer(), (503, "unavailable: starting\n".to_owned()));
+        h.set(Phase::Deploying);
+        assert_eq!(h.answer().0, 503);
+        h.set(Phase::Running);
+        // Running, but no NATS connection yet.
+        assert_eq!(
+            h.answer(),
+            (503, "unavailable: running, NATS disconnected\n".to_owned())
+        );
+        h.set(Phase::Draining);
+        assert_eq!(h.answer(), (503, "unavailable: draining\n".to_owned()));
+        for p in [
+            Phase::Starting,
+            Phase::Deploying,
+            Phase::Connecting,
+            Phase::Running,
+            Phase::Draining,
+        ] {
+            assert_eq!(Phase::from_u8(p as u8), p);
+        }
+    }
 }

@@ -11,6 +11,7 @@
 //!
 //! - [`engine`]: [`Runtime`], the process-wide engine, linker, epoch ticker
 //!   and instance pool ([`EngineConfig`]);
+//! - [`threads`]: the OS threads batches run on (a demoted one is retired);
 //! - [`app`]: [`Runtime::deploy`] and [`App::invoke`], one fresh store and
 //!   instance per batch, typed [`InvokeError`]s;
 //! - [`limits`]: every per-app cap with its default ([`Limits`]);
@@ -74,6 +75,7 @@ mod priority;
 mod state;
 pub mod stats;
 pub mod subjects;
+pub mod threads;
 pub mod transport;
 
 pub use app::{App, AppSpec, Handled, Invocation, InvokeStats};

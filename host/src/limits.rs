@@ -101,7 +101,7 @@ pub const LONG_BATCH_TICKS: u64 = 2;
 pub const LONG_BATCH_NICE: i32 = 10;
 
 /// Per-app caps on one batch's sandbox. Construct with [`Limits::default`]
-/// and override fields as needed; [`Limits::validate`] reports nonsensical
+/// and override fields as needed; [`Limits::problems`] reports nonsensical
 /// values.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]

@@ -44,7 +44,9 @@ enum Command {
     Invoke(InvokeArgs),
     /// Run the host: consume events from NATS JetStream and run each app's
     /// handler (see weir.toml). Without `nats.url`, starts a private
-    /// nats-server. SIGTERM or SIGINT drains in-flight batches and exits 0.
+    /// nats-server. SIGTERM or SIGINT drains in-flight batches and exits 0
+    /// within 15 s, NATS reachable or not; a second signal exits at once
+    /// (130).
     Run {
         /// The configuration file.
         #[arg(long, default_value = "weir.toml")]
@@ -349,16 +351,37 @@ fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+/// Exit code after a second SIGTERM or SIGINT: 130 (as a shell reports an
+/// interrupted program). The first signal drains; the second exits at once
+/// (unacknowledged events are redelivered later, none is lost).
+const SECOND_SIGNAL_EXIT: i32 = 130;
+
+/// Longest the tokio runtime waits for its blocking threads (a compile in
+/// progress, a stop of the private server) after `weir run` is done: 2 s.
+const RUNTIME_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// SIGTERM and SIGINT, as one stream of signal names.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    /// The next SIGTERM or SIGINT.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }
 
 fn permissions(path: PathBuf, user: &str, password: &str) -> anyhow::Result<ExitCode> {
@@ -370,12 +393,30 @@ fn permissions(path: PathBuf, user: &str, password: &str) -> anyhow::Result<Exit
 
 fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     let config = weir_host::config::Config::load(&path)?;
-    tokio_runtime()?.block_on(async {
-        let host = weir_host::Host::start(config).await?;
-        shutdown_signal().await?;
+    let rt = tokio_runtime()?;
+    let result = rt.block_on(async {
+        let mut signals = Signals::new()?;
+        // A signal in any start phase (private server, deploy, waiting for
+        // NATS, stream setup) abandons the start: what it holds is dropped.
+        let host = tokio::select! {
+            host = weir_host::Host::start(config) => host?,
+            signal = signals.next() => {
+                tracing::info!(signal, "stopping during start");
+                return Ok(ExitCode::SUCCESS);
+            }
+        };
+        let signal = signals.next().await;
+        tracing::info!(signal, "draining (a second signal exits at once)");
+        tokio::spawn(async move {
+            let signal = signals.next().await;
+            tracing::warn!(signal, "second signal: exiting at once");
+            std::process::exit(SECOND_SIGNAL_EXIT);
+        });
         host.shutdown().await?;
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    rt.shutdown_timeout(RUNTIME_STOP_TIMEOUT);
+    result
 }
 
 fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {

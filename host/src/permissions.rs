@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | publish | `$JS.API.STREAM.INFO.WEIR_EVENTS`, `…INFO.WEIR_DEAD`, `…INFO.KV_WEIR_EFFECTS` | verify the streams and the effect-records bucket exist |
 //! | publish | `$JS.API.CONSUMER.CREATE.WEIR_EVENTS.weir_N_A` (and `.>`) | create or update the app's own consumer |
-//! | publish | `$JS.API.CONSUMER.INFO.WEIR_EVENTS.weir_N_A` | consumer lag |
+//! | publish | `$JS.API.CONSUMER.INFO.WEIR_EVENTS.weir_N_A` | the pull stream checks its consumer after a reconnection |
 //! | publish | `$JS.API.CONSUMER.MSG.NEXT.WEIR_EVENTS.weir_N_A` | pull batches |
 //! | publish | `$JS.ACK.WEIR_EVENTS.weir_N_A.>` | ack / nak / term |
 //! | publish | `weir.dead.N.A` | dead letters |

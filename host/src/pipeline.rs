@@ -1,25 +1,36 @@
-//! One app's event pipeline on this node:
+//! One app's event pipeline on this node, stage by stage:
 //!
 //! ```text
-//! durable pull consumer weir_<node>_<app>     (fetch ≤ max_batch, linger)
-//!   -> decode + normalise envelope          (bad subject / malformed / oversized: dead letter + term)
-//!   -> pre-filter                           (irrelevant: ack, counted, never instantiated)
-//!   -> batch by max_batch_bytes
-//!   -> invoke on a fresh instance            (caps from the app's limits)
-//!   -> effects: grants, idempotency, execute once (before any ack)
-//!   -> outcomes: done -> ack | retry -> nak(delay) | reject -> dead letter + term
-//!   -> failed batch (trap, cap, effect failure): its events run alone, so a
-//!      poison event does not take its batch-mates down; an event that fails
-//!      alone is naked with backoff, and dead-lettered with the error once
-//!      max_deliver is reached
+//! durable pull consumer weir_<node>_<app>     (next_batch: ≤ max_batch, linger)
+//!   -> decode     metadata, subject, id cap, envelope     (bad: dead letter + term)
+//!   -> filter     declarative rules                        (irrelevant: ack, counted)
+//!   -> admit      weir's own delivery count                (past max_deliver: dead letter)
+//!   -> chunk      by max_batch_bytes
+//!   -> invoke     fresh instance, the app's caps
+//!   -> effects    grants, idempotency, execute once (before any ack)
+//!   -> settle     done -> ack | retry -> nak(delay) | reject -> dead letter + term
+//!   -> isolate    a failed batch (trap, cap, effect failure) runs its events
+//!                 alone, so a poison event does not take its batch-mates down;
+//!                 an event that fails alone is nak'd with backoff, and
+//!                 dead-lettered with the error at its last delivery
 //! ```
+//!
+//! No event leaves JetStream without a decision: weir counts deliveries
+//! itself (JetStream's `max_deliver` is unlimited, see
+//! [`crate::transport::Transport::consumer`]), so an event whose earlier
+//! deliveries were consumed without a settlement (a kill, a lost ack) is
+//! dead-lettered with the reason when it comes back past `max_deliver`; a dead
+//! letter that cannot be stored leaves the event unacknowledged (nak'd with
+//! backoff) until it can.
 //!
 //! Batches of one app run in order, one at a time; apps run independently.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use crate::app::App;
 use crate::bindings::{Event, Outcome};
@@ -28,13 +39,18 @@ use crate::effects::EffectRunner;
 use crate::envelope::{self, EventMeta};
 use crate::filter::{Filter, Verdict};
 use crate::stats::AppStats;
-use crate::transport::{AppConsumer, Inbound, LONG_POLL, Transport, TransportError};
+use crate::transport::{AppConsumer, Inbound, Transport, TransportError};
 
 /// Longest retry delay a handler may ask for: 1 hour.
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(3_600);
 
 /// Pause after a failed fetch before trying again: 1 s.
 pub const FETCH_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// Most nak'd events remembered per app to tell requested redeliveries from
+/// unrequested ones: 4,096 (an event is remembered until it comes back; at
+/// most `max_ack_pending` can be outstanding, 256 by default).
+pub const MAX_REMEMBERED_NAKS: usize = 4_096;
 
 /// Everything one app's worker needs.
 #[derive(Debug)]
@@ -77,14 +93,73 @@ fn retry_delay(ms: u32) -> Duration {
     Duration::from_millis(u64::from(ms)).min(MAX_RETRY_DELAY)
 }
 
+/// Why a delivered event is dead-lettered before any handler sees it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// JetStream's metadata of the delivery could not be read.
+    #[error("{0}")]
+    Metadata(String),
+    /// The subject is not `<prefix>.events.<name>.<source>`.
+    #[error("not an event subject: {0}")]
+    Subject(String),
+    /// The event id is over [`envelope::MAX_EVENT_ID_BYTES`].
+    #[error("event id of {0} bytes exceeds the cap of {max} bytes", max = envelope::MAX_EVENT_ID_BYTES)]
+    IdTooLong(usize),
+    /// The envelope is malformed or oversized.
+    #[error("{0}")]
+    Envelope(String),
+}
+
+/// Why a batch failed as a whole (its events are isolated, retried or
+/// dead-lettered; the kind is counted in `/stats`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum BatchFailure {
+    /// The handler trapped or hit a cap.
+    #[error("{0}")]
+    Invoke(crate::InvokeError),
+    /// An effect failed to execute.
+    #[error("effects failed: {}", .0.join("; "))]
+    Effects(Vec<String>),
+}
+
+/// Events this process nak'd, by stream sequence (to tell the redeliveries
+/// it asked for from those it did not), bounded by [`MAX_REMEMBERED_NAKS`].
+#[derive(Debug, Default)]
+struct Naks {
+    by_sequence: HashMap<u64, u32>,
+    order: VecDeque<u64>,
+}
+
+impl Naks {
+    fn remember(&mut self, sequence: u64, attempt: u32) {
+        if self.by_sequence.insert(sequence, attempt).is_none() {
+            self.order.push_back(sequence);
+        }
+        while self.order.len() > MAX_REMEMBERED_NAKS {
+            if let Some(old) = self.order.pop_front() {
+                self.by_sequence.remove(&old);
+            }
+        }
+    }
+
+    /// Whether this redelivery (attempt > 1) was asked for by a nak of the
+    /// previous attempt.
+    fn requested(&mut self, sequence: u64, attempt: u32) -> bool {
+        match self.by_sequence.remove(&sequence) {
+            Some(naked) => naked + 1 == attempt,
+            None => false,
+        }
+    }
+}
+
 impl AppPipeline {
     /// Run until `shutdown` turns true: fetch, process, repeat. A batch in
-    /// progress is finished before returning (drain); a fetch in progress is
-    /// abandoned (its events are redelivered after the ack wait).
+    /// progress is finished before returning (drain); events delivered
+    /// ahead of their batch are handed back (nak without delay).
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let limits = self.app.limits().clone();
         let linger = Duration::from_millis(limits.linger_ms);
-        let mut lag_reading = tokio::time::Instant::now();
+        let naks = std::sync::Mutex::new(Naks::default());
         loop {
             if *shutdown.borrow() {
                 break;
@@ -92,118 +167,149 @@ impl AppPipeline {
             let fetched = tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
-                fetched = self.consumer.next_batch(limits.max_batch, linger, LONG_POLL) => fetched,
+                fetched = self.consumer.next_batch(limits.max_batch, linger) => fetched,
             };
             match fetched {
                 Ok(batch) if batch.is_empty() => {}
-                Ok(batch) => self.process(batch).await,
+                Ok(batch) => {
+                    let span =
+                        tracing::info_span!("batch", app = %self.app.name(), fetched = batch.len());
+                    self.process_with(batch, &naks).instrument(span).await;
+                    self.stats
+                        .consumer_lag
+                        .store(self.consumer.lag(), std::sync::atomic::Ordering::Relaxed);
+                }
                 Err(e) => {
                     tracing::warn!(app = %self.app.name(), error = %e, "fetch failed; retrying");
                     tokio::time::sleep(FETCH_ERROR_PAUSE).await;
                 }
             }
-            if lag_reading.elapsed() >= LONG_POLL {
-                lag_reading = tokio::time::Instant::now();
-                if let Ok(lag) = self.consumer.pending().await {
-                    self.stats
-                        .consumer_lag
-                        .store(lag, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
         }
-        tracing::info!(app = %self.app.name(), "pipeline stopped");
+        let released = self.consumer.release().await;
+        AppStats::add(&self.stats.released, released as u64);
+        tracing::info!(app = %self.app.name(), released, "pipeline stopped");
     }
 
     /// Process one fetched batch end to end.
     pub async fn process(&self, batch: Vec<Inbound>) {
-        let span = tracing::info_span!("batch", app = %self.app.name(), fetched = batch.len());
-        let _enter = span.enter();
+        self.process_with(batch, &std::sync::Mutex::new(Naks::default()))
+            .await;
+    }
+
+    async fn process_with(&self, batch: Vec<Inbound>, naks: &std::sync::Mutex<Naks>) {
         AppStats::add(&self.stats.received, batch.len() as u64);
+        self.count_redeliveries(&batch, naks);
         let mut relevant: Vec<(Inbound, Event)> = Vec::with_capacity(batch.len());
         for inbound in batch {
-            let Some((name, source)) = self.transport.subjects().parse_event(&inbound.subject)
-            else {
-                let reason = format!("not an event subject: {}", inbound.subject);
-                self.dead_letter(&inbound, &reason).await;
-                continue;
+            let event = match self.decode(&inbound) {
+                Ok(event) => event,
+                Err(e) => {
+                    self.dead_letter(&inbound, &e.to_string(), naks).await;
+                    continue;
+                }
             };
-            if inbound.id.len() > envelope::MAX_EVENT_ID_BYTES {
-                let reason = format!(
-                    "event id of {} bytes exceeds the cap of {} bytes",
-                    inbound.id.len(),
-                    envelope::MAX_EVENT_ID_BYTES
-                );
-                self.dead_letter(&inbound, &reason).await;
-                continue;
-            }
-            let meta = EventMeta {
-                id: inbound.id.clone(),
-                name: name.to_owned(),
-                source,
-                attempt: inbound.attempt,
-                sequence: inbound.sequence,
-                published_ms: inbound.published_ms,
-            };
-            match envelope::event(meta, inbound.payload.to_vec(), self.max_payload_bytes) {
-                Err(e) => self.dead_letter(&inbound, &e.to_string()).await,
-                Ok(event) => match self.filter.check(&event) {
-                    verdict @ (Verdict::Skipped | Verdict::UntrustedSource) => {
-                        tracing::trace!(id = %event.id, ?verdict, "skipped by filter");
-                        AppStats::add(&self.stats.skipped, 1);
-                        if verdict == Verdict::UntrustedSource {
-                            AppStats::add(&self.stats.skipped_source, 1);
-                        }
-                        self.settle(inbound.ack().await);
-                        self.stats.settle_latency.record(inbound.age());
+            match self.filter.check(&event) {
+                verdict @ (Verdict::Skipped | Verdict::UntrustedSource) => {
+                    tracing::trace!(id = %event.id, ?verdict, "skipped by filter");
+                    AppStats::add(&self.stats.skipped, 1);
+                    if verdict == Verdict::UntrustedSource {
+                        AppStats::add(&self.stats.skipped_source, 1);
                     }
-                    Verdict::Relevant(_) => relevant.push((inbound, event)),
-                },
+                    self.settle(inbound.ack().await);
+                    self.stats.settle_latency.record(inbound.age());
+                }
+                Verdict::Relevant(_) if inbound.attempt > self.delivery.max_deliver => {
+                    AppStats::add(&self.stats.dead_letters_out_of_deliveries, 1);
+                    let reason = format!(
+                        "delivered {} times, more than max_deliver = {}: earlier deliveries were never settled (host stopped or killed mid-batch, ack lost)",
+                        inbound.attempt, self.delivery.max_deliver
+                    );
+                    self.dead_letter(&inbound, &reason, naks).await;
+                }
+                Verdict::Relevant(_) => relevant.push((inbound, event)),
             }
         }
-        // Split by bytes: one invocation per chunk, in order.
-        let max_bytes = self.app.limits().max_batch_bytes;
-        let mut chunk: Vec<(Inbound, Event)> = Vec::new();
-        let mut bytes = 0usize;
-        for item in relevant {
-            let size = item.1.payload.len();
-            if !chunk.is_empty() && bytes + size > max_bytes {
-                self.invoke(std::mem::take(&mut chunk)).await;
-                bytes = 0;
-            }
-            bytes += size;
-            chunk.push(item);
+        for chunk in chunks_by_bytes(relevant, self.app.limits().max_batch_bytes) {
+            self.invoke(chunk, naks).await;
         }
-        if !chunk.is_empty() {
-            self.invoke(chunk).await;
+    }
+
+    /// Count redeliveries this process did not ask for.
+    fn count_redeliveries(&self, batch: &[Inbound], naks: &std::sync::Mutex<Naks>) {
+        let mut naks = naks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let unrequested = batch
+            .iter()
+            .filter(|m| m.attempt > 1 && !naks.requested(m.sequence, m.attempt))
+            .count();
+        if unrequested > 0 {
+            AppStats::add(&self.stats.redeliveries_unrequested, unrequested as u64);
+            tracing::debug!(unrequested, "redeliveries weir did not ask for");
         }
+    }
+
+    /// Stage 1: metadata, subject, id cap and envelope of one delivery.
+    ///
+    /// # Errors
+    ///
+    /// The [`DecodeError`] whose `Display` is the dead-letter reason.
+    pub fn decode(&self, inbound: &Inbound) -> Result<Event, DecodeError> {
+        if let Some(e) = &inbound.metadata_error {
+            return Err(DecodeError::Metadata(e.clone()));
+        }
+        let Some((name, source)) = self.transport.subjects().parse_event(&inbound.subject) else {
+            return Err(DecodeError::Subject(inbound.subject.clone()));
+        };
+        if inbound.id.len() > envelope::MAX_EVENT_ID_BYTES {
+            return Err(DecodeError::IdTooLong(inbound.id.len()));
+        }
+        let meta = EventMeta {
+            id: inbound.id.clone(),
+            name: name.to_owned(),
+            source,
+            attempt: inbound.attempt,
+            sequence: inbound.sequence,
+            published_ms: inbound.published_ms,
+        };
+        envelope::event(meta, inbound.payload.to_vec(), self.max_payload_bytes)
+            .map_err(|e| DecodeError::Envelope(e.to_string()))
     }
 
     /// Invoke one batch and settle it. If a batch of several events fails,
     /// each event is run alone, so one poison event does not take its
     /// batch-mates down; only events that fail alone are retried or
     /// dead-lettered.
-    async fn invoke(&self, items: Vec<(Inbound, Event)>) {
+    async fn invoke(&self, items: Vec<(Inbound, Event)>, naks: &std::sync::Mutex<Naks>) {
         let (inbound, events): (Vec<Inbound>, Vec<Event>) = items.into_iter().unzip();
         let events: Arc<[Event]> = events.into();
-        let Err(error) = self.run_batch(&inbound, events.clone()).await else {
+        let Err(error) = self.run_batch(&inbound, events.clone(), naks).await else {
             return;
         };
         if inbound.len() == 1 {
-            return self.fail(&inbound, &error).await;
+            return self.fail(&inbound, &error, naks).await;
         }
         tracing::debug!(error = %error, events = inbound.len(), "batch failed; isolating its events");
         for (msg, event) in inbound.iter().zip(events.iter()) {
             let single: Arc<[Event]> = Arc::from([event.clone()]);
-            if let Err(error) = self.run_batch(std::slice::from_ref(msg), single).await {
-                self.fail(std::slice::from_ref(msg), &error).await;
+            if let Err(error) = self
+                .run_batch(std::slice::from_ref(msg), single, naks)
+                .await
+            {
+                self.fail(std::slice::from_ref(msg), &error, naks).await;
             }
         }
     }
 
     /// Invoke the handler on `events`, execute its effects and settle every
     /// outcome. On failure (trap, cap, effect failure) nothing is settled and
-    /// the error is returned.
-    async fn run_batch(&self, inbound: &[Inbound], events: Arc<[Event]>) -> Result<(), String> {
+    /// the failure is returned.
+    async fn run_batch(
+        &self,
+        inbound: &[Inbound],
+        events: Arc<[Event]>,
+        naks: &std::sync::Mutex<Naks>,
+    ) -> Result<(), BatchFailure> {
         tracing::debug!(ids = ?events.iter().map(|e| (&e.id, e.attempt)).collect::<Vec<_>>(), "invoking");
         let invocation = self.app.invoke(events.clone()).await;
         let s = &self.stats;
@@ -223,7 +329,7 @@ impl AppPipeline {
             Err(e) => {
                 s.trap(e.kind());
                 tracing::warn!(error = %e, "batch failed");
-                return Err(e.to_string());
+                return Err(BatchFailure::Invoke(e));
             }
         };
         let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
@@ -242,7 +348,7 @@ impl AppPipeline {
         AppStats::add(&s.effects_refused, report.refused);
         if !report.failed.is_empty() {
             AppStats::add(&s.effects_failed, report.failed.len() as u64);
-            return Err(format!("effects failed: {}", report.failed.join("; ")));
+            return Err(BatchFailure::Effects(report.failed));
         }
         for (msg, outcome) in inbound.iter().zip(handled.outcomes) {
             match outcome {
@@ -254,17 +360,17 @@ impl AppPipeline {
                 Outcome::Retry(ms) => {
                     AppStats::add(&s.outcome_retry, 1);
                     if msg.attempt >= self.delivery.max_deliver {
-                        // JetStream would not redeliver it: never drop silently.
+                        // Its last delivery: decide now, never drop silently.
                         let reason =
                             format!("handler asked for a retry after {} deliveries", msg.attempt);
-                        self.dead_letter(msg, &reason).await;
+                        self.dead_letter(msg, &reason, naks).await;
                     } else {
-                        self.settle(msg.nak(retry_delay(ms)).await);
+                        self.nak(msg, retry_delay(ms), naks).await;
                     }
                 }
                 Outcome::Reject(reason) => {
                     AppStats::add(&s.outcome_reject, 1);
-                    self.dead_letter(msg, &format!("rejected by handler: {reason}"))
+                    self.dead_letter(msg, &format!("rejected by handler: {reason}"), naks)
                         .await;
                 }
             }
@@ -272,22 +378,34 @@ impl AppPipeline {
         Ok(())
     }
 
-    /// A failed batch: nak each event with backoff, or dead-letter it once
-    /// it has used its deliveries.
-    async fn fail(&self, inbound: &[Inbound], error: &str) {
+    /// A failed batch: nak each event with backoff, or dead-letter it at its
+    /// last delivery.
+    async fn fail(&self, inbound: &[Inbound], error: &BatchFailure, naks: &std::sync::Mutex<Naks>) {
         for msg in inbound {
             if msg.attempt >= self.delivery.max_deliver {
                 let reason = format!("failed after {} deliveries: {error}", msg.attempt);
-                self.dead_letter(msg, &reason).await;
+                self.dead_letter(msg, &reason, naks).await;
             } else {
-                self.settle(msg.nak(nak_delay(&self.delivery, msg.attempt)).await);
+                self.nak(msg, nak_delay(&self.delivery, msg.attempt), naks)
+                    .await;
             }
         }
     }
 
-    /// Publish a dead letter, then term. If the dead letter cannot be stored,
-    /// the event is naked instead: never terminated without a record.
-    async fn dead_letter(&self, msg: &Inbound, reason: &str) {
+    /// Nak `msg` for redelivery after `delay`, remembering that weir asked
+    /// for it.
+    async fn nak(&self, msg: &Inbound, delay: Duration, naks: &std::sync::Mutex<Naks>) {
+        naks.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remember(msg.sequence, msg.attempt);
+        self.settle(msg.nak(delay).await);
+    }
+
+    /// Publish a dead letter, then term. If the dead letter cannot be stored
+    /// (dead-letter stream full or unreachable), the event is nak'd with
+    /// backoff instead: it stays in the events stream, unacknowledged, and is
+    /// dead-lettered on a later delivery once the dead letter can be stored.
+    async fn dead_letter(&self, msg: &Inbound, reason: &str, naks: &std::sync::Mutex<Naks>) {
         match self
             .transport
             .publish_dead_letter(self.node, self.app.name(), msg, reason)
@@ -299,8 +417,10 @@ impl AppPipeline {
                 self.settle(msg.term().await);
             }
             Err(e) => {
-                tracing::warn!(id = %msg.id, error = %e, "dead letter not stored; will retry the event");
-                self.settle(msg.nak(nak_delay(&self.delivery, msg.attempt)).await);
+                AppStats::add(&self.stats.dead_letter_failures, 1);
+                tracing::warn!(id = %msg.id, error = %e, "dead letter not stored; the event stays in the stream and is retried");
+                self.nak(msg, nak_delay(&self.delivery, msg.attempt), naks)
+                    .await;
             }
         }
     }
@@ -311,6 +431,27 @@ impl AppPipeline {
             tracing::warn!(app = %self.app.name(), error = %e, "ack/nak/term not sent");
         }
     }
+}
+
+/// Split `items` into chunks whose payloads add up to at most `max_bytes`
+/// (an event larger than that is a chunk of its own), in order.
+fn chunks_by_bytes(items: Vec<(Inbound, Event)>, max_bytes: usize) -> Vec<Vec<(Inbound, Event)>> {
+    let mut chunks = Vec::new();
+    let mut chunk: Vec<(Inbound, Event)> = Vec::new();
+    let mut bytes = 0usize;
+    for item in items {
+        let size = item.1.payload.len();
+        if !chunk.is_empty() && bytes + size > max_bytes {
+            chunks.push(std::mem::take(&mut chunk));
+            bytes = 0;
+        }
+        bytes += size;
+        chunk.push(item);
+    }
+    if !chunk.is_empty() {
+        chunks.push(chunk);
+    }
+    chunks
 }
 
 #[cfg(test)]
@@ -337,5 +478,21 @@ mod tests {
             ..Delivery::default()
         };
         assert_eq!(nak_delay(&none, 1), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn naks_tell_requested_from_unrequested_redeliveries() {
+        let mut n = Naks::default();
+        n.remember(7, 1);
+        assert!(n.requested(7, 2), "nak'd at attempt 1, back at 2");
+        assert!(!n.requested(7, 3), "forgotten once it came back");
+        assert!(!n.requested(8, 2), "never nak'd");
+        n.remember(9, 1);
+        assert!(!n.requested(9, 3), "a delivery was lost in between");
+        for seq in 0..(MAX_REMEMBERED_NAKS as u64 + 10) {
+            n.remember(seq, 1);
+        }
+        assert_eq!(n.by_sequence.len(), MAX_REMEMBERED_NAKS);
+        assert!(!n.requested(0, 2), "oldest forgotten first");
     }
 }

@@ -22,8 +22,32 @@ use crate::limits::LONG_BATCH_NICE;
 const MAX_NICE: i32 = 19;
 
 thread_local! {
-    /// This thread's nice value before it was demoted.
+    /// This thread's nice value before it was demoted (`Some` while demoted).
     static ORIGINAL: Cell<Option<i32>> = const { Cell::new(None) };
+    /// Test hook: the next restore on this thread fails as if unprivileged.
+    static FAIL_NEXT_RESTORE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the current thread is demoted (a restore was refused, or none
+/// was tried yet).
+pub(crate) fn current_thread_demoted() -> bool {
+    ORIGINAL.get().is_some()
+}
+
+/// Whether the current thread runs under the normal policy (`SCHED_OTHER`).
+pub(crate) fn current_policy_is_normal() -> bool {
+    thread_priority::thread_schedule_policy().is_ok_and(|p| {
+        p == thread_priority::ThreadSchedulePolicy::Normal(
+            thread_priority::NormalThreadSchedulePolicy::Other,
+        )
+    })
+}
+
+/// Make the next [`restore_current_thread`] on this thread fail as it does
+/// without `CAP_SYS_NICE` (for tests of what happens then).
+#[cfg(test)]
+pub(crate) fn fail_next_restore() {
+    FAIL_NEXT_RESTORE.set(true);
 }
 
 static RESTORE_WARNED: AtomicBool = AtomicBool::new(false);
@@ -61,6 +85,9 @@ pub(crate) fn restore_current_thread() {
     let Some(original) = ORIGINAL.get() else {
         return;
     };
+    if FAIL_NEXT_RESTORE.replace(false) {
+        return;
+    }
     let policy = thread_priority::set_thread_priority_and_policy(
         thread_priority::thread_native_id(),
         thread_priority::ThreadPriority::Min,
@@ -68,11 +95,7 @@ pub(crate) fn restore_current_thread() {
             thread_priority::NormalThreadSchedulePolicy::Other,
         ),
     );
-    let back_to_other = thread_priority::thread_schedule_policy().is_ok_and(|p| {
-        p == thread_priority::ThreadSchedulePolicy::Normal(
-            thread_priority::NormalThreadSchedulePolicy::Other,
-        )
-    });
+    let back_to_other = current_policy_is_normal();
     let nice = rustix::process::setpriority_process(Some(rustix::thread::gettid()), original);
     match (back_to_other, nice) {
         (true, Ok(())) => ORIGINAL.set(None),
@@ -104,21 +127,26 @@ mod tests {
         std::thread::spawn(|| {
             let tid = rustix::thread::gettid();
             let before = rustix::process::getpriority_process(Some(tid)).unwrap();
-            if demote_current_thread() {
-                let idle = thread_priority::thread_schedule_policy().unwrap()
-                    == thread_priority::ThreadSchedulePolicy::Normal(
-                        thread_priority::NormalThreadSchedulePolicy::Idle,
-                    );
-                let niced = rustix::process::getpriority_process(Some(tid)).unwrap()
-                    == (before + LONG_BATCH_NICE).min(MAX_NICE);
-                assert!(idle || niced, "demoted by policy or nice value");
-                assert!(!demote_current_thread(), "demoted once only");
-                restore_current_thread();
-                // Restoring needs privileges; when granted, the value is back.
-                if ORIGINAL.get().is_none() {
-                    let after = rustix::process::getpriority_process(Some(tid)).unwrap();
-                    assert_eq!(after, before);
-                }
+            // Lowering one's own priority needs no privilege.
+            assert!(demote_current_thread(), "demotion refused");
+            let idle = thread_priority::thread_schedule_policy().unwrap()
+                == thread_priority::ThreadSchedulePolicy::Normal(
+                    thread_priority::NormalThreadSchedulePolicy::Idle,
+                );
+            let niced = rustix::process::getpriority_process(Some(tid)).unwrap()
+                == (before + LONG_BATCH_NICE).min(MAX_NICE);
+            assert!(idle || niced, "demoted by policy or nice value");
+            assert!(current_thread_demoted());
+            assert!(!demote_current_thread(), "demoted once only");
+            restore_current_thread();
+            // Restoring needs privileges: either the thread is back to normal,
+            // or it says it is still demoted (and its pool retires it).
+            if current_thread_demoted() {
+                assert!(!current_policy_is_normal() || niced);
+            } else {
+                assert!(current_policy_is_normal());
+                let after = rustix::process::getpriority_process(Some(tid)).unwrap();
+                assert_eq!(after, before);
             }
         })
         .join()

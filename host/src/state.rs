@@ -73,6 +73,71 @@ pub(crate) struct InstanceLimiter {
 #[error("linear memory limit exceeded")]
 pub(crate) struct MemoryLimitExceeded;
 
+/// Marker error for a guest still blocked in a WASI wait (`poll`,
+/// `pollable.block`) at its batch's deadline: the wait is abandoned and the
+/// guest stopped, classified as [`crate::InvokeError::Timeout`].
+#[derive(Debug, thiserror::Error)]
+#[error("batch deadline reached while the guest waited in wasi:io/poll")]
+pub(crate) struct DeadlineReached;
+
+/// The `wasi:io/poll` version wasmtime-wasi 48 links (guests importing an
+/// older 0.2 minor version are matched to it).
+const WASI_IO_POLL: &str = "wasi:io/poll@0.2.12";
+
+/// Replace `wasi:io/poll`'s two blocking functions, `poll` and
+/// `[method]pollable.block`, with versions bounded by the batch's deadline.
+/// Epoch interruption only stops a guest while wasm runs; a guest waiting in
+/// the host (a clock subscription of an hour, `u64::MAX`, a stream that never
+/// becomes ready) would hold its thread and pool slot for as long as it
+/// asked. Every blocking WASI call weir links waits in one of these two
+/// (stdin is empty, stdout and stderr are always writable, there are no
+/// files or sockets), so bounding them bounds every wait: at the deadline
+/// the wait is dropped and the guest is stopped with
+/// [`crate::InvokeError::Timeout`]. The warm path is unchanged (no async
+/// calls, no per-call cost); see README "Deadlines".
+pub(crate) fn bound_blocking_waits(
+    linker: &mut wasmtime::component::Linker<HostState>,
+) -> wasmtime::Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi::p2::DynPollable;
+    use wasmtime_wasi_io::bindings::wasi::io::poll::{Host as _, HostPollable as _};
+    linker.allow_shadowing(true);
+    let mut poll = linker.instance(WASI_IO_POLL)?;
+    poll.func_wrap(
+        "poll",
+        |mut store: wasmtime::StoreContextMut<'_, HostState>,
+         (pollables,): (Vec<Resource<DynPollable>>,)| {
+            let state = store.data_mut();
+            let deadline = tokio::time::Instant::from_std(state.deadline);
+            let table = &mut state.table;
+            // The timer is made inside the runtime `in_tokio` enters.
+            match wasmtime_wasi::runtime::in_tokio(async {
+                tokio::time::timeout_at(deadline, table.poll(pollables)).await
+            }) {
+                Ok(ready) => Ok((ready?,)),
+                Err(_) => Err(wasmtime::Error::new(DeadlineReached)),
+            }
+        },
+    )?;
+    poll.func_wrap(
+        "[method]pollable.block",
+        |mut store: wasmtime::StoreContextMut<'_, HostState>,
+         (pollable,): (Resource<DynPollable>,)| {
+            let state = store.data_mut();
+            let deadline = tokio::time::Instant::from_std(state.deadline);
+            let table = &mut state.table;
+            match wasmtime_wasi::runtime::in_tokio(async {
+                tokio::time::timeout_at(deadline, table.block(pollable)).await
+            }) {
+                Ok(done) => done,
+                Err(_) => Err(wasmtime::Error::new(DeadlineReached)),
+            }
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
 /// Marker error for a refused table growth.
 #[derive(Debug, thiserror::Error)]
 #[error("table element limit exceeded")]
@@ -133,6 +198,8 @@ pub struct HostState {
     /// Whether this batch's thread was demoted (see
     /// [`crate::limits::LONG_BATCH_TICKS`]).
     pub(crate) demoted: bool,
+    /// When the batch's deadline passes (bounds WASI waits).
+    pub(crate) deadline: std::time::Instant,
 }
 
 impl HostState {
@@ -169,6 +236,8 @@ impl HostState {
             identity,
             log,
             demoted: false,
+            deadline: std::time::Instant::now()
+                + std::time::Duration::from_millis(limits.deadline_ms),
         }
     }
 }

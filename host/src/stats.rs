@@ -101,6 +101,21 @@ pub struct AppStats {
     pub outcome_reject: AtomicU64,
     /// Events dead-lettered (rejected, malformed, or out of deliveries).
     pub dead_letters: AtomicU64,
+    /// Of `dead_letters`: events that arrived after their last allowed
+    /// delivery (`delivery.max_deliver`) because earlier deliveries were
+    /// never settled (a host stopped or killed mid-batch, an ack lost).
+    pub dead_letters_out_of_deliveries: AtomicU64,
+    /// Dead letters JetStream refused to store (full or unreachable
+    /// dead-letter stream): the event stays unacknowledged and is retried.
+    pub dead_letter_failures: AtomicU64,
+    /// Redeliveries weir did not ask for: an event that came back (an
+    /// `attempt` above 1) without this process having nak'd it. Without
+    /// faults this is 0; a kill, a lost ack or an ack wait shorter than a
+    /// batch raises it.
+    pub redeliveries_unrequested: AtomicU64,
+    /// Events delivered ahead of their batch and handed back (nak without
+    /// delay) when the host stopped.
+    pub released: AtomicU64,
     /// Effects executed.
     pub effects_executed: AtomicU64,
     /// Effects collapsed (identical within a batch, or already executed for
@@ -142,6 +157,14 @@ pub struct AppStatsSnapshot {
     pub outcomes: BTreeMap<&'static str, u64>,
     /// See [`AppStats::dead_letters`].
     pub dead_letters: u64,
+    /// See [`AppStats::dead_letters_out_of_deliveries`].
+    pub dead_letters_out_of_deliveries: u64,
+    /// See [`AppStats::dead_letter_failures`].
+    pub dead_letter_failures: u64,
+    /// See [`AppStats::redeliveries_unrequested`].
+    pub redeliveries_unrequested: u64,
+    /// See [`AppStats::released`].
+    pub released: u64,
     /// See [`AppStats::effects_executed`].
     pub effects_executed: u64,
     /// See [`AppStats::effects_collapsed`].
@@ -206,6 +229,10 @@ impl AppStats {
             .into_iter()
             .collect(),
             dead_letters: get(&self.dead_letters),
+            dead_letters_out_of_deliveries: get(&self.dead_letters_out_of_deliveries),
+            dead_letter_failures: get(&self.dead_letter_failures),
+            redeliveries_unrequested: get(&self.redeliveries_unrequested),
+            released: get(&self.released),
             effects_executed: get(&self.effects_executed),
             effects_collapsed: get(&self.effects_collapsed),
             effects_refused: get(&self.effects_refused),
@@ -238,7 +265,7 @@ impl AppStatsSnapshot {
 /// counter, labelled by `app` (and `kind` for outcomes and traps).
 pub fn prometheus(node: u32, snapshots: &[AppStatsSnapshot]) -> String {
     type Field = fn(&AppStatsSnapshot) -> u64;
-    let families: [(&str, &str, &str, Field); 14] = [
+    let families: [(&str, &str, &str, Field); 18] = [
         (
             "weir_events_received_total",
             "counter",
@@ -274,6 +301,30 @@ pub fn prometheus(node: u32, snapshots: &[AppStatsSnapshot]) -> String {
             "counter",
             "Events dead-lettered.",
             |s| s.dead_letters,
+        ),
+        (
+            "weir_dead_letters_out_of_deliveries_total",
+            "counter",
+            "Events dead-lettered because earlier deliveries were never settled.",
+            |s| s.dead_letters_out_of_deliveries,
+        ),
+        (
+            "weir_dead_letter_failures_total",
+            "counter",
+            "Dead letters the dead-letter stream refused (the event is retried).",
+            |s| s.dead_letter_failures,
+        ),
+        (
+            "weir_redeliveries_unrequested_total",
+            "counter",
+            "Redeliveries weir did not ask for (0 without faults).",
+            |s| s.redeliveries_unrequested,
+        ),
+        (
+            "weir_events_released_total",
+            "counter",
+            "Events delivered ahead of their batch and handed back at shutdown.",
+            |s| s.released,
         ),
         (
             "weir_effects_executed_total",

@@ -10,18 +10,22 @@
 //!   the app's event names as filter subjects, explicit ack and bounded
 //!   `max_ack_pending`, `ack_wait` and `max_deliver` (failure backoff is the
 //!   delay of weir's naks);
-//! - [`AppConsumer::next_batch`]: what is ready now, else a long poll for a
-//!   first event, then at most `linger` (from that event's publish time) for
-//!   the rest of a batch: only what can start is fetched;
+//! - [`AppConsumer::next_batch`]: one subscription per consumer for its
+//!   whole life, pull requests for only what can start (what is ready now,
+//!   else a long poll for a first event, then at most `linger`, from that
+//!   event's publish time, for the rest of a batch); cancel safe, so nothing
+//!   delivered to weir is ever dropped by weir itself;
 //! - [`Inbound`]: one delivered event with ack / nak(delay) / term;
 //! - publishing events (with `Nats-Msg-Id`) and dead letters, each awaited
 //!   until JetStream acknowledges it.
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, kv, stream};
+use async_nats::jetstream::consumer::{PullConsumer, pull};
+use async_nats::jetstream::{self, AckKind, kv, stream};
 use async_nats::{ConnectOptions, HeaderMap};
 use bytes::Bytes;
+use futures::FutureExt as _;
 use futures::StreamExt as _;
 
 use crate::config::Delivery;
@@ -39,9 +43,15 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// fills (async-nats drops past its default of 65,536).
 pub const SUBSCRIPTION_CAPACITY: usize = 8_192;
 
-/// Long poll for the first event of a batch: 5 s, with a heartbeat every
-/// [`PULL_HEARTBEAT`] so a lost server is noticed.
-pub const LONG_POLL: Duration = Duration::from_secs(5);
+/// Long poll for the first event of a batch: 30 s, with a heartbeat every
+/// [`PULL_HEARTBEAT`] (so a server that lost the request is noticed) and a
+/// new request at once after a reconnection. With 1,000 idle apps this is
+/// about 33 requests and 200 heartbeats a second in all.
+pub const LONG_POLL: Duration = Duration::from_secs(30);
+
+/// Idle heartbeat of a long poll: 5 s. Two missed heartbeats (10 s) end the
+/// wait and a new request is made.
+pub const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// Shortest linger worth a waiting pull: 1 ms (below it, take what is ready).
 pub const MIN_LINGER_PULL: Duration = Duration::from_millis(1);
@@ -52,8 +62,15 @@ pub const MIN_LINGER_PULL: Duration = Duration::from_millis(1);
 /// than `linger` (measured with `benches/e2e.rs`).
 pub const LINGER_MARGIN: Duration = Duration::from_millis(2);
 
-/// Idle heartbeat of a pull request: 1 s.
-pub const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long weir waits past a request's expiry (or, for a request that does
+/// not wait, at all) for the server's closing status: 2 s. Past it the
+/// request is taken as over; anything it still delivers arrives in the same
+/// subscription and is taken with the next batch.
+pub const PULL_REPLY_MARGIN: Duration = Duration::from_secs(2);
+
+/// Longest time [`AppConsumer::release`] spends handing back events taken
+/// but not handled at shutdown: 2 s.
+pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// While NATS is unreachable at start, a warning every 10 s.
 pub const CONNECT_WAIT_LOG: Duration = Duration::from_secs(10);
@@ -62,6 +79,17 @@ pub const CONNECT_WAIT_LOG: Duration = Duration::from_secs(10);
 /// events (discard policy `new`): the publisher gets an error, nothing
 /// stored is dropped to make room.
 pub const DEFAULT_STREAM_MAX_BYTES: i64 = 1 << 30;
+
+/// Default cap on the dead-letter stream: 256 MiB. When full it refuses new
+/// dead letters (discard `new`): the event whose dead letter was refused
+/// stays unacknowledged in the events stream and is retried with backoff,
+/// so nothing is lost; `/stats` counts the refusals
+/// (`dead_letter_failures`).
+pub const DEFAULT_DEAD_MAX_BYTES: i64 = 256 << 20;
+
+/// Default age limit of dead letters: 30 days (time for an operator to look;
+/// older dead letters are removed by JetStream).
+pub const DEFAULT_DEAD_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Bucket of effect idempotency records: `WEIR_EFFECTS` (a JetStream
 /// key-value bucket, so records survive a host restart).
@@ -76,8 +104,9 @@ pub const EFFECT_RECORD_TTL: Duration = Duration::from_secs(24 * 3600);
 /// recording fails and is logged; the effect has run and its events are acked.
 pub const EFFECT_RECORDS_MAX_BYTES: i64 = 256 << 20;
 
-/// Default age limit of events in the stream: 7 days (a host down longer
-/// misses events; `weir` reports the gap via consumer lag).
+/// Default age limit of events in the stream: 7 days. JetStream removes an
+/// older event whether or not every consumer has handled it: a host down
+/// longer than this misses events (set `nats.stream_max_age_s` to keep more).
 pub const DEFAULT_STREAM_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Window in which JetStream drops a repeated `Nats-Msg-Id`: 2 minutes.
@@ -145,27 +174,45 @@ pub struct Transport {
     stream: String,
     dead_stream: String,
     limits: StreamLimits,
-    /// Counts (re)connections: a pull waiting when it changes was lost with
-    /// the old connection and is abandoned at once.
+    dead_limits: StreamLimits,
+    /// Counts (re)connections.
     connections: tokio::sync::watch::Receiver<u64>,
 }
 
-/// Caps of the events stream when weir creates it (an existing stream keeps
-/// its own).
+/// Caps of a stream when weir creates it (an existing stream keeps its own).
+/// Both streams discard `new`: a full stream refuses what comes, it never
+/// drops what it holds to make room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamLimits {
-    /// Most bytes stored; default [`DEFAULT_STREAM_MAX_BYTES`].
+    /// Most bytes stored.
     pub max_bytes: i64,
-    /// Most events stored; default `-1` (no count cap).
+    /// Most messages stored; `-1` for no count cap.
     pub max_msgs: i64,
+    /// Age after which JetStream removes a message.
+    pub max_age: Duration,
+}
+
+impl StreamLimits {
+    /// The events stream's defaults: [`DEFAULT_STREAM_MAX_BYTES`], no count
+    /// cap, [`DEFAULT_STREAM_MAX_AGE`].
+    pub const EVENTS: Self = Self {
+        max_bytes: DEFAULT_STREAM_MAX_BYTES,
+        max_msgs: -1,
+        max_age: DEFAULT_STREAM_MAX_AGE,
+    };
+
+    /// The dead-letter stream's defaults: [`DEFAULT_DEAD_MAX_BYTES`], no count
+    /// cap, [`DEFAULT_DEAD_MAX_AGE`].
+    pub const DEAD_LETTERS: Self = Self {
+        max_bytes: DEFAULT_DEAD_MAX_BYTES,
+        max_msgs: -1,
+        max_age: DEFAULT_DEAD_MAX_AGE,
+    };
 }
 
 impl Default for StreamLimits {
     fn default() -> Self {
-        Self {
-            max_bytes: DEFAULT_STREAM_MAX_BYTES,
-            max_msgs: -1,
-        }
+        Self::EVENTS
     }
 }
 
@@ -244,7 +291,8 @@ impl Transport {
             subjects,
             stream: stream.to_owned(),
             dead_stream: DEFAULT_DEAD_STREAM.to_owned(),
-            limits: StreamLimits::default(),
+            limits: StreamLimits::EVENTS,
+            dead_limits: StreamLimits::DEAD_LETTERS,
             connections,
         })
     }
@@ -253,23 +301,36 @@ impl Transport {
     /// [`CONNECT_WAIT_LOG`] while it is not (the client keeps retrying on its
     /// own: a host started while NATS is down starts serving once it is up,
     /// with no manual action).
+    ///
+    /// Cancel safety: cancel safe (it only waits).
     pub async fn wait_connected(&self) {
         let started = std::time::Instant::now();
-        let mut next_log = Duration::ZERO;
+        let mut connections = self.connections.clone();
         while self.client.connection_state() != async_nats::connection::State::Connected {
-            let waited = started.elapsed();
-            if waited >= next_log {
-                tracing::warn!(waited_s = waited.as_secs(), "waiting for NATS");
-                next_log += CONNECT_WAIT_LOG;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tracing::warn!(waited_s = started.elapsed().as_secs(), "waiting for NATS");
+            // Woken by a (re)connection; the timeout only paces the warning.
+            let _ = tokio::time::timeout(CONNECT_WAIT_LOG, connections.changed()).await;
         }
     }
 
-    /// Use `limits` when creating the events stream.
+    /// Whether the client is connected right now.
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Use `limits` when creating the events stream (default
+    /// [`StreamLimits::EVENTS`]).
     #[must_use]
     pub fn with_stream_limits(mut self, limits: StreamLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Use `limits` when creating the dead-letter stream (default
+    /// [`StreamLimits::DEAD_LETTERS`]).
+    #[must_use]
+    pub fn with_dead_letter_limits(mut self, limits: StreamLimits) -> Self {
+        self.dead_limits = limits;
         self
     }
 
@@ -317,10 +378,14 @@ impl Transport {
     /// subjects weir needs; [`TransportError::JetStream`] otherwise.
     pub async fn ensure_streams(&self) -> Result<(), TransportError> {
         let streams = [
-            (self.stream.clone(), self.subjects.all_events()),
-            (self.dead_stream.clone(), self.subjects.all_dead_letters()),
+            (self.stream.clone(), self.subjects.all_events(), self.limits),
+            (
+                self.dead_stream.clone(),
+                self.subjects.all_dead_letters(),
+                self.dead_limits,
+            ),
         ];
-        for (name, subject) in streams {
+        for (name, subject, limits) in streams {
             match self.js.get_stream(&name).await {
                 Ok(mut existing) => {
                     let info = existing
@@ -342,9 +407,9 @@ impl Transport {
                         name: name.clone(),
                         subjects: vec![subject],
                         storage: stream::StorageType::File,
-                        max_bytes: self.limits.max_bytes,
-                        max_messages: self.limits.max_msgs,
-                        max_age: DEFAULT_STREAM_MAX_AGE,
+                        max_bytes: limits.max_bytes,
+                        max_messages: limits.max_msgs,
+                        max_age: limits.max_age,
                         duplicate_window: DUPLICATE_WINDOW,
                         discard: stream::DiscardPolicy::New,
                         ..Default::default()
@@ -362,6 +427,13 @@ impl Transport {
 
     /// Create or update the durable pull consumer of `app` on `node`,
     /// filtered to `event_names`.
+    ///
+    /// JetStream's own `max_deliver` is left unlimited: weir counts the
+    /// deliveries itself (the `attempt` of each event) and dead-letters an
+    /// event with the reason once it has had `delivery.max_deliver`, whatever
+    /// consumed the earlier deliveries (a kill, an ack lost on reconnect, an
+    /// expired ack wait). JetStream, left to count, would stop delivering such
+    /// an event and it would leave the stream without a decision.
     ///
     /// # Errors
     ///
@@ -383,7 +455,7 @@ impl Transport {
             filter_subjects,
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ack_wait: Duration::from_millis(delivery.ack_wait_ms),
-            max_deliver: i64::from(delivery.max_deliver),
+            max_deliver: -1,
             max_ack_pending: i64::from(delivery.max_ack_pending),
             // No consumer `backoff`: JetStream would use it in place of
             // `ack_wait` for unacknowledged deliveries, redelivering any batch
@@ -404,7 +476,12 @@ impl Transport {
         Ok(AppConsumer {
             consumer,
             name,
+            client: self.client.clone(),
+            js: self.js.clone(),
+            subscription: None,
             connections: self.connections.clone(),
+            partial: Vec::new(),
+            lag: 0,
         })
     }
 
@@ -505,11 +582,50 @@ impl Transport {
 }
 
 /// One app's durable pull consumer.
-#[derive(Debug)]
+///
+/// weir subscribes once per consumer (an inbox under the host's prefix) and
+/// sends its pull requests with that inbox as the reply subject, asking only
+/// for what can start (`max_batch` minus what it holds). Whatever the server
+/// delivers stays in the subscription until weir takes it: a request weir
+/// stopped waiting for (its wait timed out, the connection was renewed, the
+/// call was cancelled at shutdown) loses nothing, its late deliveries are
+/// taken with the next batch. (async-nats's own `fetch`/`batch` subscribe
+/// per request and drop what arrives after they end; in async-nats 0.51 a
+/// `batch` with heartbeats also stops reading after its first heartbeat, so
+/// an event delivered to a long poll that had seen one was dropped. Its
+/// `Stream` keeps one subscription but delivers ahead of the batch and was
+/// seen to stop requesting after start, resuming only on a missed
+/// heartbeat.)
 pub struct AppConsumer {
     consumer: PullConsumer,
     name: String,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    subscription: Option<(async_nats::Subject, async_nats::Subscriber)>,
     connections: tokio::sync::watch::Receiver<u64>,
+    /// Events taken for a batch not yet returned (kept here so a cancelled
+    /// [`AppConsumer::next_batch`] loses nothing).
+    partial: Vec<Inbound>,
+    lag: u64,
+}
+
+impl std::fmt::Debug for AppConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppConsumer")
+            .field("name", &self.name)
+            .field("partial", &self.partial.len())
+            .field("lag", &self.lag)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a pull request waits.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// Only what is ready now.
+    No,
+    /// Up to this long for the events asked for.
+    For(Duration),
 }
 
 impl AppConsumer {
@@ -518,115 +634,229 @@ impl AppConsumer {
         &self.name
     }
 
-    /// Events not yet delivered to this consumer (its lag).
-    ///
-    /// # Errors
-    ///
-    /// [`TransportError::JetStream`].
-    pub async fn pending(&mut self) -> Result<u64, TransportError> {
-        let info = self
-            .consumer
-            .info()
-            .await
-            .map_err(|e| js_err("consumer info")(e.to_string()))?;
-        Ok(info.num_pending)
+    /// Events not yet delivered to this consumer (its lag), as of the last
+    /// delivered event (JetStream puts the count in each delivery's
+    /// metadata, so reading it costs no request).
+    pub fn lag(&self) -> u64 {
+        self.lag
     }
 
-    /// Fetch at most `max` events:
+    /// The next batch of at most `max` events:
     ///
-    /// 1. take whatever is ready, without waiting (a backlog costs one round
-    ///    trip per batch);
-    /// 2. if nothing was ready, wait up to `long_poll` for a first event;
-    /// 3. if the batch is not full, wait for more only until the first event
-    ///    is `linger` old (counted from its publish time), so an event waits
-    ///    for batch-mates at most `linger` in all.
+    /// 1. what has already arrived, plus what is ready now (a request that
+    ///    does not wait: a backlog costs one round trip per batch);
+    /// 2. if nothing was, a long poll ([`LONG_POLL`]) for a first event,
+    ///    repeated until one arrives;
+    /// 3. if the batch is not full, more only until the first event is
+    ///    `linger` old (counted from its publish time), so an event waits for
+    ///    batch-mates at most `linger` in all.
     ///
-    /// Only what was asked for is delivered: no pull request is left
-    /// outstanding. Returns an empty batch if nothing arrived.
+    /// Only what can start is asked for, so at most `max` events are
+    /// delivered and not yet handled (beyond what a request weir stopped
+    /// waiting for still delivers).
     ///
-    /// Cancel safety: not cancel safe; events delivered to a cancelled call
-    /// are redelivered after the ack wait.
+    /// Cancel safety: cancel safe. Events taken before a cancellation are
+    /// kept and returned by the next call (or handed back by
+    /// [`AppConsumer::release`]).
     ///
     /// # Errors
     ///
-    /// [`TransportError::JetStream`] if the pull fails.
+    /// [`TransportError::JetStream`] if a request fails or the server ends one
+    /// with an error (the consumer was deleted); events already taken are
+    /// kept for the next call.
     pub async fn next_batch(
-        &self,
+        &mut self,
         max: usize,
         linger: Duration,
-        long_poll: Duration,
     ) -> Result<Vec<Inbound>, TransportError> {
-        let mut out = Vec::with_capacity(max.min(1024));
-        self.ready(max, &mut out).await?;
-        if out.is_empty() {
-            self.pull(1, long_poll, &mut out).await?;
+        let max = max.max(1);
+        self.take_arrived(max)?;
+        if self.partial.len() < max {
+            self.pull(max - self.partial.len(), Wait::No).await?;
         }
-        if out.is_empty() || out.len() >= max {
-            return Ok(out);
+        while self.partial.is_empty() {
+            self.pull(1, Wait::For(LONG_POLL)).await?;
         }
-        let left = max - out.len();
-        match linger.checked_sub(out[0].age() + LINGER_MARGIN) {
-            Some(wait) if wait >= MIN_LINGER_PULL => self.pull(left, wait, &mut out).await?,
-            _ => self.ready(left, &mut out).await?,
+        if self.partial.len() < max {
+            match linger.checked_sub(self.partial[0].age() + LINGER_MARGIN) {
+                Some(wait) if wait >= MIN_LINGER_PULL => {
+                    self.pull(max - self.partial.len(), Wait::For(wait)).await?;
+                }
+                _ => self.take_arrived(max)?,
+            }
         }
-        Ok(out)
+        Ok(std::mem::take(&mut self.partial))
     }
 
-    /// Up to `max` events that are ready now (a no-wait pull).
-    async fn ready(&self, max: usize, out: &mut Vec<Inbound>) -> Result<(), TransportError> {
-        let messages = self
-            .consumer
-            .fetch()
-            .max_messages(max)
-            .messages()
-            .await
-            .map_err(|e| js_err("fetch")(e.to_string()))?;
-        drain(messages, "fetch", out).await
+    /// The subscription, made on first use.
+    async fn subscription(
+        &mut self,
+    ) -> Result<&mut (async_nats::Subject, async_nats::Subscriber), TransportError> {
+        if self.subscription.is_none() {
+            let inbox = async_nats::Subject::from(self.client.new_inbox());
+            let subscriber = self
+                .client
+                .subscribe(inbox.clone())
+                .await
+                .map_err(|e| js_err("subscribe")(e.to_string()))?;
+            self.subscription = Some((inbox, subscriber));
+        }
+        self.subscription
+            .as_mut()
+            .ok_or_else(|| js_err("subscribe")("no subscription".to_owned()))
     }
 
-    async fn pull(
-        &self,
-        max: usize,
-        expires: Duration,
-        out: &mut Vec<Inbound>,
-    ) -> Result<(), TransportError> {
+    /// Take what has already arrived in the subscription, up to `max` held.
+    fn take_arrived(&mut self, max: usize) -> Result<(), TransportError> {
+        while self.partial.len() < max {
+            let Some((_, subscriber)) = &mut self.subscription else {
+                return Ok(());
+            };
+            match subscriber.next().now_or_never() {
+                Some(Some(message)) => {
+                    if let PullReply::Event(m) = classify(message)? {
+                        self.take(jetstream::Message {
+                            message: m,
+                            context: self.js.clone(),
+                        });
+                    }
+                }
+                Some(None) => return Err(js_err("pull")("subscription closed".to_owned())),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, msg: jetstream::Message) {
+        let inbound = Inbound::new(msg);
+        self.lag = inbound.pending;
+        self.partial.push(inbound);
+    }
+
+    /// Ask for `want` events and take what the request delivers until it
+    /// ends: filled, the server's closing status (no messages, expired), a
+    /// reconnection, two missed heartbeats, or [`PULL_REPLY_MARGIN`] past
+    /// its expiry.
+    async fn pull(&mut self, want: usize, wait: Wait) -> Result<(), TransportError> {
+        if want == 0 {
+            return Ok(());
+        }
+        let (expires, heartbeat, give_up) = match wait {
+            Wait::No => (None, Duration::ZERO, PULL_REPLY_MARGIN),
+            Wait::For(d) if d > PULL_HEARTBEAT * 2 => {
+                (Some(d), PULL_HEARTBEAT, d + PULL_REPLY_MARGIN)
+            }
+            Wait::For(d) => (Some(d), Duration::ZERO, d + PULL_REPLY_MARGIN),
+        };
+        let inbox = self.subscription().await?.0.clone();
         let mut connections = self.connections.clone();
         connections.mark_unchanged();
-        let mut request = self.consumer.batch().max_messages(max).expires(expires);
-        if expires > PULL_HEARTBEAT * 2 {
-            request = request.heartbeat(PULL_HEARTBEAT);
-        }
-        let messages = request
-            .messages()
+        let request = pull::BatchConfig {
+            batch: want,
+            expires,
+            no_wait: expires.is_none(),
+            idle_heartbeat: heartbeat,
+            ..Default::default()
+        };
+        self.consumer
+            .request_batch(request, inbox)
             .await
             .map_err(|e| js_err("pull")(e.to_string()))?;
-        // A reconnection means the server may have lost this pull request
-        // (e.g. it was killed): stop waiting and pull again at once, keeping
-        // what arrived (unacked events are redelivered if need be).
-        tokio::select! {
-            result = drain(messages, "pull", out) => result,
-            _ = connections.changed() => Ok(()),
+        let give_up = tokio::time::Instant::now() + give_up;
+        let mut got = 0;
+        while got < want {
+            // A heartbeat (or any message) is expected within two intervals.
+            let next_due = if heartbeat.is_zero() {
+                give_up
+            } else {
+                give_up.min(tokio::time::Instant::now() + heartbeat * 2)
+            };
+            let Some((_, subscriber)) = &mut self.subscription else {
+                break;
+            };
+            let message = tokio::select! {
+                m = tokio::time::timeout_at(next_due, subscriber.next()) => m,
+                // The server may have lost the request with the connection.
+                _ = connections.changed() => break,
+            };
+            match message {
+                Err(_) => break,
+                Ok(None) => return Err(js_err("pull")("subscription closed".to_owned())),
+                Ok(Some(message)) => match classify(message)? {
+                    PullReply::Event(m) => {
+                        got += 1;
+                        self.take(jetstream::Message {
+                            message: m,
+                            context: self.js.clone(),
+                        });
+                    }
+                    PullReply::Heartbeat => {}
+                    PullReply::Over => break,
+                },
+            }
         }
+        Ok(())
+    }
+
+    /// Hand back every event taken but not handled (a cancelled batch) and
+    /// every event already in the subscription, with a nak without delay, so
+    /// another host (or this one after a restart) gets them at once instead
+    /// of after the ack wait; then unsubscribe (the server drops requests
+    /// whose reply subject has no interest). Bounded by [`RELEASE_TIMEOUT`];
+    /// returns how many were handed back.
+    pub async fn release(&mut self) -> usize {
+        let mut taken = std::mem::take(&mut self.partial);
+        if let Some((_, subscriber)) = &mut self.subscription {
+            while let Some(Some(message)) = subscriber.next().now_or_never() {
+                if let Ok(PullReply::Event(m)) = classify(message) {
+                    taken.push(Inbound::new(jetstream::Message {
+                        message: m,
+                        context: self.js.clone(),
+                    }));
+                }
+            }
+        }
+        self.subscription = None;
+        let naks = futures::future::join_all(taken.iter().map(|m| m.nak(Duration::ZERO)));
+        if tokio::time::timeout(RELEASE_TIMEOUT, naks).await.is_err() {
+            tracing::debug!(consumer = %self.name, "handing back events timed out; they come back after the ack wait");
+        }
+        taken.len()
     }
 }
 
-/// Collect every message of one pull request into `out`.
-async fn drain<S, E>(
-    mut messages: S,
-    operation: &'static str,
-    out: &mut Vec<Inbound>,
-) -> Result<(), TransportError>
-where
-    S: futures::Stream<Item = Result<jetstream::Message, E>> + Unpin,
-    E: std::fmt::Display,
-{
-    while let Some(message) = messages.next().await {
-        match message {
-            Ok(msg) => out.push(Inbound::new(msg)),
-            Err(e) => return Err(js_err(operation)(e.to_string())),
+/// What a message on a pull subscription is.
+enum PullReply {
+    /// An event.
+    Event(async_nats::Message),
+    /// The server's idle heartbeat: the request is alive.
+    Heartbeat,
+    /// The request is over: no messages (404), expired (408), or ended by
+    /// the server for a reason that does not concern the consumer (409
+    /// leadership change, max ack pending, batch completed).
+    Over,
+}
+
+fn classify(message: async_nats::Message) -> Result<PullReply, TransportError> {
+    use async_nats::StatusCode;
+    match message.status {
+        None | Some(StatusCode::OK) => Ok(PullReply::Event(message)),
+        Some(StatusCode::IDLE_HEARTBEAT) => Ok(PullReply::Heartbeat),
+        Some(StatusCode::NOT_FOUND | StatusCode::TIMEOUT) => Ok(PullReply::Over),
+        Some(StatusCode::REQUEST_TERMINATED) => {
+            let description = message.description.unwrap_or_default();
+            if description.contains("Consumer Deleted") || description.contains("push based") {
+                Err(js_err("pull")(description))
+            } else {
+                Ok(PullReply::Over)
+            }
         }
+        Some(status) => Err(js_err("pull")(format!(
+            "{status}: {}",
+            message.description.unwrap_or_default()
+        ))),
     }
-    Ok(())
 }
 
 /// One delivered event.
@@ -647,18 +877,37 @@ pub struct Inbound {
     pub published_ms: u64,
     /// Publish time, ns since the Unix epoch (for latency).
     published_ns: i128,
+    /// Events pending for the consumer when this one was delivered.
+    pub pending: u64,
+    /// Why the delivery's JetStream metadata could not be read, if it could
+    /// not (then `attempt`, `sequence` and the publish time are unknown, 0):
+    /// such an event is dead-lettered with this reason, never handled.
+    pub metadata_error: Option<String>,
 }
 
 impl Inbound {
-    fn new(msg: jetstream::Message) -> Self {
-        let (attempt, sequence, published_ns, stream) = match msg.info() {
+    /// Wrap a delivered message, reading its JetStream metadata.
+    pub fn new(msg: jetstream::Message) -> Self {
+        let (attempt, sequence, published_ns, stream, pending, metadata_error) = match msg.info() {
             Ok(info) => (
                 u32::try_from(info.delivered).unwrap_or(u32::MAX),
                 info.stream_sequence,
                 info.published.unix_timestamp_nanos(),
                 info.stream.to_owned(),
+                info.pending,
+                None,
             ),
-            Err(_) => (1, 0, 0, String::new()),
+            Err(e) => (
+                0,
+                0,
+                0,
+                String::new(),
+                0,
+                Some(format!(
+                    "JetStream metadata of the delivery cannot be read ({e}); reply subject {:?}",
+                    msg.reply.as_deref().unwrap_or("")
+                )),
+            ),
         };
         let published_ms = u64::try_from(published_ns / 1_000_000).unwrap_or(0);
         let id = msg
@@ -668,15 +917,23 @@ impl Inbound {
             .map(|v| v.as_str().to_owned())
             .filter(|v| !v.is_empty())
             .unwrap_or_else(|| format!("{stream}:{sequence}"));
+        let id = match (&metadata_error, id.as_str()) {
+            // No id and no sequence: name it by its reply subject, which is
+            // unique per delivery, so no two such events share a key.
+            (Some(_), ":0") => format!("unknown:{}", msg.reply.as_deref().unwrap_or("no-reply")),
+            _ => id,
+        };
         Self {
             subject: msg.subject.to_string(),
             payload: msg.payload.clone(),
             msg,
             id,
-            attempt: attempt.max(1),
+            attempt,
             sequence,
             published_ms,
             published_ns,
+            pending,
+            metadata_error,
         }
     }
 

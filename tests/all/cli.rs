@@ -233,7 +233,7 @@ fn run_consumes_and_sigterm_drains_with_exit_0() {
     std::io::Read::read_to_string(host.child.stderr.as_mut().unwrap(), &mut log).unwrap();
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(
-        log.contains("SIGTERM received") && log.contains("shutdown complete"),
+        log.contains("SIGTERM") && log.contains("shutdown complete"),
         "{log}"
     );
 }
@@ -297,4 +297,118 @@ fn publish_replays_the_corpus_and_folds_domains() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// A host on `url` that has handled one event.
+fn serving_one_event(url: &str) -> RunningHost {
+    let host = RunningHost::start(url);
+    let out = publish(url, &["--name", "test", "--payload", "restart:u0"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    host.wait_units(1);
+    host
+}
+
+/// Wait at most `within` for `child` to exit; its status and how long it took.
+fn wait_exit(
+    child: &mut std::process::Child,
+    within: std::time::Duration,
+) -> (Option<std::process::ExitStatus>, std::time::Duration) {
+    let t = std::time::Instant::now();
+    while t.elapsed() < within {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (Some(status), t.elapsed());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    (None, t.elapsed())
+}
+
+fn signal(child: &std::process::Child, name: &str) {
+    assert!(
+        Command::new("kill")
+            .args([&format!("-{name}"), &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+fn stderr_of(child: &mut std::process::Child) -> String {
+    let mut log = String::new();
+    if let Some(err) = child.stderr.as_mut() {
+        let _ = std::io::Read::read_to_string(err, &mut log);
+    }
+    log
+}
+
+/// SIGTERM to a running host whose nats-server was SIGKILLed: the drain,
+/// the flush and the close are each bounded, so the host exits 0 within the
+/// drain bound plus 5 s (it used to wait for the lost server forever).
+#[test]
+fn sigterm_with_nats_down_exits_within_the_bound() {
+    let _heavy = crate::common::heavy();
+    let (mut server, _dir) = crate::nats::server();
+    let mut host = serving_one_event(&server.url());
+    server.kill();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    signal(&host.child, "TERM");
+    let bound = weir_host::host::DRAIN_TIMEOUT + weir_host::host::SHUTDOWN_SLACK;
+    let (status, took) = wait_exit(&mut host.child, bound + std::time::Duration::from_secs(10));
+    let log = stderr_of(&mut host.child);
+    assert!(
+        took <= bound,
+        "exited after {took:?}, bound {bound:?}: {log}"
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{log}");
+}
+
+/// SIGTERM while the host waits for an unreachable NATS at start: it stops
+/// at once (the start is abandoned, nothing was consumed).
+#[test]
+fn sigterm_while_waiting_for_nats_at_start_exits_at_once() {
+    let _heavy = crate::common::heavy();
+    // A loopback port with nothing listening.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut host = RunningHost::start(&format!("nats://127.0.0.1:{port}"));
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(
+        host.child.try_wait().unwrap().is_none(),
+        "still waiting for NATS"
+    );
+    signal(&host.child, "TERM");
+    let (status, took) = wait_exit(&mut host.child, std::time::Duration::from_secs(10));
+    let log = stderr_of(&mut host.child);
+    assert!(
+        took <= std::time::Duration::from_secs(3),
+        "took {took:?}: {log}"
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{log}");
+    assert!(log.contains("stopping during start"), "{log}");
+}
+
+/// A second signal during the drain exits at once, with 130.
+#[test]
+fn a_second_signal_exits_at_once() {
+    let _heavy = crate::common::heavy();
+    let (mut server, _dir) = crate::nats::server();
+    let mut host = serving_one_event(&server.url());
+    // With the server gone the shutdown waits out its flush bound: the
+    // second signal lands while it does.
+    server.kill();
+    signal(&host.child, "TERM");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    signal(&host.child, "INT");
+    let (status, took) = wait_exit(&mut host.child, std::time::Duration::from_secs(10));
+    let log = stderr_of(&mut host.child);
+    assert!(
+        took <= std::time::Duration::from_secs(1),
+        "took {took:?}: {log}"
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(130), "{log}");
 }

@@ -130,6 +130,59 @@ mod fixtures {
         });
     }
 
+    pub fn sleeper(path: &str) {
+        // Wall-clock bound: no other heavy test may compete for the cores.
+        let _heavy = heavy();
+        let deadline_ms = 300;
+        let limits = Limits {
+            deadline_ms,
+            ..Limits::default()
+        };
+        let bound = Duration::from_millis(deadline_ms) + EPOCH_TICK * 2;
+        for clocks in [false, true] {
+            let mut spec = weir_host::AppSpec::new(format!("sleeper-{clocks}"), 1, "node1");
+            spec.limits = limits.clone();
+            spec.clocks = clocks;
+            let app = crate::common::runtime()
+                .deploy_file(spec, path.as_ref())
+                .unwrap();
+            for wait in ["sleep", "block-max", "poll-max", "sleep-loop"] {
+                let elapsed = stopped_then_recovers(&app, wait, |e| {
+                    *e == InvokeError::Timeout { deadline_ms }
+                });
+                assert!(
+                    elapsed >= Duration::from_millis(deadline_ms),
+                    "{wait}: stopped early: {elapsed:?}"
+                );
+                assert!(
+                    elapsed <= bound,
+                    "{wait} (clocks {clocks}): stopped after {elapsed:?}, bound {bound:?}"
+                );
+            }
+        }
+        // The same waits through the async path (a pool permit, a batch
+        // thread): the slot is freed and the app serves its next batch.
+        let app = deploy("sleeper-async", path, limits);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for wait in ["sleep", "poll-max"] {
+                let inv = app.invoke(directive(wait)).await;
+                assert_eq!(inv.result, Err(InvokeError::Timeout { deadline_ms }));
+                assert!(
+                    inv.stats.elapsed <= bound,
+                    "{wait}: {:?}",
+                    inv.stats.elapsed
+                );
+            }
+            let ok = app.invoke(directive("ok")).await;
+            assert_eq!(ok.result.unwrap().outcomes, vec![Outcome::Done]);
+        });
+    }
+
     pub fn memory_bomb(path: &str) {
         let _heavy = heavy();
         let limits = Limits {

@@ -178,7 +178,7 @@ fn delivers_filters_and_settles_outcomes() {
             body.contains("weir_events_skipped_total{node=\"1\",app=\"mail1\"} 25"),
             "{body}"
         );
-        assert!(http_get(addr, "/health").await.ends_with("ok\n"));
+        assert!(http_get(addr, "/health").await.ends_with("ok: running\n"));
         assert!(
             http_get(addr, "/stats")
                 .await
@@ -452,6 +452,68 @@ fn nats_server_restarted_mid_stream_loses_no_acknowledged_event() {
             "every acknowledged event handled",
             handled() == expected
         );
+        host.shutdown().await.unwrap();
+    });
+}
+
+/// The broker-test shape that lost events: 1,000 apps on one host, each with
+/// one rule over 3 event names, one event per (app, name), at the default
+/// engine config (64 shared pool slots). Every event reaches its handler on
+/// its first delivery: 3,000 invoked, 0 redeliveries weir did not ask for,
+/// 0 dead letters.
+#[test]
+fn a_thousand_apps_receive_every_event_on_its_first_delivery() {
+    let _heavy = crate::common::heavy();
+    let (server, _dir) = server();
+    const APPS: usize = 1_000;
+    let mut text = format!(
+        "[node]\nid = 1\nname = \"node1\"\n[nats]\nurl = \"{}\"\n[http]\nenabled = false\n",
+        server.url()
+    );
+    for i in 0..APPS {
+        text.push_str(&format!(
+            "[[app]]\nname = \"t{i:04}\"\ncomponent = \"{}\"\n[[app.rule]]\nevent = [\"t{i:04}-a\", \"t{i:04}-b\", \"t{i:04}-c\"]\n",
+            weir_test_artifacts::ECHO
+        ));
+    }
+    let config = Config::parse(&text).unwrap();
+    assert_eq!(config.problems(), Vec::<String>::new());
+    assert_eq!(config.engine, weir_host::EngineConfig::default());
+    rt().block_on(async {
+        let host = Host::start(config).await.unwrap();
+        let p = publisher(&server).await;
+        // Let every pull go idle past a heartbeat first (the old failure).
+        tokio::time::sleep(weir_host::transport::PULL_HEARTBEAT + Duration::from_secs(1)).await;
+        let started = Instant::now();
+        let publishes = (0..APPS).flat_map(|i| {
+            ["a", "b", "c"].map(|n| {
+                let p = p.clone();
+                async move {
+                    p.publish_event(
+                        &format!("t{i:04}-{n}"),
+                        "cluster",
+                        Bytes::from_static(b"hello"),
+                        &format!("t{i:04}-{n}"),
+                    )
+                    .await
+                }
+            })
+        });
+        for result in futures::future::join_all(publishes).await {
+            result.unwrap();
+        }
+        let invoked = |host: &Host| host.stats().iter().map(|s| s.invoked_events).sum::<u64>();
+        assert_eventually!(Duration::from_secs(60), "3,000 events invoked", {
+            invoked(&host) == 3 * APPS as u64
+        });
+        let took = started.elapsed();
+        let s = host.stats();
+        let sum = |f: fn(&weir_host::stats::AppStatsSnapshot) -> u64| s.iter().map(f).sum::<u64>();
+        assert_eq!(sum(|a| a.received), 3_000);
+        assert_eq!(sum(|a| a.redeliveries_unrequested), 0);
+        assert_eq!(sum(|a| a.dead_letters), 0);
+        assert_eq!(sum(|a| a.outcomes["done"]), 3_000);
+        eprintln!("1,000 apps: 3,000 events invoked {took:?} after the first publish");
         host.shutdown().await.unwrap();
     });
 }

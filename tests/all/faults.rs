@@ -298,3 +298,106 @@ fn oversized_event_id_is_dead_lettered_with_the_reason() {
         host.shutdown().await.unwrap();
     });
 }
+
+/// Deliveries used up by something other than the handler (here another
+/// client of the same durable consumer that nak's without handling, as a
+/// killed host or a lost ack would) are counted by weir: at the default
+/// `max_deliver` the event is dead-lettered with the reason, never left in
+/// the stream without a decision (JetStream, counting itself, would have
+/// stopped delivering it after its 5th delivery).
+#[test]
+fn deliveries_used_up_elsewhere_end_in_a_dead_letter_with_the_reason() {
+    let _heavy = heavy();
+    let (server, _dir) = server();
+    let apps = format!(
+        "[[app]]\nname = \"echo\"\ncomponent = \"{}\"\n[[app.rule]]\nevent = \"test\"\n",
+        weir_test_artifacts::ECHO
+    );
+    let config = host_config(&server, "", &apps);
+    let delivery = config.apps[0].delivery.clone();
+    assert_eq!(delivery.max_deliver, 5, "the default");
+    rt().block_on(async {
+        let p = publisher(&server).await;
+        p.publish_event("test", "cluster", Bytes::from_static(b"hello"), "stolen")
+            .await
+            .unwrap();
+        // Five deliveries that never reach the handler.
+        let mut thief = p.consumer(1, "echo", &["test"], &delivery).await.unwrap();
+        for attempt in 1..=5 {
+            let batch = thief.next_batch(1, Duration::ZERO).await.unwrap();
+            assert_eq!(batch[0].attempt, attempt);
+            batch[0].nak(Duration::ZERO).await.unwrap();
+        }
+        drop(thief);
+        let host = Host::start(config).await.unwrap();
+        assert_eventually!(Duration::from_secs(30), "dead-lettered", {
+            stats(&host, "echo").dead_letters == 1
+        });
+        let s = stats(&host, "echo");
+        assert_eq!(s.dead_letters_out_of_deliveries, 1, "{s:?}");
+        assert_eq!(s.invoked_events, 0, "never handed to the handler: {s:?}");
+        assert_eq!(s.redeliveries_unrequested, 1, "{s:?}");
+        let dead = dead_letters(&server, "echo").await;
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!(
+            (dead[0].id.as_str(), dead[0].attempts.as_str()),
+            ("stolen", "6")
+        );
+        assert!(
+            dead[0]
+                .reason
+                .starts_with("delivered 6 times, more than max_deliver = 5"),
+            "{dead:?}"
+        );
+        host.shutdown().await.unwrap();
+    });
+}
+
+/// A full dead-letter stream (its own caps, discard `new`) refuses a dead
+/// letter: the event is not terminated but stays in the events stream,
+/// retried with backoff and counted, and is dead-lettered once there is
+/// room. Nothing is lost.
+#[test]
+fn a_full_dead_letter_stream_loses_nothing() {
+    let _heavy = heavy();
+    let (server, _dir) = server();
+    let apps = format!(
+        "[[app]]\nname = \"echo\"\ncomponent = \"{}\"\n[[app.rule]]\nevent = \"test\"\n[app.delivery]\nbackoff_ms = [100]\n",
+        weir_test_artifacts::ECHO
+    );
+    let config = host_config(&server, "dead_max_msgs = 1", &apps);
+    rt().block_on(async {
+        let host = Host::start(config).await.unwrap();
+        let p = publisher(&server).await;
+        for id in ["r1", "r2"] {
+            p.publish_event("test", "cluster", Bytes::from_static(b"reject:no"), id)
+                .await
+                .unwrap();
+        }
+        assert_eventually!(Duration::from_secs(30), "one stored, one refused", {
+            let s = stats(&host, "echo");
+            s.dead_letters == 1 && s.dead_letter_failures >= 1
+        });
+        // Make room: the refused one is dead-lettered on a later delivery.
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut dead_stream = js.get_stream("WEIR_DEAD").await.unwrap();
+        let first = dead_letters(&server, "echo").await;
+        assert_eq!(first.len(), 1);
+        dead_stream.purge().await.unwrap();
+        assert_eventually!(Duration::from_secs(30), "the second stored", {
+            stats(&host, "echo").dead_letters == 2
+        });
+        let second = dead_letters(&server, "echo").await;
+        let ids: std::collections::BTreeSet<&str> =
+            first.iter().chain(&second).map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["r1", "r2"].into_iter().collect());
+        let info = dead_stream.info().await.unwrap();
+        assert_eq!(info.config.max_messages, 1);
+        assert_eq!(
+            info.config.discard,
+            async_nats::jetstream::stream::DiscardPolicy::New
+        );
+        host.shutdown().await.unwrap();
+    });
+}

@@ -114,7 +114,7 @@ fn publish_fetch_ack_nak_term() {
         t.ensure_streams()
             .await
             .expect("ensure_streams is idempotent");
-        let consumer = t
+        let mut consumer = t
             .consumer(1, "mail1", &["user-domain-changed"], &Delivery::default())
             .await
             .unwrap();
@@ -137,7 +137,7 @@ fn publish_fetch_ack_nak_term() {
         .await
         .unwrap();
         let batch = consumer
-            .next_batch(10, Duration::from_millis(100), Duration::from_secs(2))
+            .next_batch(10, Duration::from_millis(100))
             .await
             .unwrap();
         assert_eq!(batch.len(), 3, "only the filtered event name arrives");
@@ -154,18 +154,117 @@ fn publish_fetch_ack_nak_term() {
         batch[1].nak(Duration::from_millis(50)).await.unwrap();
         batch[2].term().await.unwrap();
         let again = consumer
-            .next_batch(10, Duration::from_millis(100), Duration::from_secs(5))
+            .next_batch(10, Duration::from_millis(100))
             .await
             .unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!((again[0].id.as_str(), again[0].attempt), ("id-1", 2));
         again[0].ack().await.unwrap();
         t.flush().await.unwrap();
-        let none = consumer
-            .next_batch(10, Duration::from_millis(50), Duration::from_millis(300))
+        let none = tokio::time::timeout(
+            Duration::from_millis(300),
+            consumer.next_batch(10, Duration::ZERO),
+        )
+        .await;
+        assert!(none.is_err(), "nothing left: {none:?}");
+        assert_eq!(consumer.lag(), 0);
+    });
+}
+
+/// The regression behind events lost at 1,000 apps: a pull that had seen an
+/// idle heartbeat stopped reading its subscription and dropped what came
+/// next. An event published after the consumer idled for longer than a
+/// heartbeat interval arrives at once, on its first delivery.
+#[test]
+fn an_event_after_idle_heartbeats_arrives_on_its_first_delivery() {
+    let _heavy = crate::common::heavy();
+    let (server, _dir) = server();
+    rt().block_on(async {
+        let t = transport(&server).await;
+        let mut consumer = t
+            .consumer(1, "idle", &["late"], &Delivery::default())
             .await
             .unwrap();
-        assert!(none.is_empty());
+        let waiting = tokio::spawn(async move {
+            let batch = consumer.next_batch(10, Duration::ZERO).await;
+            (batch, consumer)
+        });
+        // Longer than a pull heartbeat interval: heartbeats have arrived.
+        tokio::time::sleep(weir_host::transport::PULL_HEARTBEAT + Duration::from_secs(1)).await;
+        let published = std::time::Instant::now();
+        t.publish_event("late", "cluster", Bytes::from_static(b"{}"), "late-1")
+            .await
+            .unwrap();
+        let (batch, _consumer) = tokio::time::timeout(Duration::from_secs(3), waiting)
+            .await
+            .expect("the event did not arrive within 3 s")
+            .unwrap();
+        let batch = batch.unwrap();
+        assert_eq!(batch.len(), 1);
+        assert_eq!((batch[0].id.as_str(), batch[0].attempt), ("late-1", 1));
+        assert!(published.elapsed() < Duration::from_secs(3));
+    });
+}
+
+/// Start a batch that lingers far longer than we wait, and cancel it after
+/// its events were taken.
+async fn take_then_cancel(consumer: &mut weir_host::transport::AppConsumer) {
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(300),
+        consumer.next_batch(10, Duration::from_secs(60)),
+    )
+    .await;
+    assert!(cancelled.is_err(), "cancelled mid-batch");
+}
+
+/// `next_batch` is cancel safe: events taken before a cancellation come back
+/// from the next call, still on their first delivery; `release` hands back
+/// what is left so the next consumer gets it at once (not after the ack
+/// wait), and JetStream's own delivery limit is off (weir counts).
+#[test]
+fn next_batch_is_cancel_safe_and_release_hands_events_back() {
+    let _heavy = crate::common::heavy();
+    let (server, _dir) = server();
+    rt().block_on(async {
+        let t = transport(&server).await;
+        let mut consumer = t
+            .consumer(1, "cancel", &["c"], &Delivery::default())
+            .await
+            .unwrap();
+        for i in 0..2 {
+            t.publish_event("c", "cluster", Bytes::from_static(b"{}"), &format!("c-{i}"))
+                .await
+                .unwrap();
+        }
+        take_then_cancel(&mut consumer).await;
+        let batch = consumer.next_batch(10, Duration::ZERO).await.unwrap();
+        assert_eq!(
+            batch
+                .iter()
+                .map(|m| (m.id.as_str(), m.attempt))
+                .collect::<Vec<_>>(),
+            [("c-0", 1), ("c-1", 1)]
+        );
+        for m in &batch {
+            m.ack().await.unwrap();
+        }
+        // Taken but not handled, then released at shutdown.
+        t.publish_event("c", "cluster", Bytes::from_static(b"{}"), "c-2")
+            .await
+            .unwrap();
+        take_then_cancel(&mut consumer).await;
+        assert_eq!(consumer.release().await, 1);
+        drop(consumer);
+        let mut next = t
+            .consumer(1, "cancel", &["c"], &Delivery::default())
+            .await
+            .unwrap();
+        let back =
+            tokio::time::timeout(Duration::from_secs(5), next.next_batch(10, Duration::ZERO))
+                .await
+                .expect("a released event comes back at once, not after the 30 s ack wait")
+                .unwrap();
+        assert_eq!((back[0].id.as_str(), back[0].attempt), ("c-2", 2));
     });
 }
 
@@ -211,5 +310,64 @@ fn conflicting_stream_is_reported_not_changed() {
             "{err}"
         );
         assert!(err.to_string().contains("weir.events.>"), "{err}");
+    });
+}
+
+/// A delivery whose JetStream metadata cannot be read (its reply subject is
+/// not an ack subject) carries the reason, so the pipeline dead-letters it
+/// instead of handling it as attempt 1 of sequence 0; ids of such events
+/// never collide (the reply subject is unique per delivery).
+#[test]
+fn unreadable_metadata_is_reported_not_defaulted() {
+    rt().block_on(async {
+        // A client that never connects: only the message's context needs it.
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect("nats://127.0.0.1:1")
+            .await
+            .unwrap();
+        let message = |reply: &str, id: Option<&str>| {
+            let headers = id.map(|id| {
+                let mut h = async_nats::HeaderMap::new();
+                h.insert("Nats-Msg-Id", id);
+                h
+            });
+            async_nats::jetstream::Message {
+                message: async_nats::Message {
+                    subject: "weir.events.test.cluster".into(),
+                    reply: Some(reply.into()),
+                    payload: Bytes::from_static(b"{}"),
+                    headers,
+                    status: None,
+                    description: None,
+                    length: 2,
+                },
+                context: async_nats::jetstream::new(client.clone()),
+            }
+        };
+        let a = weir_host::transport::Inbound::new(message("_INBOX.a", None));
+        let b = weir_host::transport::Inbound::new(message("_INBOX.b", None));
+        assert!(
+            a.metadata_error
+                .as_deref()
+                .is_some_and(|e| e.contains("_INBOX.a")),
+            "{a:?}"
+        );
+        assert_eq!((a.attempt, a.sequence), (0, 0));
+        assert_eq!(a.id, "unknown:_INBOX.a");
+        assert_ne!(a.id, b.id);
+        let c = weir_host::transport::Inbound::new(message("_INBOX.c", Some("pub-1")));
+        assert!(c.metadata_error.is_some());
+        assert_eq!(c.id, "pub-1", "a publisher's id is kept");
+        // A real JetStream ack subject parses.
+        let ok = weir_host::transport::Inbound::new(message(
+            "$JS.ACK.WEIR_EVENTS.weir_1_echo.3.17.17.1700000000000000000.0",
+            None,
+        ));
+        assert_eq!(ok.metadata_error, None);
+        assert_eq!(
+            (ok.attempt, ok.sequence, ok.id.as_str()),
+            (3, 17, "WEIR_EVENTS:17")
+        );
     });
 }

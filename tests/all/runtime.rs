@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use weir_host::{AppSpec, DeployError, EngineConfig, Limits, LoadSource, Runtime};
+use weir_host::{AppSpec, DeployError, EngineConfig, Limits, LoadSource, Outcome, Runtime};
 
 use crate::common::{deploy, directive};
 
@@ -83,24 +83,45 @@ fn oversized_component_is_refused_before_compiling() {
     );
 }
 
+/// Pool slots are shared, not reserved per app: 20 apps deploy into a pool of
+/// 2 and all their batches, started at once, are served (waiting for a slot
+/// in turn), while at most 2 instances are live at any moment.
 #[test]
-fn pool_refuses_apps_beyond_its_size_with_the_arithmetic() {
+fn apps_share_pool_slots() {
+    let _heavy = crate::common::heavy();
     let rt = Runtime::new(EngineConfig {
         pool_instances: 2,
         ..Default::default()
     })
     .unwrap();
     let path: &std::path::Path = weir_test_artifacts::ECHO.as_ref();
-    let a = rt.deploy_file(AppSpec::new("a", 1, "n"), path).unwrap();
-    let _b = rt.deploy_file(AppSpec::new("b", 1, "n"), path).unwrap();
-    let err = rt.deploy_file(AppSpec::new("c", 1, "n"), path).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "instance pool full: 3 apps × 1 instance(s) each would need 3 slots, the pool has 2 (engine pool_instances)"
-    );
-    drop(a);
-    rt.deploy_file(AppSpec::new("c", 1, "n"), path)
-        .expect("a slot was freed");
+    let apps: Vec<_> = (0..20)
+        .map(|i| {
+            rt.deploy_file(AppSpec::new(format!("a{i}"), 1, "n"), path)
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(rt.deployed_apps(), 20);
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let results = tokio.block_on(async {
+        let calls = apps.iter().map(|app| {
+            app.invoke(vec![
+                crate::common::event("test", "cluster", "hello"),
+                crate::common::event("test", "cluster", "retry:5"),
+            ])
+        });
+        futures::future::join_all(calls).await
+    });
+    for inv in results {
+        assert_eq!(
+            inv.result.expect("every app is served").outcomes,
+            vec![Outcome::Done, Outcome::Retry(5)]
+        );
+    }
 }
 
 #[test]

@@ -79,10 +79,22 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
     resumes.push(("down at host start (3 s)".to_owned(), r));
     let host = starting.await??;
     let published = publisher.finish().await;
-    let drained = ledger::drain(&published, &scratch.ledger, Duration::from_secs(60)).await;
+    let drained = ledger::drain(
+        &published,
+        &scratch.ledger,
+        &s.url(),
+        "ledger",
+        Duration::from_secs(60),
+    )
+    .await;
     host.shutdown().await?;
+    let dead = ledger::dead_letters(&s.url(), "ledger").await?;
     drop(s);
-    let v = ledger::check(&published, &ledger::read(&scratch.ledger));
+    let v = ledger::check(
+        &published,
+        &ledger::read(&scratch.ledger),
+        &dead.keys().cloned().collect(),
+    );
     let injected = "nats-server SIGTERM and SIGKILL, down 1 s and 30 s; down at host start";
     report.check(
         "broker faults: lost",
@@ -93,6 +105,13 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
         ),
         "0",
         v.lost == 0 && drained,
+    );
+    report.check(
+        "broker faults: out of deliveries, dead-lettered with a reason",
+        injected,
+        format!("{} of {} acknowledged", v.dead_lettered, v.acked),
+        "reported (default max_deliver 5); none lost",
+        v.lost == 0,
     );
     report.check(
         "broker faults: unexpected",

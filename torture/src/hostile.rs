@@ -1,6 +1,7 @@
 //! Hostile guests beside a bystander: spinning guests on every worker thread
-//! (heartbeat gaps, bystander latency), and memory, hostcall, log and effect
-//! bombs (host RSS before and after, log summary lines per window).
+//! (heartbeat gaps, bystander latency), guests blocked in WASI waits (stopped
+//! at the deadline, slots freed), and memory, hostcall, log and effect bombs
+//! (host RSS before and after, log summary lines per window).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -178,7 +179,77 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
             attacked.len()
         ),
     );
+    sleepers(&rt, &bystander, report).await?;
     bombs(&rt, &bystander, report).await
+}
+
+/// Blocking guests: twice as many batches as the pool has slots, each
+/// blocked in a WASI wait (an hour's sleep, a `u64::MAX` poll), all started
+/// at once. Each must be stopped with `Timeout` at its deadline, freeing its
+/// slot for the next, and the bystander must be served after them.
+async fn sleepers(rt: &Runtime, bystander: &App, report: &mut Report) -> anyhow::Result<()> {
+    let sleeper = deploy(
+        rt,
+        "sleeper",
+        weir_test_artifacts::SLEEPER,
+        Limits {
+            deadline_ms: SPIN_DEADLINE_MS,
+            ..Limits::default()
+        },
+    )?;
+    let slots = rt.config().pool_instances as usize;
+    let batches = 2 * slots;
+    let started = Instant::now();
+    let calls = (0..batches).map(|i| {
+        let directive = if i % 2 == 0 { "sleep" } else { "poll-max" };
+        sleeper.invoke(vec![event(directive)])
+    });
+    let results = futures::future::join_all(calls).await;
+    let all = started.elapsed();
+    let timeouts = results
+        .iter()
+        .filter(|inv| {
+            inv.result
+                == Err(weir_host::InvokeError::Timeout {
+                    deadline_ms: SPIN_DEADLINE_MS,
+                })
+        })
+        .count();
+    let longest = results
+        .iter()
+        .map(|inv| inv.stats.elapsed)
+        .max()
+        .unwrap_or_default();
+    let served = bystander.invoke(vec![event("hello")]).await.result.is_ok();
+    let bound = Duration::from_millis(SPIN_DEADLINE_MS) + 2 * EPOCH_TICK;
+    let injected = format!(
+        "{batches} batches blocked in WASI waits (1 h sleep, u64::MAX poll) on {slots} pool slots"
+    );
+    report.check(
+        "blocking guests: stopped at the deadline",
+        &injected,
+        format!(
+            "{timeouts} of {batches} Timeout, longest {:.1} ms",
+            longest.as_secs_f64() * 1e3
+        ),
+        &format!(
+            "all, ≤ deadline {SPIN_DEADLINE_MS} ms + 2 ticks = {} ms",
+            bound.as_millis()
+        ),
+        timeouts == batches && longest <= bound,
+    );
+    let rounds_bound = 2 * bound + Duration::from_millis(100);
+    report.check(
+        "blocking guests: slots freed",
+        &injected,
+        format!(
+            "all {batches} done in {:.0} ms; bystander served after: {served}",
+            all.as_secs_f64() * 1e3
+        ),
+        &format!("≤ 2 rounds × {} ms + 100 ms", bound.as_millis()),
+        served && all <= rounds_bound,
+    );
+    Ok(())
 }
 
 async fn bombs(rt: &Runtime, bystander: &App, report: &mut Report) -> anyhow::Result<()> {

@@ -139,11 +139,23 @@ pub async fn run(report: &mut Report, kills: u32, budget: Duration) -> anyhow::R
     let mut child = spawn_host(&config)?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let published = publisher.finish().await;
-    let drained = ledger::drain(&published, &scratch.ledger, Duration::from_secs(60)).await;
+    let drained = ledger::drain(
+        &published,
+        &scratch.ledger,
+        &server.url(),
+        "ledger",
+        Duration::from_secs(60),
+    )
+    .await;
     let deliveries = ledger::deliveries(&server.url(), "ledger").await?;
     child.kill()?;
     child.wait()?;
-    let v = ledger::check(&published, &ledger::read(&scratch.ledger));
+    let dead = ledger::dead_letters(&server.url(), "ledger").await?;
+    let v = ledger::check(
+        &published,
+        &ledger::read(&scratch.ledger),
+        &dead.keys().cloned().collect(),
+    );
     let injected = format!("kill -9 of the host at random points, {done} times, 300 events/s");
     report.check(
         "kill -9: lost",
@@ -154,6 +166,20 @@ pub async fn run(report: &mut Report, kills: u32, budget: Duration) -> anyhow::R
         ),
         "0",
         v.lost == 0 && drained,
+    );
+    report.check(
+        "kill -9: out of deliveries, dead-lettered with a reason",
+        &injected,
+        format!(
+            "{} of {} acknowledged ({})",
+            v.dead_lettered,
+            v.acked,
+            crate::ledger::reasons(&dead)
+                .first()
+                .map_or("none".to_owned(), |(r, n)| format!("{n}× \"{r}\""))
+        ),
+        "reported (default max_deliver 5); none lost",
+        v.lost == 0,
     );
     report.check(
         "kill -9: unexpected",

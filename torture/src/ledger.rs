@@ -8,7 +8,10 @@
 //!   file: the idempotency keys and the event ids it ran for
 //!   (`WEIR_EFFECT_KEYS|WEIR_EVENT_IDS`).
 //! - [`check`] compares them after a drain phase: `lost` (acknowledged but
-//!   never handled) and `unexpected` (handled but never attempted) must be 0;
+//!   neither handled nor dead-lettered with a reason) and `unexpected`
+//!   (handled but never attempted) must be 0; `dead-lettered` counts events
+//!   that ran out of deliveries (the host's default `max_deliver` of 5: a
+//!   kill in the middle of an event's batch uses one of its deliveries);
 //!   `re-executions` counts effects run again for an event (a kill between
 //!   the effect and its record); `unstable keys` counts events whose effect
 //!   got two different keys (an executor deduplicating by key would apply it
@@ -31,8 +34,9 @@ pub const UNIT: &str = "ledger.service";
 
 /// `weir.toml` for node 1 with one app, `ledger` (the echo component), whose
 /// effects append to `ledger`. `ack_wait_ms` is short so a killed host's
-/// in-flight events come back quickly; `max_deliver` is high so no event is
-/// dead-lettered by the faults alone.
+/// in-flight events come back quickly; `max_deliver` is the default (5): an
+/// event whose deliveries the faults use up is dead-lettered, and the
+/// checker counts it as decided, not lost.
 pub fn host_config(nats_url: &str, ledger: &Path, cache: &Path, ack_wait_ms: u64) -> String {
     format!(
         r#"
@@ -56,9 +60,8 @@ pub fn host_config(nats_url: &str, ledger: &Path, cache: &Path, ack_wait_ms: u64
         [app.grants]
         restart = ["{UNIT}"]
         [app.limits]
-        deadline_ms = 500
+        deadline_ms = 400
         [app.delivery]
-        max_deliver = 1000
         backoff_ms = [100]
         ack_wait_ms = {ack_wait_ms}
         "#,
@@ -222,8 +225,10 @@ pub struct Verdict {
     pub acked: usize,
     /// Distinct events handled.
     pub handled: usize,
-    /// Acknowledged but never handled.
+    /// Acknowledged but neither handled nor dead-lettered.
     pub lost: usize,
+    /// Acknowledged, not handled, dead-lettered with a reason.
+    pub dead_lettered: usize,
     /// Handled but never attempted.
     pub unexpected: usize,
     /// Effects run more than once for an event (sum of extra runs).
@@ -232,16 +237,24 @@ pub struct Verdict {
     pub unstable_keys: usize,
 }
 
-/// Judge `published` against `executions`.
-pub fn check(published: &Published, executions: &Executions) -> Verdict {
+/// Judge `published` against `executions` and the ids of `dead` letters.
+pub fn check(published: &Published, executions: &Executions, dead: &HashSet<String>) -> Verdict {
     let handled: HashSet<&String> = executions.per_event.keys().collect();
+    let unhandled: Vec<&String> = published
+        .acked
+        .iter()
+        .filter(|id| !handled.contains(id))
+        .collect();
     Verdict {
         acked: published.acked.len(),
         handled: handled.len(),
-        lost: published
-            .acked
+        lost: unhandled
             .iter()
-            .filter(|id| !handled.contains(id))
+            .filter(|id| !dead.contains(id.as_str()))
+            .count(),
+        dead_lettered: unhandled
+            .iter()
+            .filter(|id| dead.contains(id.as_str()))
             .count(),
         unexpected: handled
             .iter()
@@ -256,16 +269,87 @@ pub fn check(published: &Published, executions: &Executions) -> Verdict {
     }
 }
 
-/// Wait (at most `within`) until every acknowledged id is in the ledger.
-pub async fn drain(published: &Published, ledger: &Path, within: Duration) -> bool {
-    crate::util::wait_for(within, || {
+/// Wait (at most `within`) until every acknowledged id is in the ledger or
+/// among the dead letters of node 1's `app` on the server at `url`.
+pub async fn drain(
+    published: &Published,
+    ledger: &Path,
+    url: &str,
+    app: &str,
+    within: Duration,
+) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
         let ex = read(ledger);
-        published
+        let pending: Vec<&String> = published
             .acked
             .iter()
-            .all(|id| ex.per_event.contains_key(id))
-    })
-    .await
+            .filter(|id| !ex.per_event.contains_key(*id))
+            .collect();
+        if pending.is_empty() {
+            return true;
+        }
+        if let Ok(dead) = dead_letters(url, app).await
+            && pending.iter().all(|id| dead.contains_key(id.as_str()))
+        {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The dead letters of node 1's `app`: original event id → reason.
+pub async fn dead_letters(url: &str, app: &str) -> anyhow::Result<HashMap<String, String>> {
+    use futures::StreamExt as _;
+    let client = async_nats::connect(url).await?;
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream("WEIR_DEAD").await?;
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            filter_subject: format!("weir.dead.1.{app}"),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("dead-letter reader: {e}"))?;
+    let mut out = HashMap::new();
+    loop {
+        let mut msgs = consumer
+            .fetch()
+            .max_messages(1_000)
+            .expires(Duration::from_millis(300))
+            .messages()
+            .await
+            .map_err(|e| anyhow::anyhow!("dead-letter fetch: {e}"))?;
+        let mut got = 0;
+        while let Some(Ok(m)) = msgs.next().await {
+            got += 1;
+            let h = m.headers.clone().unwrap_or_default();
+            let get = |k: &str| h.get(k).map(ToString::to_string).unwrap_or_default();
+            out.insert(get("Weir-Original-Id"), get("Weir-Dead-Reason"));
+        }
+        if got == 0 {
+            return Ok(out);
+        }
+    }
+}
+
+/// Dead letters by reason, without the per-event numbers: `(reason, count)`,
+/// most frequent first.
+pub fn reasons(dead: &HashMap<String, String>) -> Vec<(String, usize)> {
+    let mut by: HashMap<String, usize> = HashMap::new();
+    for reason in dead.values() {
+        let general: String = reason
+            .split(|c: char| c.is_ascii_digit())
+            .collect::<Vec<_>>()
+            .join("N");
+        *by.entry(general).or_default() += 1;
+    }
+    let mut v: Vec<_> = by.into_iter().collect();
+    v.sort_by_key(|r| std::cmp::Reverse(r.1));
+    v
 }
 
 /// Total deliveries (including redeliveries) of node 1's `app` consumer.

@@ -190,6 +190,8 @@ pub async fn burst(report: &mut Report) -> anyhow::Result<()> {
     t.ensure_streams().await?;
     flood(&url, "burst", "r", REFERENCE).await?;
     let (reference, _, host) = drain(config(&url, &apps, dir.path())?, REFERENCE as u64).await?;
+    let s = &host.stats()[0];
+    let reference_batch = s.invoked_events as f64 / s.batches.max(1) as f64;
     host.shutdown().await?;
     // The burst, drained while a steady publisher keeps going.
     let baseline_rss = rss_bytes("self");
@@ -210,11 +212,20 @@ pub async fn burst(report: &mut Report) -> anyhow::Result<()> {
         host.stats()[0].outcomes["done"] >= BURST as u64 + published.acked_count
     })
     .await;
+    let s = &host.stats()[0];
+    let burst_batch = s.invoked_events as f64 / s.batches.max(1) as f64;
     host.shutdown().await?;
     let deliveries = crate::ledger::deliveries(&url, "burst").await?;
     let injected = format!(
         "{BURST} events published at once ({:.1} s), then 200 events/s",
         published_in.as_secs_f64()
+    );
+    report.note(
+        "burst: mean batch size",
+        &injected,
+        format!(
+            "{burst_batch:.1} events (backlog of {REFERENCE}: {reference_batch:.1}; max_batch 64)"
+        ),
     );
     report.check(
         "burst: backlog drain rate",

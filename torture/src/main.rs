@@ -7,7 +7,8 @@
 //! weir-torture [--budget-secs N] [--kills N] [--only NAME[,NAME]]
 //! ```
 //!
-//! Scenarios, in order: `hostile`, `kill9`, `broker`, `load`, `burst`. The
+//! Scenarios, in order: `hostile`, `scale`, `kill9`, `broker`, `load`,
+//! `burst`. The
 //! budget (default 1,500 s) is shared: `kill9` stops early when its share
 //! runs out, and later scenarios are skipped (and reported as skipped) when
 //! the budget is spent. Every scenario starts its own nats-server.
@@ -18,6 +19,7 @@ mod kill;
 mod ledger;
 mod load;
 mod report;
+mod scale;
 mod util;
 
 use std::process::ExitCode;
@@ -33,7 +35,7 @@ const DEFAULT_BUDGET: Duration = Duration::from_secs(1_500);
 const DEFAULT_KILLS: u32 = 100;
 
 /// Every scenario, in run order.
-const SCENARIOS: [&str; 5] = ["hostile", "kill9", "broker", "load", "burst"];
+const SCENARIOS: [&str; 6] = ["hostile", "scale", "kill9", "broker", "load", "burst"];
 
 struct Options {
     budget: Duration,
@@ -128,6 +130,7 @@ fn main() -> ExitCode {
         let t = Instant::now();
         let result = match name {
             "hostile" => rt.block_on(hostile::run(&mut report)),
+            "scale" => rt.block_on(scale::run(&mut report)),
             "kill9" => rt.block_on(kill::run(&mut report, options.kills, left / 2)),
             "broker" => rt.block_on(broker::run(&mut report)),
             "load" => rt.block_on(load::sustained(&mut report)),
