@@ -165,3 +165,13 @@ pub mod raw {
         Ok(linker)
     }
 }
+
+/// A current-thread tokio runtime for unit tests.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn test_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}

@@ -129,12 +129,7 @@ fn worker(id: u64, first: Job, pool: &Weak<BatchThreads>) {
 mod tests {
     use super::*;
 
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    }
+    use crate::test_runtime as rt;
 
     #[test]
     fn threads_are_reused() {

@@ -163,12 +163,7 @@ mod fixtures {
         // The same waits through the async path (a pool permit, a batch
         // thread): the slot is freed and the app serves its next batch.
         let app = deploy("sleeper-async", path, limits);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        crate::nats::rt().block_on(async {
             for wait in ["sleep", "poll-max"] {
                 let inv = app.invoke(directive(wait)).await;
                 assert_eq!(inv.result, Err(InvokeError::Timeout { deadline_ms }));

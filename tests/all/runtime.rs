@@ -102,12 +102,7 @@ fn apps_share_pool_slots() {
         })
         .collect();
     assert_eq!(rt.deployed_apps(), 20);
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let results = tokio.block_on(async {
+    let results = crate::nats::rt().block_on(async {
         let calls = apps.iter().map(|app| {
             app.invoke(vec![
                 crate::common::event("test", "cluster", "hello"),
