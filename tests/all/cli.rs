@@ -131,12 +131,20 @@ fn invoke_runs_the_mail_example_on_the_corpus() {
 }
 
 /// A `weir run` child process with one echo app whose effects append the
-/// unit to `marker` (command executor).
+/// unit to `marker` (command executor). Killed when dropped, so no test
+/// leaves a host running.
 struct RunningHost {
     child: std::process::Child,
     _dir: tempfile::TempDir,
     marker: std::path::PathBuf,
     config: std::path::PathBuf,
+}
+
+impl Drop for RunningHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl RunningHost {
@@ -157,31 +165,30 @@ impl RunningHost {
         marker: std::path::PathBuf,
         config: std::path::PathBuf,
     ) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["run", "--config", config.to_str().unwrap()])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
         Self {
-            child,
+            child: Self::run(&config),
             _dir: dir,
             marker,
             config,
         }
     }
 
-    fn restart(self) -> Self {
-        let Self {
-            mut child,
-            _dir,
-            marker,
-            config,
-        } = self;
-        let _ = child.kill();
-        let _ = child.wait();
-        Self::spawn(_dir, marker, config)
+    fn run(config: &std::path::Path) -> std::process::Child {
+        Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// SIGKILL the host and start it again on the same config and marker.
+    fn restart(mut self) -> Self {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::run(&self.config);
+        self
     }
 
     fn units(&self) -> std::collections::BTreeSet<String> {
