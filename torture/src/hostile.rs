@@ -179,8 +179,10 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
             attacked.len()
         ),
     );
-    sleepers(&rt, &bystander, report).await?;
-    bombs(&rt, &bystander, report).await
+    bombs(&rt, &bystander, report).await?;
+    // After the bombs: their RSS baseline is taken without the 16 batch
+    // threads this leaves to idle out.
+    sleepers(&rt, &bystander, report).await
 }
 
 /// Blocking guests: twice as many batches as the pool has slots, each
