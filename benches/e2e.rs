@@ -13,19 +13,16 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt as _;
-use weir_host::config::{Delivery, Grants};
 use weir_host::effects::EffectRunner;
 use weir_host::filter::{Filter, RuleConfig};
-use weir_host::nats_server::NatsServer;
+use weir_host::nats::subjects::DEFAULT_STREAM;
+use weir_host::nats::{Delivery, Transport};
 use weir_host::pipeline::AppPipeline;
 use weir_host::stats::AppStats;
-use weir_host::subjects::{DEFAULT_STREAM, Subjects};
-use weir_host::transport::Transport;
 use weir_host::{AppSpec, DomainSet, EngineConfig, Limits, Runtime};
 
 /// Events per throughput run.
@@ -137,18 +134,17 @@ async fn weir_pipeline(w: &Weir, app_name: &str, event: &str) -> (AppPipeline, A
         .await
         .unwrap();
     let stats = Arc::new(AppStats::default());
-    let pipeline = AppPipeline {
-        app: w.app.clone(),
+    let pipeline = AppPipeline::new(
+        w.app.clone(),
+        1,
         filter,
         consumer,
-        transport: w.transport.clone(),
-        effects: Arc::new(EffectRunner::new(Default::default(), None)),
-        grants: Grants::default(),
-        delivery,
-        node: 1,
-        max_payload_bytes: 1 << 20,
-        stats: stats.clone(),
-    };
+        w.transport.clone(),
+        Arc::new(EffectRunner::new(Default::default(), None)),
+        stats.clone(),
+    )
+    .with_delivery(delivery)
+    .with_max_payload_bytes(1 << 20);
     (pipeline, stats)
 }
 
@@ -158,7 +154,7 @@ async fn weir_consume(w: &Weir, app_name: &str, event: &str, n: u64) -> (Duratio
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let start = Instant::now();
     let task = tokio::spawn(pipeline.run(stop_rx));
-    while stats.outcome_done.load(Ordering::Relaxed) < n {
+    while stats.outcome_done.get() < n {
         tokio::time::sleep(Duration::from_micros(200)).await;
     }
     let elapsed = start.elapsed();
@@ -183,11 +179,9 @@ fn main() {
         println!("e2e: skipped in test mode");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let server = NatsServer::start(&dir.path().join("js")).expect("nats-server (see README)");
+    let (server, _dir) = weir_test_support::nats::server();
     rt().block_on(async {
-        let transport = Transport::connect(&server.url(), "bench", Subjects::default(), DEFAULT_STREAM).await.unwrap();
-        transport.ensure_streams().await.unwrap();
+        let transport = weir_test_support::nats::publisher(&server.url()).await.unwrap();
         let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
         let runtime = Runtime::new(EngineConfig::default()).unwrap();
         let spec = AppSpec { limits: Limits { max_batch: BATCH, ..Limits::default() }, ..AppSpec::new("echo", 1, "node1") };
@@ -201,7 +195,7 @@ fn main() {
             publish_burst(&js, &subject, EVENTS, &format!("t{r}")).await;
             raw.push(raw_consume(&js, &format!("raw{r}"), &subject, EVENTS, None).await);
             let (elapsed, stats) = weir_consume(&w, &format!("app{r}"), &format!("t{r}"), EVENTS as u64).await;
-            assert_eq!(stats.received.load(Ordering::Relaxed), EVENTS as u64);
+            assert_eq!(stats.received.get(), EVENTS as u64);
             weir.push(elapsed);
         }
         let (raw, weir) = (median(raw), median(weir));
@@ -239,7 +233,7 @@ fn main() {
             tick.tick().await;
             js.publish("weir.events.lweir.cluster", format!("{i}").into()).await.unwrap().await.unwrap();
         }
-        while stats.outcome_done.load(Ordering::Relaxed) < n as u64 {
+        while stats.outcome_done.get() < n as u64 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         stop.send(true).unwrap();

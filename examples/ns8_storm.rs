@@ -8,15 +8,21 @@
 //! host process per node (apps placed as in the corpus, rules from
 //! `examples/ns8/rules.toml`, the `mail` example as each app's handler and
 //! `echo` as each node agent's), replays each corpus, reads every host's
-//! `/stats`, and prints the comparison. Run with:
+//! `/stats`, and prints the comparison. Each scenario is replayed twice:
+//! as a burst (every event published back to back, as fast as JetStream
+//! acknowledges) and in real time (each event at its corpus `t_ms`, divided
+//! by `--speed`, same order and relative gaps). Run with:
 //!
 //! ```text
-//! cargo run --release -p weir-host --example ns8-storm
+//! cargo run --release -p weir-host --example ns8-storm [-- --burst | --realtime] [--speed N]
 //! ```
+//!
+//! The topology, counts and NS8 figures printed come from the corpus files
+//! (`summary.json`, `topology.json`, `events.jsonl`, `deliveries.jsonl`).
 //!
 //! Host processes are this binary re-executed as `ns8-storm host --config
 //! FILE`, which runs exactly what `weir run --config FILE` runs
-//! (`weir_host::Host`).
+//! (`weir_host::Daemon`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -25,12 +31,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use weir_host::corpus::{self, CorpusEvent, Delivery, Topology};
-use weir_host::nats_server::NatsServer;
-use weir_host::subjects::{DEFAULT_STREAM, Subjects};
-use weir_host::transport::Transport;
+use weir_host::nats::NatsServer;
+use weir_host::nats::Transport;
+use weir_host::nats::subjects::{DEFAULT_STREAM, Subjects};
 
-/// Nodes of the corpus cluster (3 existing + 2 joining).
-const NODES: [u32; 5] = [1, 2, 3, 4, 5];
+/// Default speed-up of the real-time replay: 10 (the 61 s node join takes
+/// 6.1 s). Its gaps (0.5 s and more) stay far above `linger` (20 ms), so the
+/// batches are those of real time.
+const DEFAULT_SPEED: u64 = 10;
 
 /// Longest wait for the hosts to settle a scenario.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -143,6 +151,8 @@ fn totals(ports: &[u16]) -> Option<Totals> {
 struct Scenario {
     name: &'static str,
     fold: bool,
+    /// `None`: a burst; `Some(speed)`: at `t_ms / speed`.
+    realtime: Option<u64>,
 }
 
 struct Row {
@@ -154,11 +164,11 @@ struct Row {
     weir: Totals,
 }
 
-fn run_scenario(exe: &Path, s: &Scenario, topology: &Topology, rules: &str) -> Row {
+fn run_scenario(exe: &Path, s: &Scenario, nodes: &[u32], topology: &Topology, rules: &str) -> Row {
     let dir = tempfile::tempdir().unwrap();
     let server = NatsServer::start(&dir.path().join("js")).expect("nats-server");
-    let ports: Vec<u16> = NODES.iter().map(|_| free_port()).collect();
-    let mut hosts: Vec<Child> = NODES
+    let ports: Vec<u16> = nodes.iter().map(|_| free_port()).collect();
+    let mut hosts: Vec<Child> = nodes
         .iter()
         .zip(&ports)
         .map(|(node, port)| {
@@ -211,7 +221,14 @@ fn run_scenario(exe: &Path, s: &Scenario, topology: &Topology, rules: &str) -> R
         .await
         .unwrap();
         t.ensure_streams().await.unwrap();
+        let start = Instant::now();
         for e in &published {
+            if let Some(speed) = s.realtime {
+                let at = Duration::from_millis(e.t_ms / speed.max(1));
+                if let Some(wait) = at.checked_sub(start.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
+            }
             let id =
                 e.id.clone()
                     .unwrap_or_else(|| format!("{}:{}", s.name, e.seq));
@@ -236,7 +253,7 @@ fn run_scenario(exe: &Path, s: &Scenario, topology: &Topology, rules: &str) -> R
         .iter()
         .filter(|e| e.name == "user-domain-changed")
         .count() as u64;
-    let expected = node_events * NODES.len() as u64 + udc_events * topology.apps.len() as u64;
+    let expected = node_events * nodes.len() as u64 + udc_events * topology.apps.len() as u64;
     let weir = loop {
         if let Some(t) = totals(&ports)
             && t.received >= expected
@@ -259,10 +276,14 @@ fn run_scenario(exe: &Path, s: &Scenario, topology: &Topology, rules: &str) -> R
     for host in &mut hosts {
         let _ = host.wait();
     }
+    let mode = match s.realtime {
+        None => "burst".to_owned(),
+        Some(speed) => format!("real time /{speed}"),
+    };
     let label = if s.fold {
-        format!("{} --batch-domains", s.name)
+        format!("{} --batch-domains ({mode})", s.name)
     } else {
-        s.name.to_owned()
+        format!("{} ({mode})", s.name)
     };
     Row {
         label,
@@ -287,7 +308,7 @@ fn host_mode(config: &Path) {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let host = weir_host::Host::start(config)
+        let host = weir_host::Daemon::start(config.plan().expect("valid config"))
             .await
             .unwrap_or_else(|e| panic!("{e:#}"));
         let mut term =
@@ -295,6 +316,45 @@ fn host_mode(config: &Path) {
         term.recv().await;
         host.shutdown().await.unwrap();
     });
+}
+
+/// `--burst`, `--realtime`, `--speed N`: which replays to run.
+fn replays(args: &[String]) -> Vec<Option<u64>> {
+    let speed = args
+        .iter()
+        .position(|a| a == "--speed")
+        .and_then(|i| args.get(i + 1))
+        .map_or(DEFAULT_SPEED, |v| {
+            v.parse().expect("--speed takes a positive integer")
+        });
+    let burst = args.iter().any(|a| a == "--burst");
+    let realtime = args.iter().any(|a| a == "--realtime");
+    match (burst, realtime) {
+        (true, false) => vec![None],
+        (false, true) => vec![Some(speed)],
+        _ => vec![None, Some(speed)],
+    }
+}
+
+/// What the corpus says about itself, for the header.
+fn describe(scenario: &str) -> String {
+    let dir = examples().join("ns8").join(scenario);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let events: Vec<CorpusEvent> = corpus::read_jsonl(&dir.join("events.jsonl")).unwrap();
+    let instants: std::collections::BTreeSet<u64> = events.iter().map(|e| e.t_ms).collect();
+    let span = events.iter().map(|e| e.t_ms).max().unwrap_or(0);
+    let p = &summary["params"];
+    format!(
+        "{scenario}: {} nodes + {} joining, {} user domains, {} apps; {} events at {} instants over {:.1} s",
+        p["existing_nodes"],
+        p["join"],
+        p["domains"],
+        p["apps"],
+        events.len(),
+        instants.len(),
+        span as f64 / 1e3
+    )
 }
 
 fn main() {
@@ -305,28 +365,42 @@ fn main() {
     let exe = std::env::current_exe().unwrap();
     let topology: Topology = corpus::read_topology(&examples().join("ns8/topology.json")).unwrap();
     let rules = std::fs::read_to_string(examples().join("ns8/rules.toml")).unwrap();
-    println!("NS8 node-join storm: 3 nodes + 2 joining, 25 user domains, 6 apps (examples/ns8/)");
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(examples().join("ns8/node-join-legacy/summary.json")).unwrap(),
+    )
+    .unwrap();
+    let p = &summary["params"];
+    let node_count = p["existing_nodes"].as_u64().unwrap() + p["join"].as_u64().unwrap();
+    let nodes: Vec<u32> = (1..=node_count as u32).collect();
+    println!("NS8 node-join storm (examples/ns8/)");
+    for scenario in ["node-join-legacy", "node-join-batched"] {
+        println!("  {}", describe(scenario));
+    }
     println!(
-        "weir: a private nats-server, one host process per node (5), rules from examples/ns8/rules.toml\n"
+        "weir: a private nats-server, one host process per node ({}), {} apps placed as in topology.json, rules from rules.toml",
+        nodes.len(),
+        topology.apps.len()
     );
-    let scenarios = [
-        Scenario {
-            name: "node-join-legacy",
-            fold: false,
-        },
-        Scenario {
-            name: "node-join-legacy",
-            fold: true,
-        },
-        Scenario {
-            name: "node-join-batched",
-            fold: false,
-        },
-    ];
+    let modes = replays(&args);
+    let scenarios: Vec<Scenario> = modes
+        .iter()
+        .flat_map(|&realtime| {
+            [
+                ("node-join-legacy", false),
+                ("node-join-legacy", true),
+                ("node-join-batched", false),
+            ]
+            .map(|(name, fold)| Scenario {
+                name,
+                fold,
+                realtime,
+            })
+        })
+        .collect();
     let mut rows = Vec::new();
     for s in &scenarios {
         let start = Instant::now();
-        rows.push(run_scenario(&exe, s, &topology, &rules));
+        rows.push(run_scenario(&exe, s, &nodes, &topology, &rules));
         eprintln!(
             "  {} settled in {:.1?}",
             rows.last().unwrap().label,
@@ -386,10 +460,20 @@ fn main() {
         println!("{}", cells.join("  "));
     }
     println!(
-        "\nNS8 spawns a handler process per event per app (24–34 ms each): 300 for user-domain-changed"
+        "\nburst: every event published back to back; real time /N: each event at its corpus t_ms / N"
     );
     println!(
-        "and 12 restarts, none needed. weir's pre-filter acks irrelevant events before any sandbox"
+        "(same order, gaps scaled; they stay far above linger, so batches form as in real time)."
     );
-    println!("starts; the node agents still handle their cluster events, in batches.");
+    println!(
+        "NS8 spawns a handler process per event per app: {} for user-domain-changed in node-join-legacy,",
+        summary["udc_handler_runs"]
+    );
+    println!(
+        "{} of them restart a service, {} are needed (summary.json). weir's pre-filter acks irrelevant",
+        summary["udc_current_effects"], summary["udc_ideal_effects"]
+    );
+    println!(
+        "events before any sandbox starts; the node agents still handle their cluster events, in batches."
+    );
 }

@@ -2,7 +2,7 @@
 //!
 //! The generated types (`Event`, `Outcome`, `Effect`, `Message`,
 //! `BatchResult`) are re-exported at the crate root; the host traits for the
-//! `node`, `domains` and `log` imports are implemented in [`crate::state`].
+//! `node`, `domains` and `log` imports are implemented in `runtime::state`.
 #![allow(missing_docs)]
 
 wasmtime::component::bindgen!({

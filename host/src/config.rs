@@ -44,38 +44,16 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::DomainSet;
-use crate::engine::EngineConfig;
+use crate::effects::{EffectsConfig, Grants};
 use crate::filter::{Filter, RuleConfig};
-use crate::limits::Limits;
-use crate::subjects::{self, DEFAULT_PREFIX, DEFAULT_STREAM};
+use crate::nats::subjects;
+use crate::nats::{Delivery, NatsConfig};
+use crate::runtime::{AppSpec, EngineConfig, Limits};
 
 /// Default HTTP listen address for `/metrics`, `/health`, `/stats`:
 /// `127.0.0.1:9101` (loopback only: the endpoints are unauthenticated).
 pub const DEFAULT_HTTP_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9101));
-
-/// Default most deliveries of one event before it is dead-lettered: 5.
-/// weir counts them itself (JetStream's own limit is off), so an event is
-/// dead-lettered with the reason even when earlier deliveries were lost to a
-/// kill or a lost ack.
-pub const DEFAULT_MAX_DELIVER: u32 = 5;
-
-/// Default time JetStream waits for an ack before redelivering: 30,000 ms.
-/// It must exceed two batch deadlines (an event delivered ahead of its batch
-/// waits for the batch before it, then runs in its own), checked at start.
-pub const DEFAULT_ACK_WAIT_MS: u64 = 30_000;
-
-/// Default most unacknowledged events per app consumer: 256 (four default
-/// batches): enough to keep a batch ready while one runs, small enough that a
-/// stuck app holds little.
-pub const DEFAULT_MAX_ACK_PENDING: u32 = 256;
-
-/// Default redelivery backoff after a failed batch, in ms: 1 s, 5 s, 30 s
-/// (the last repeats).
-pub const DEFAULT_BACKOFF_MS: [u64; 3] = [1_000, 5_000, 30_000];
-
-/// Default time an effect command may run: 30,000 ms.
-pub const DEFAULT_COMMAND_TIMEOUT_MS: u64 = 30_000;
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -110,92 +88,6 @@ pub struct NodeConfig {
     pub name: String,
 }
 
-/// `[nats]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NatsConfig {
-    /// Server URL; `None` starts a private nats-server on loopback (the
-    /// embedded default).
-    pub url: Option<String>,
-    /// Subject prefix. Default [`DEFAULT_PREFIX`].
-    pub prefix: String,
-    /// Events stream name. Default [`DEFAULT_STREAM`].
-    pub stream: String,
-    /// Store directory of the embedded server; default a `weir-nats`
-    /// directory under the system's temporary directory.
-    pub state_dir: Option<PathBuf>,
-    /// User name, if the server requires one (with `password`). See
-    /// `RELIABILITY.md` for the least-privilege permissions a host needs.
-    pub user: Option<String>,
-    /// Password of `user`.
-    pub password: Option<String>,
-    /// Inbox prefix for replies; default `_INBOX`. Give each host its own
-    /// (e.g. `_INBOX_weir_node1`) so permissions can keep hosts from reading
-    /// each other's replies.
-    pub inbox_prefix: Option<String>,
-    /// Events stream cap in bytes when weir creates it. Default
-    /// [`crate::transport::DEFAULT_STREAM_MAX_BYTES`] (1 GiB); a full stream
-    /// refuses new events (publishers get an error).
-    pub stream_max_bytes: i64,
-    /// Events stream cap in events when weir creates it; default `-1` (none).
-    pub stream_max_msgs: i64,
-    /// Age in seconds after which JetStream removes an event, handled or not,
-    /// when weir creates the stream. Default
-    /// [`crate::transport::DEFAULT_STREAM_MAX_AGE`] (7 days).
-    pub stream_max_age_s: u64,
-    /// Dead-letter stream cap in bytes when weir creates it. Default
-    /// [`crate::transport::DEFAULT_DEAD_MAX_BYTES`] (256 MiB). A full
-    /// dead-letter stream refuses new dead letters; their events stay in the
-    /// events stream and are retried (nothing is lost, `/stats` counts
-    /// `dead_letter_failures`).
-    pub dead_max_bytes: i64,
-    /// Dead-letter stream cap in messages; default `-1` (none).
-    pub dead_max_msgs: i64,
-    /// Age in seconds after which JetStream removes a dead letter. Default
-    /// [`crate::transport::DEFAULT_DEAD_MAX_AGE`] (30 days).
-    pub dead_max_age_s: u64,
-}
-
-impl NatsConfig {
-    /// The events stream's caps.
-    pub fn stream_limits(&self) -> crate::transport::StreamLimits {
-        crate::transport::StreamLimits {
-            max_bytes: self.stream_max_bytes,
-            max_msgs: self.stream_max_msgs,
-            max_age: std::time::Duration::from_secs(self.stream_max_age_s),
-        }
-    }
-
-    /// The dead-letter stream's caps.
-    pub fn dead_letter_limits(&self) -> crate::transport::StreamLimits {
-        crate::transport::StreamLimits {
-            max_bytes: self.dead_max_bytes,
-            max_msgs: self.dead_max_msgs,
-            max_age: std::time::Duration::from_secs(self.dead_max_age_s),
-        }
-    }
-}
-
-impl Default for NatsConfig {
-    fn default() -> Self {
-        Self {
-            url: None,
-            prefix: DEFAULT_PREFIX.into(),
-            stream: DEFAULT_STREAM.into(),
-            state_dir: None,
-            user: None,
-            password: None,
-            inbox_prefix: None,
-            stream_max_bytes: crate::transport::DEFAULT_STREAM_MAX_BYTES,
-            stream_max_msgs: -1,
-            stream_max_age_s: crate::transport::DEFAULT_STREAM_MAX_AGE.as_secs(),
-            dead_max_bytes: crate::transport::DEFAULT_DEAD_MAX_BYTES,
-            dead_max_msgs: -1,
-            dead_max_age_s: crate::transport::DEFAULT_DEAD_MAX_AGE.as_secs(),
-        }
-    }
-}
-
 /// `[http]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -215,90 +107,6 @@ impl Default for HttpConfig {
     }
 }
 
-/// Effect executors.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Executor {
-    /// Log each effect (dry run). The default.
-    #[default]
-    Log,
-    /// Run `command` with `{action}` and `{unit}` substituted (no shell).
-    Command,
-}
-
-/// `[effects]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EffectsConfig {
-    /// The executor. Default [`Executor::Log`].
-    pub executor: Executor,
-    /// Argv template for [`Executor::Command`]; `{action}` becomes `restart`
-    /// or `reload`, `{unit}` the unit. Default
-    /// `["systemctl", "--user", "try-reload-or-restart", "{unit}"]`.
-    pub command: Vec<String>,
-    /// Time a command may run, in ms. Default [`DEFAULT_COMMAND_TIMEOUT_MS`].
-    pub timeout_ms: u64,
-}
-
-impl Default for EffectsConfig {
-    fn default() -> Self {
-        Self {
-            executor: Executor::Log,
-            command: ["systemctl", "--user", "try-reload-or-restart", "{unit}"]
-                .map(String::from)
-                .to_vec(),
-            timeout_ms: DEFAULT_COMMAND_TIMEOUT_MS,
-        }
-    }
-}
-
-/// `[app.grants]`: what an app's effects may do.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Grants {
-    /// Units the app may restart.
-    pub restart: Vec<String>,
-    /// Units the app may reload.
-    pub reload: Vec<String>,
-    /// Event names the app may publish (as `module/<app>`).
-    pub publish: Vec<String>,
-    /// Real WASI clocks (wall and monotonic). Default `false`: both read a
-    /// frozen time (the Unix epoch, 0).
-    pub clocks: bool,
-}
-
-/// `[app.delivery]`: the app's consumer settings.
-///
-/// `max_deliver` is enforced by weir, not by JetStream: an event is handed
-/// to the handler at most `max_deliver` times; after a failure on its last
-/// delivery, or when it comes back past it (earlier deliveries consumed by a
-/// kill or a lost ack), it is dead-lettered with the reason and the count.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Delivery {
-    /// Deliveries before dead-lettering. Default [`DEFAULT_MAX_DELIVER`].
-    pub max_deliver: u32,
-    /// Ack wait in ms. Default [`DEFAULT_ACK_WAIT_MS`].
-    pub ack_wait_ms: u64,
-    /// Unacknowledged events at most. Default [`DEFAULT_MAX_ACK_PENDING`].
-    pub max_ack_pending: u32,
-    /// Delay before a failed batch's events are redelivered, by attempt, in
-    /// ms (the last step repeats); weir naks with it. Default
-    /// [`DEFAULT_BACKOFF_MS`].
-    pub backoff_ms: Vec<u64>,
-}
-
-impl Default for Delivery {
-    fn default() -> Self {
-        Self {
-            max_deliver: DEFAULT_MAX_DELIVER,
-            ack_wait_ms: DEFAULT_ACK_WAIT_MS,
-            max_ack_pending: DEFAULT_MAX_ACK_PENDING,
-            backoff_ms: DEFAULT_BACKOFF_MS.to_vec(),
-        }
-    }
-}
-
 /// `[[app]]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -313,7 +121,7 @@ pub struct AppConfig {
     /// Relevance rules (`[[app.rule]]`); at least one.
     #[serde(default)]
     pub rule: Vec<RuleConfig>,
-    /// Effect grants.
+    /// Effect grants ([`Grants`]).
     #[serde(default)]
     pub grants: Grants,
     /// Sandbox and batching caps.
@@ -362,6 +170,16 @@ impl Config {
     /// [`ConfigError::Read`], [`ConfigError::Parse`], or
     /// [`ConfigError::Invalid`] with every problem at once.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Ok(Plan::load(path)?.config)
+    }
+
+    /// Read and parse `path` and resolve relative component paths against
+    /// its directory; no validation.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Read`] or [`ConfigError::Parse`].
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -376,15 +194,7 @@ impl Config {
                 app.component = base.join(&app.component);
             }
         }
-        let problems = config.problems();
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError::Invalid {
-                path: path.to_owned(),
-                problems,
-            })
-        }
+        Ok(config)
     }
 
     /// Parse TOML text (no validation).
@@ -399,38 +209,42 @@ impl Config {
     /// Every problem with this configuration (empty if valid), the memory
     /// arithmetic checked against this node's memory.
     pub fn problems(&self) -> Vec<String> {
-        self.problems_on(crate::engine::node_memory_bytes())
+        self.problems_on(crate::runtime::node_memory_bytes())
     }
 
     /// [`Config::problems`] for a node with `node_memory` bytes (`None`:
-    /// unknown, not checked).
+    /// unknown, not checked). Each section checks itself (its owner's
+    /// `problems()`); this prefixes what they say and adds what spans
+    /// sections (the pool's memory, duplicate names, components on disk).
     pub fn problems_on(&self, node_memory: Option<u64>) -> Vec<String> {
+        match self.plan_on(node_memory) {
+            Ok(_) => Vec::new(),
+            Err(problems) => problems,
+        }
+    }
+
+    /// Validate and build everything the daemon runs from, once: each app's
+    /// [`AppSpec`], [`Filter`] (with its [`DomainSet`]) and consumer
+    /// settings.
+    ///
+    /// # Errors
+    ///
+    /// Every problem at once, one line each (as [`Config::problems`]).
+    pub fn plan(&self) -> Result<Plan, Vec<String>> {
+        self.plan_on(crate::runtime::node_memory_bytes())
+    }
+
+    fn plan_on(&self, node_memory: Option<u64>) -> Result<Plan, Vec<String>> {
         let mut p = Vec::new();
+        let prefixed = |p: &mut Vec<String>, prefix: &str, problems: Vec<String>| {
+            p.extend(problems.into_iter().map(|e| format!("{prefix}{e}")));
+        };
         if self.node.name.trim().is_empty() {
             p.push("node.name must not be empty".to_owned());
         }
-        if let Err(e) = subjects::Subjects::new(&self.nats.prefix) {
-            p.push(format!("nats.prefix: {e}"));
-        }
-        if let Err(e) = subjects::check_token("nats.stream", &self.nats.stream) {
-            p.push(e.to_string());
-        }
-        p.extend(
-            self.engine
-                .problems()
-                .into_iter()
-                .map(|e| format!("engine: {e}")),
-        );
-        if self.effects.executor == Executor::Command {
-            if self.effects.command.is_empty() {
-                p.push("effects.command must name a program for executor = \"command\"".to_owned());
-            } else if !self.effects.command.iter().any(|a| a.contains("{unit}")) {
-                p.push("effects.command must contain {unit}".to_owned());
-            }
-        }
-        if self.effects.timeout_ms == 0 {
-            p.push("effects.timeout_ms must be greater than 0".to_owned());
-        }
+        prefixed(&mut p, "nats.", self.nats.problems());
+        prefixed(&mut p, "engine: ", self.engine.problems());
+        prefixed(&mut p, "effects.", self.effects.problems());
         if self.apps.is_empty() {
             p.push("no [[app]]: nothing to run".to_owned());
         }
@@ -440,89 +254,121 @@ impl Config {
             .map(|a| a.limits.memory_bytes)
             .max()
             .unwrap_or(0);
-        p.extend(crate::engine::memory_problem(
+        p.extend(crate::runtime::memory_problem(
             self.engine.pool_instances,
             largest,
             node_memory,
         ));
-        for (name, value) in [
-            ("nats.stream_max_age_s", self.nats.stream_max_age_s),
-            ("nats.dead_max_age_s", self.nats.dead_max_age_s),
-        ] {
-            if value == 0 {
-                p.push(format!("{name} must be greater than 0"));
-            }
-        }
         let mut names = HashSet::new();
+        let mut apps = Vec::with_capacity(self.apps.len());
         for app in &self.apps {
-            let a = format!("app {:?}", app.name);
+            let a = format!("app {:?}: ", app.name);
             if let Err(e) = subjects::check_token("app name", &app.name) {
-                p.push(format!("{a}: {e}"));
+                p.push(format!("{a}{e}"));
             }
             if !names.insert(app.name.as_str()) {
-                p.push(format!("{a}: duplicate app name"));
+                p.push(format!("{a}duplicate app name"));
             }
             if !app.component.is_file() {
                 p.push(format!(
-                    "{a}: component {} does not exist",
+                    "{a}component {} does not exist",
                     app.component.display()
                 ));
             }
-            p.extend(
-                app.limits
-                    .problems(self.engine.max_memory_bytes)
-                    .into_iter()
-                    .map(|e| format!("{a}: limits: {e}")),
+            prefixed(
+                &mut p,
+                &format!("{a}limits: "),
+                app.limits.problems(self.engine.max_memory_bytes),
             );
             let domains = match DomainSet::new(&app.domains) {
                 Ok(d) => d,
                 Err(errors) => {
-                    p.extend(errors.into_iter().map(|e| format!("{a}: domains: {e}")));
+                    p.extend(errors.into_iter().map(|e| format!("{a}domains: {e}")));
                     DomainSet::default()
                 }
             };
-            if let Err(errors) = Filter::new(&app.rule, self.node.id, domains) {
-                p.extend(errors.into_iter().map(|e| format!("{a}: {e}")));
-            }
-            for unit in app.grants.restart.iter().chain(&app.grants.reload) {
-                if unit.is_empty() || unit.contains(['/', ' ']) || unit.starts_with('-') {
-                    p.push(format!("{a}: grants: {unit:?} is not a unit name"));
-                }
-            }
-            for name in &app.grants.publish {
-                if let Err(e) = subjects::check_token("granted event name", name) {
-                    p.push(format!("{a}: grants: {e}"));
-                }
-            }
-            let d = &app.delivery;
-            if d.max_deliver == 0 {
-                p.push(format!("{a}: delivery.max_deliver must be greater than 0"));
-            }
-            if d.max_ack_pending == 0 {
-                p.push(format!(
-                    "{a}: delivery.max_ack_pending must be greater than 0"
-                ));
-            }
-            if d.ack_wait_ms <= app.limits.deadline_ms.saturating_mul(2) {
-                p.push(format!(
-                    "{a}: delivery.ack_wait_ms = {} must exceed twice limits.deadline_ms = {} (an event fetched during a batch waits for it, then runs in its own) or slow batches are redelivered",
-                    d.ack_wait_ms, app.limits.deadline_ms
-                ));
-            }
-            if (d.max_ack_pending as usize) < app.limits.max_batch {
-                p.push(format!(
-                    "{a}: delivery.max_ack_pending = {} is below limits.max_batch = {}: batches could never fill",
-                    d.max_ack_pending, app.limits.max_batch
-                ));
+            let filter = Filter::new(&app.rule, self.node.id, domains)
+                .map_err(|errors| prefixed(&mut p, &a, errors))
+                .ok();
+            prefixed(&mut p, &format!("{a}grants: "), app.grants.problems());
+            prefixed(
+                &mut p,
+                &a,
+                app.delivery
+                    .problems(app.limits.deadline_ms, app.limits.max_batch),
+            );
+            if let Some(filter) = filter {
+                let mut spec = AppSpec::new(&app.name, self.node.id, &self.node.name);
+                spec.domains = app.domains.clone();
+                spec.limits = app.limits.clone();
+                spec.clocks = app.grants.clocks;
+                apps.push(AppPlan {
+                    spec,
+                    component: app.component.clone(),
+                    filter,
+                    grants: app.grants.clone(),
+                    delivery: app.delivery.clone(),
+                });
             }
         }
-        p
+        if !p.is_empty() {
+            return Err(p);
+        }
+        Ok(Plan {
+            config: self.clone(),
+            apps,
+        })
     }
+}
+
+/// A validated configuration with every app's pieces built once
+/// ([`Config::plan`], [`Plan::load`]): what the daemon runs from.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The configuration it was built from (sections other than the apps
+    /// are used as they are).
+    pub config: Config,
+    /// One entry per `[[app]]`, in file order.
+    pub apps: Vec<AppPlan>,
+}
+
+impl Plan {
+    /// [`Config::read`] then [`Config::plan`]: read, parse, validate and
+    /// build in one pass.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Read`], [`ConfigError::Parse`], or
+    /// [`ConfigError::Invalid`] with every problem at once.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Config::read(path)?
+            .plan()
+            .map_err(|problems| ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })
+    }
+}
+
+/// One app, ready to deploy and consume.
+#[derive(Debug, Clone)]
+pub struct AppPlan {
+    /// What [`crate::runtime::Runtime::deploy`] takes.
+    pub spec: AppSpec,
+    /// The component file (resolved against the config file).
+    pub component: PathBuf,
+    /// The pre-filter, with the app's domain set.
+    pub filter: Filter,
+    /// What the app's effects may do.
+    pub grants: Grants,
+    /// Its consumer settings.
+    pub delivery: Delivery,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::effects::Executor;
 
     const EXAMPLE: &str = r#"
         [node]

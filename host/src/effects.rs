@@ -11,7 +11,7 @@
 //! for every event of its batch, in memory (at most
 //! [`MAX_IDEMPOTENCY_RECORDS`], oldest forgotten first) and, with NATS, in the
 //! `WEIR_EFFECTS` key-value bucket so records survive a restart
-//! ([`crate::transport::EffectRecords`]). An effect runs only on behalf of the
+//! ([`crate::nats::EffectRecords`]). An effect runs only on behalf of the
 //! events of its batch that have no record yet; a redelivered batch whose
 //! events all carry the record does not run it again. The bucket is read only
 //! for redelivered batches (a first delivery cannot have a record).
@@ -31,8 +31,102 @@ use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 
 use crate::bindings::Effect;
-use crate::config::{EffectsConfig, Executor, Grants};
-use crate::transport::{EffectRecords, Transport};
+use serde::{Deserialize, Serialize};
+
+use crate::nats::{EffectRecords, Transport};
+
+/// Default time an effect command may run: 30,000 ms.
+pub const DEFAULT_COMMAND_TIMEOUT_MS: u64 = 30_000;
+
+/// Effect executors.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Executor {
+    /// Log each effect (dry run). The default.
+    #[default]
+    Log,
+    /// Run `command` with `{action}` and `{unit}` substituted (no shell).
+    Command,
+}
+
+/// `[effects]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EffectsConfig {
+    /// The executor. Default [`Executor::Log`].
+    pub executor: Executor,
+    /// Argv template for [`Executor::Command`]; `{action}` becomes `restart`
+    /// or `reload`, `{unit}` the unit. Default
+    /// `["systemctl", "--user", "try-reload-or-restart", "{unit}"]`.
+    pub command: Vec<String>,
+    /// Time a command may run, in ms. Default [`DEFAULT_COMMAND_TIMEOUT_MS`].
+    pub timeout_ms: u64,
+}
+
+impl Default for EffectsConfig {
+    fn default() -> Self {
+        Self {
+            executor: Executor::Log,
+            command: ["systemctl", "--user", "try-reload-or-restart", "{unit}"]
+                .map(String::from)
+                .to_vec(),
+            timeout_ms: DEFAULT_COMMAND_TIMEOUT_MS,
+        }
+    }
+}
+
+impl EffectsConfig {
+    /// Every problem with this section (empty if valid), unprefixed.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.executor == Executor::Command {
+            if self.command.is_empty() {
+                p.push("command must name a program for executor = \"command\"".to_owned());
+            } else if !self.command.iter().any(|a| a.contains("{unit}")) {
+                p.push("command must contain {unit}".to_owned());
+            }
+        }
+        if self.timeout_ms == 0 {
+            p.push("timeout_ms must be greater than 0".to_owned());
+        }
+        p
+    }
+}
+
+/// `[app.grants]`: what an app's effects may do.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Grants {
+    /// Units the app may restart.
+    pub restart: Vec<String>,
+    /// Units the app may reload.
+    pub reload: Vec<String>,
+    /// Event names the app may publish (as `module/<app>`).
+    pub publish: Vec<String>,
+    /// Real WASI clocks (wall and monotonic). Default `false`: both read a
+    /// frozen time (the Unix epoch, 0).
+    pub clocks: bool,
+}
+
+impl Grants {
+    /// Every problem with these grants (empty if valid), unprefixed: unit
+    /// names that are empty, contain `/` or a space, or start with `-`, and
+    /// event names that are not subject tokens.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        for unit in self.restart.iter().chain(&self.reload) {
+            if unit.is_empty() || unit.contains(['/', ' ']) || unit.starts_with('-') {
+                p.push(format!("{unit:?} is not a unit name"));
+            }
+        }
+        for name in &self.publish {
+            if let Err(e) = crate::nats::subjects::check_token("granted event name", name) {
+                p.push(e.to_string());
+            }
+        }
+        p
+    }
+}
 
 /// Most idempotency records kept: 100,000 (about 10 MB).
 pub const MAX_IDEMPOTENCY_RECORDS: usize = 100_000;
@@ -40,6 +134,55 @@ pub const MAX_IDEMPOTENCY_RECORDS: usize = 100_000;
 /// Refused effects are logged at most once per app per window: 60 s (the
 /// count is in `/stats` either way).
 pub const REFUSED_LOG_WINDOW: Duration = Duration::from_secs(60);
+
+/// Why one effect could not be executed (the batch fails and its events are
+/// retried; `/stats` counts `effects_failed`).
+#[derive(Debug, thiserror::Error)]
+pub enum EffectFailure {
+    /// A `publish` effect without a NATS connection (in-process use).
+    #[error("no NATS connection for publish effects")]
+    NoConnection,
+    /// JetStream refused or did not acknowledge a `publish` effect.
+    #[error("publish failed: {0}")]
+    Publish(#[source] crate::nats::TransportError),
+    /// `effects.command` is empty.
+    #[error("empty command")]
+    EmptyCommand,
+    /// The command could not be started.
+    #[error("failed to start {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Waiting for the command failed.
+    #[error("{program}: {source}")]
+    Wait {
+        /// The program.
+        program: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The command exited unsuccessfully.
+    #[error("{command} exited with {status}")]
+    Exit {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+    },
+    /// The command ran past `effects.timeout_ms` and was killed.
+    #[error("{command} ran longer than {timeout:?}")]
+    Timeout {
+        /// The command line.
+        command: String,
+        /// The limit.
+        timeout: Duration,
+    },
+}
 
 /// What happened to a batch's effects.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -251,16 +394,13 @@ impl EffectRunner {
         effect: &Effect,
         event_ids: &[&str],
         keys: &[String],
-    ) -> Result<(), String> {
+    ) -> Result<(), EffectFailure> {
         let first_event = event_ids.first().copied().unwrap_or("");
         let (action, unit) = match effect {
             Effect::Restart(u) => ("restart", u),
             Effect::Reload(u) => ("reload", u),
             Effect::Publish(m) => {
-                let transport = self
-                    .transport
-                    .as_ref()
-                    .ok_or("no NATS connection for publish effects")?;
+                let transport = self.transport.as_ref().ok_or(EffectFailure::NoConnection)?;
                 let source = format!("module/{app}");
                 // Deterministic for (app, first event, name, payload): a
                 // redelivered batch republishes under the same id, which the
@@ -270,7 +410,7 @@ impl EffectRunner {
                     .publish_event(&m.name, &source, Bytes::from(m.payload.clone()), &id)
                     .await
                     .map(|_| ())
-                    .map_err(|e| e.to_string());
+                    .map_err(EffectFailure::Publish);
             }
         };
         match self.config.executor {
@@ -285,7 +425,7 @@ impl EffectRunner {
                     .iter()
                     .map(|a| a.replace("{action}", action).replace("{unit}", unit))
                     .collect();
-                let (program, args) = argv.split_first().ok_or("empty command")?;
+                let (program, args) = argv.split_first().ok_or(EffectFailure::EmptyCommand)?;
                 let mut child = tokio::process::Command::new(program)
                     .args(args)
                     .env("WEIR_APP", app)
@@ -295,16 +435,28 @@ impl EffectRunner {
                     .stdin(std::process::Stdio::null())
                     .kill_on_drop(true)
                     .spawn()
-                    .map_err(|e| format!("failed to start {program}: {e}"))?;
+                    .map_err(|source| EffectFailure::Spawn {
+                        program: program.clone(),
+                        source,
+                    })?;
                 let timeout = Duration::from_millis(self.config.timeout_ms);
                 match tokio::time::timeout(timeout, child.wait()).await {
                     Ok(Ok(status)) if status.success() => {
                         tracing::info!(app, action, unit = %unit, "effect executed");
                         Ok(())
                     }
-                    Ok(Ok(status)) => Err(format!("{} exited with {status}", argv.join(" "))),
-                    Ok(Err(e)) => Err(format!("{program}: {e}")),
-                    Err(_) => Err(format!("{} ran longer than {timeout:?}", argv.join(" "))),
+                    Ok(Ok(status)) => Err(EffectFailure::Exit {
+                        command: argv.join(" "),
+                        status,
+                    }),
+                    Ok(Err(source)) => Err(EffectFailure::Wait {
+                        program: program.clone(),
+                        source,
+                    }),
+                    Err(_) => Err(EffectFailure::Timeout {
+                        command: argv.join(" "),
+                        timeout,
+                    }),
                 }
             }
         }

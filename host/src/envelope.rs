@@ -21,6 +21,7 @@
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
+use std::collections::HashSet;
 
 use crate::bindings::Event;
 use crate::domain;
@@ -158,10 +159,12 @@ pub fn parse(payload: &[u8], max_bytes: usize) -> Result<Envelope, EnvelopeError
     if let Some(DomainItem::Name(scalar)) = raw.domain {
         names.push(scalar);
     }
+    // O(n): a set of what was kept, the payload order preserved.
     let mut domains: Vec<String> = Vec::with_capacity(names.len());
+    let mut seen: HashSet<String> = HashSet::with_capacity(names.len());
     for name in names {
         let normal = domain::normalize_pattern(&name).unwrap_or(name);
-        if !domains.contains(&normal) {
+        if seen.insert(normal.clone()) {
             domains.push(normal);
         }
     }

@@ -30,7 +30,7 @@
 //! Evaluation costs no allocation for rules without `field`; a payload is
 //! parsed (once per event) only when a candidate rule has a `field` test.
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -175,7 +175,7 @@ impl Filter {
                 problems.push(format!("rule {n}: `event` lists no event name"));
             }
             for e in &events {
-                if let Err(err) = crate::subjects::check_token("event name", e) {
+                if let Err(err) = crate::nats::subjects::check_token("event name", e) {
                     problems.push(format!("rule {n}: {err}"));
                 }
             }
@@ -184,7 +184,9 @@ impl Filter {
                 Some(globs) => {
                     let mut b = GlobSetBuilder::new();
                     for g in globs.to_vec() {
-                        match Glob::new(&g) {
+                        // `*` stops at `/`: `module/ldapproxy*` matches
+                        // `module/ldapproxy4`, never `module/ldapproxy4/x`.
+                        match GlobBuilder::new(&g).literal_separator(true).build() {
                             Ok(glob) => {
                                 b.add(glob);
                             }
@@ -370,6 +372,21 @@ mod tests {
         );
         assert_eq!(f.check(&local), Verdict::Relevant(0));
         assert_eq!(f.check(&remote), Verdict::Skipped);
+    }
+
+    #[test]
+    fn a_source_glob_star_stops_at_a_slash() {
+        let f = app(1, &["dom01.example.org"]);
+        let payload = r#"{"node_id": 1, "domains": ["dom01.example.org"]}"#;
+        assert_eq!(
+            f.check(&ev("user-domain-changed", "module/ldapproxy1", payload)),
+            Verdict::Relevant(0)
+        );
+        // Not a module named `ldapproxy1/x`'s impersonation of ldapproxy1.
+        assert_eq!(
+            f.check(&ev("user-domain-changed", "module/ldapproxy1/x", payload)),
+            Verdict::UntrustedSource
+        );
     }
 
     #[test]

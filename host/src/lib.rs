@@ -7,31 +7,31 @@
 //! engine, deploying components, invoking them on batches, and the helpers
 //! handlers import (node identity, domain relevance, logging).
 //!
-//! Layout:
+//! Layout: the two planes have a folder each; the stages of the data path
+//! and the composition root sit at the top.
 //!
-//! - [`engine`]: [`Runtime`], the process-wide engine, linker, epoch ticker
-//!   and instance pool ([`EngineConfig`]);
-//! - [`threads`]: the OS threads batches run on (a demoted one is retired);
-//! - [`app`]: [`Runtime::deploy`] and [`App::invoke`], one fresh store and
-//!   instance per batch, typed [`InvokeError`]s;
-//! - [`limits`]: every per-app cap with its default ([`Limits`]);
-//! - [`config`]: `weir.toml`, validated with every problem at once;
-//! - [`check`]: what weir grants for each import ([`CheckReport`], used by
-//!   `weir check`);
-//! - [`envelope`]: payload normalisation into [`Event`] fields;
-//! - [`corpus`]: the NS8 event corpus format (JSON Lines);
-//! - [`filter`]: the declarative pre-filter (per-app relevance rules);
-//! - [`subjects`]: NATS subject, stream and consumer names;
-//! - [`nats_server`]: a private nats-server process (embedded default, tests);
-//! - [`transport`]: the NATS JetStream edge (the only module importing `async_nats`);
-//! - [`pipeline`]: one app's consume → filter → batch → invoke → ack loop;
-//! - [`host`]: `weir run` as a library: start, serve, drain;
-//! - [`effects`]: grants, idempotency and executors for effects;
-//! - [`stats`]: per-app counters for `/stats` and `/metrics`;
+//! - [`runtime`]: the sandbox plane, which never imports NATS: [`Runtime`]
+//!   (one engine, linker, epoch ticker and instance pool per process),
+//!   [`Runtime::deploy`], [`App::invoke`] (a fresh store and instance per
+//!   batch), [`Limits`], typed [`DeployError`]s and [`InvokeError`]s;
+//! - [`nats`]: the event plane's edge, the only code that imports
+//!   `async_nats`: the connection, streams, one durable consumer per app,
+//!   dead letters, effect records, subject names, the embedded nats-server;
+//! - the stages of one app's data path, in order: [`envelope`] (decode a
+//!   payload into an [`Event`]), [`filter`] (the declarative pre-filter),
+//!   [`pipeline`] (batch, invoke, settle: ack / nak / dead letter),
+//!   [`effects`] (grants, idempotency, executors);
+//! - [`daemon`]: `weir run` as a library: start in named phases, serve,
+//!   drain ([`Daemon`]); [`http`]: `/health`, `/stats`, `/metrics`;
+//! - [`config`]: `weir.toml`, every problem at once, parsed once into a
+//!   [`config::Plan`]; each section is defined by the module that uses it;
+//! - [`stats`]: per-app counters and latency histograms (Prometheus);
 //! - [`domain`]: UTS-46 domain normalisation and the app's [`DomainSet`];
-//! - [`guest_log`]: guest logging under a budget;
-//! - `bindings`, `state`, `cache`: the WIT bindings, store state and
-//!   precompiled-artifact cache.
+//! - [`corpus`]: the NS8 event corpus format (JSON Lines);
+//! - [`permissions`]: the least-privilege NATS permissions of a host;
+//! - [`private_dir`]: the cache and state directories, opened as capability
+//!   handles and refused unless private;
+//! - `bindings`: the WIT contract, read by both planes.
 //!
 //! ```no_run
 //! use weir_host::{AppSpec, EngineConfig, Runtime, envelope};
@@ -53,41 +53,31 @@
 //! # Ok(()) }
 //! ```
 
-pub mod app;
 mod bindings;
-mod cache;
-pub mod check;
 pub mod config;
 pub mod corpus;
+pub mod daemon;
 pub mod domain;
 pub mod effects;
-pub mod engine;
 pub mod envelope;
-mod error;
 pub mod filter;
-pub mod guest_log;
-pub mod host;
-pub mod limits;
-pub mod nats_server;
+pub mod http;
+pub mod nats;
 pub mod permissions;
 pub mod pipeline;
-mod priority;
-mod state;
+pub mod private_dir;
+pub mod runtime;
 pub mod stats;
-pub mod subjects;
-pub mod threads;
-pub mod transport;
 
-pub use app::{App, AppSpec, Handled, Invocation, InvokeStats};
 pub use bindings::{BatchResult, Effect, Event, Message, Outcome};
-pub use cache::LoadSource;
-pub use check::{CheckReport, Grant, ImportReport};
+pub use daemon::Daemon;
 pub use domain::DomainSet;
-pub use engine::{EngineConfig, Runtime};
-pub use error::{DeployError, InvokeError};
-pub use host::Host;
-pub use limits::Limits;
-pub use state::AppIdentity;
+pub use runtime::cache::LoadSource;
+pub use runtime::state::AppIdentity;
+pub use runtime::{
+    App, AppSpec, CheckReport, DeployError, EngineConfig, Grant, Handled, ImportReport, Invocation,
+    InvokeError, InvokeStats, Limits, Runtime,
+};
 
 /// Raw wasmtime pieces for benchmarks that compare weir against a raw
 /// `Store::new` + `InstancePre::instantiate` + typed call of the same

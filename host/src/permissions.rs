@@ -24,8 +24,8 @@
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::subjects::{self, Subjects};
-use crate::transport::{DEFAULT_DEAD_STREAM, EFFECT_RECORDS_BUCKET};
+use crate::nats::subjects::{self, Subjects};
+use crate::nats::{DEFAULT_DEAD_STREAM, EFFECT_RECORDS_BUCKET};
 
 /// Subjects a host may publish to and subscribe to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -17,7 +17,7 @@
 //!
 //! No event leaves JetStream without a decision: weir counts deliveries
 //! itself (JetStream's `max_deliver` is unlimited, see
-//! [`crate::transport::Transport::consumer`]), so an event whose earlier
+//! [`crate::nats::Transport::consumer`]), so an event whose earlier
 //! deliveries were consumed without a settlement (a kill, a lost ack) is
 //! dead-lettered with the reason when it comes back past `max_deliver`; a dead
 //! letter that cannot be stored leaves the event unacknowledged (nak'd with
@@ -32,14 +32,13 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
-use crate::app::App;
 use crate::bindings::{Event, Outcome};
-use crate::config::{Delivery, Grants};
-use crate::effects::EffectRunner;
+use crate::effects::{EffectRunner, Grants};
 use crate::envelope::{self, EventMeta};
 use crate::filter::{Filter, Verdict};
+use crate::nats::{AppConsumer, Delivery, Inbound, Transport, TransportError};
+use crate::runtime::App;
 use crate::stats::AppStats;
-use crate::transport::{AppConsumer, Inbound, Transport, TransportError};
 
 /// Longest retry delay a handler may ask for: 1 hour.
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(3_600);
@@ -52,29 +51,68 @@ pub const FETCH_ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// most `max_ack_pending` can be outstanding, 256 by default).
 pub const MAX_REMEMBERED_NAKS: usize = 4_096;
 
-/// Everything one app's worker needs.
+/// Everything one app's worker needs: built with [`AppPipeline::new`], run
+/// with [`AppPipeline::run`].
 #[derive(Debug)]
 pub struct AppPipeline {
-    /// The deployed handler.
-    pub app: App,
-    /// The app's relevance rules.
-    pub filter: Filter,
-    /// The app's consumer.
-    pub consumer: AppConsumer,
-    /// The NATS edge.
-    pub transport: Transport,
-    /// The effect executor shared by all apps.
-    pub effects: Arc<EffectRunner>,
-    /// The app's grants.
-    pub grants: Grants,
-    /// The app's consumer settings.
-    pub delivery: Delivery,
-    /// This node's id.
-    pub node: u32,
-    /// Payload cap, checked before parsing.
-    pub max_payload_bytes: usize,
-    /// The app's counters.
-    pub stats: Arc<AppStats>,
+    app: App,
+    filter: Filter,
+    consumer: AppConsumer,
+    transport: Transport,
+    effects: Arc<EffectRunner>,
+    grants: Grants,
+    delivery: Delivery,
+    node: u32,
+    max_payload_bytes: usize,
+    stats: Arc<AppStats>,
+}
+
+impl AppPipeline {
+    /// A pipeline for `app` on `node`, reading `consumer`, keeping only what
+    /// `filter` lets through, counting into `stats`. Defaults: no grants,
+    /// [`Delivery::default`], payloads up to
+    /// [`envelope::DEFAULT_MAX_PAYLOAD_BYTES`].
+    pub fn new(
+        app: App,
+        node: u32,
+        filter: Filter,
+        consumer: AppConsumer,
+        transport: Transport,
+        effects: Arc<EffectRunner>,
+        stats: Arc<AppStats>,
+    ) -> Self {
+        Self {
+            app,
+            filter,
+            consumer,
+            transport,
+            effects,
+            grants: Grants::default(),
+            delivery: Delivery::default(),
+            node,
+            max_payload_bytes: envelope::DEFAULT_MAX_PAYLOAD_BYTES,
+            stats,
+        }
+    }
+
+    /// What the app's effects may do.
+    pub fn with_grants(mut self, grants: Grants) -> Self {
+        self.grants = grants;
+        self
+    }
+
+    /// The app's consumer settings: `max_deliver` and the nak backoff are
+    /// applied by the pipeline (the consumer itself was created with them).
+    pub fn with_delivery(mut self, delivery: Delivery) -> Self {
+        self.delivery = delivery;
+        self
+    }
+
+    /// The payload cap in bytes, checked before parsing.
+    pub fn with_max_payload_bytes(mut self, bytes: usize) -> Self {
+        self.max_payload_bytes = bytes;
+        self
+    }
 }
 
 fn nak_delay(delivery: &Delivery, attempt: u32) -> Duration {
@@ -116,7 +154,7 @@ pub enum DecodeError {
 enum BatchFailure {
     /// The handler trapped or hit a cap.
     #[error("{0}")]
-    Invoke(crate::InvokeError),
+    Invoke(crate::runtime::InvokeError),
     /// An effect failed to execute.
     #[error("effects failed: {}", .0.join("; "))]
     Effects(Vec<String>),
@@ -175,9 +213,7 @@ impl AppPipeline {
                     let span =
                         tracing::info_span!("batch", app = %self.app.name(), fetched = batch.len());
                     self.process_with(batch, &naks).instrument(span).await;
-                    self.stats
-                        .consumer_lag
-                        .store(self.consumer.lag(), std::sync::atomic::Ordering::Relaxed);
+                    self.stats.consumer_lag.set(self.consumer.lag());
                 }
                 Err(e) => {
                     tracing::warn!(app = %self.app.name(), error = %e, "fetch failed; retrying");
@@ -186,7 +222,7 @@ impl AppPipeline {
             }
         }
         let released = self.consumer.release().await;
-        AppStats::add(&self.stats.released, released as u64);
+        self.stats.released.add(released as u64);
         tracing::info!(app = %self.app.name(), released, "pipeline stopped");
     }
 
@@ -197,7 +233,7 @@ impl AppPipeline {
     }
 
     async fn process_with(&self, batch: Vec<Inbound>, naks: &std::sync::Mutex<Naks>) {
-        AppStats::add(&self.stats.received, batch.len() as u64);
+        self.stats.received.add(batch.len() as u64);
         self.count_redeliveries(&batch, naks);
         let mut relevant: Vec<(Inbound, Event)> = Vec::with_capacity(batch.len());
         for inbound in batch {
@@ -211,15 +247,15 @@ impl AppPipeline {
             match self.filter.check(&event) {
                 verdict @ (Verdict::Skipped | Verdict::UntrustedSource) => {
                     tracing::trace!(id = %event.id, ?verdict, "skipped by filter");
-                    AppStats::add(&self.stats.skipped, 1);
+                    self.stats.skipped.add(1);
                     if verdict == Verdict::UntrustedSource {
-                        AppStats::add(&self.stats.skipped_source, 1);
+                        self.stats.skipped_source.add(1);
                     }
                     self.settle(inbound.ack().await);
                     self.stats.settle_latency.record(inbound.age());
                 }
                 Verdict::Relevant(_) if inbound.attempt > self.delivery.max_deliver => {
-                    AppStats::add(&self.stats.dead_letters_out_of_deliveries, 1);
+                    self.stats.dead_letters_out_of_deliveries.add(1);
                     let reason = format!(
                         "delivered {} times, more than max_deliver = {}: earlier deliveries were never settled (host stopped or killed mid-batch, ack lost)",
                         inbound.attempt, self.delivery.max_deliver
@@ -244,7 +280,7 @@ impl AppPipeline {
             .filter(|m| m.attempt > 1 && !naks.requested(m.sequence, m.attempt))
             .count();
         if unrequested > 0 {
-            AppStats::add(&self.stats.redeliveries_unrequested, unrequested as u64);
+            self.stats.redeliveries_unrequested.add(unrequested as u64);
             tracing::debug!(unrequested, "redeliveries weir did not ask for");
         }
     }
@@ -313,17 +349,13 @@ impl AppPipeline {
         tracing::debug!(ids = ?events.iter().map(|e| (&e.id, e.attempt)).collect::<Vec<_>>(), "invoking");
         let invocation = self.app.invoke(events.clone()).await;
         let s = &self.stats;
-        AppStats::add(&s.batches, 1);
-        AppStats::add(&s.invoked_events, inbound.len() as u64);
-        AppStats::high_water(&s.fuel_high_water, invocation.stats.fuel_consumed);
-        AppStats::high_water(
-            &s.memory_high_water,
-            invocation.stats.memory_high_water as u64,
-        );
-        AppStats::add(
-            &s.effects_collapsed,
-            invocation.stats.effects_collapsed as u64,
-        );
+        s.batches.add(1);
+        s.invoked_events.add(inbound.len() as u64);
+        s.fuel_high_water.raise(invocation.stats.fuel_consumed);
+        s.memory_high_water
+            .raise(invocation.stats.memory_high_water as u64);
+        s.effects_collapsed
+            .add(invocation.stats.effects_collapsed as u64);
         let handled = match invocation.result {
             Ok(h) => h,
             Err(e) => {
@@ -343,22 +375,22 @@ impl AppPipeline {
                 events.iter().any(|e| e.attempt > 1),
             )
             .await;
-        AppStats::add(&s.effects_executed, report.executed);
-        AppStats::add(&s.effects_collapsed, report.repeated);
-        AppStats::add(&s.effects_refused, report.refused);
+        s.effects_executed.add(report.executed);
+        s.effects_collapsed.add(report.repeated);
+        s.effects_refused.add(report.refused);
         if !report.failed.is_empty() {
-            AppStats::add(&s.effects_failed, report.failed.len() as u64);
+            s.effects_failed.add(report.failed.len() as u64);
             return Err(BatchFailure::Effects(report.failed));
         }
         for (msg, outcome) in inbound.iter().zip(handled.outcomes) {
             match outcome {
                 Outcome::Done => {
-                    AppStats::add(&s.outcome_done, 1);
+                    s.outcome_done.add(1);
                     self.settle(msg.ack().await);
                     s.settle_latency.record(msg.age());
                 }
                 Outcome::Retry(ms) => {
-                    AppStats::add(&s.outcome_retry, 1);
+                    s.outcome_retry.add(1);
                     if msg.attempt >= self.delivery.max_deliver {
                         // Its last delivery: decide now, never drop silently.
                         let reason =
@@ -369,7 +401,7 @@ impl AppPipeline {
                     }
                 }
                 Outcome::Reject(reason) => {
-                    AppStats::add(&s.outcome_reject, 1);
+                    s.outcome_reject.add(1);
                     self.dead_letter(msg, &format!("rejected by handler: {reason}"), naks)
                         .await;
                 }
@@ -412,12 +444,12 @@ impl AppPipeline {
             .await
         {
             Ok(()) => {
-                AppStats::add(&self.stats.dead_letters, 1);
+                self.stats.dead_letters.add(1);
                 tracing::debug!(id = %msg.id, reason, "dead-lettered");
                 self.settle(msg.term().await);
             }
             Err(e) => {
-                AppStats::add(&self.stats.dead_letter_failures, 1);
+                self.stats.dead_letter_failures.add(1);
                 tracing::warn!(id = %msg.id, error = %e, "dead letter not stored; the event stays in the stream and is retried");
                 self.nak(msg, nak_delay(&self.delivery, msg.attempt), naks)
                     .await;

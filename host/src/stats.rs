@@ -1,33 +1,82 @@
-//! Per-app counters behind `/stats` (JSON) and `/metrics` (Prometheus text).
-//! Every counter is a relaxed atomic: updated once per batch, read by the
-//! HTTP endpoints.
+//! Per-app counters behind `/stats` (JSON) and `/metrics` (OpenMetrics
+//! text through `prometheus-client`, with the settle latency as a real
+//! histogram: `_bucket`, `_sum`, `_count`). Every counter is a relaxed
+//! atomic ([`Count`]): updated once per batch, read by the HTTP endpoints.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use serde::Serialize;
+
+/// A monotonic counter or high-water mark: one relaxed atomic.
+#[derive(Debug, Default)]
+pub struct Count(AtomicU64);
+
+impl Count {
+    /// Add `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Raise to at least `value` (a high-water mark).
+    pub fn raise(&self, value: u64) {
+        self.0.fetch_max(value, Ordering::Relaxed);
+    }
+
+    /// Set to `value` (a gauge such as the consumer lag).
+    pub fn set(&self, value: u64) {
+        self.0.store(value, Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
 
 /// Buckets of [`LatencyHistogram`]: upper bounds growing by 5% from 50 µs,
 /// the last one unbounded (300 buckets reach past 100 s).
-const LATENCY_BUCKETS: usize = 300;
-const LATENCY_FIRST_BUCKET_US: f64 = 50.0;
-const LATENCY_GROWTH: f64 = 1.05;
+pub const LATENCY_BUCKETS: usize = 300;
+/// Upper bound of the first latency bucket: 50 µs.
+pub const LATENCY_FIRST_BUCKET_US: f64 = 50.0;
+/// Growth of latency bucket bounds: 5% per bucket.
+pub const LATENCY_GROWTH: f64 = 1.05;
+/// `/metrics` exposes every 14th bucket bound (×1.98 apart: 50 µs, 99 µs,
+/// 196 µs, ... 83 s, then `+Inf`, 23 buckets), so counts at each exposed
+/// bound are exact and a 1,000-app host stays scrapeable.
+pub const EXPOSED_BUCKET_STRIDE: usize = 14;
 
 /// A lock-free latency histogram with log-spaced buckets (5% wide), for
 /// publish → settled latency. Quantiles are reported as bucket upper bounds.
 #[derive(Debug)]
 pub struct LatencyHistogram {
     buckets: [AtomicU64; LATENCY_BUCKETS],
+    sum_us: AtomicU64,
 }
 
 impl Default for LatencyHistogram {
     fn default() -> Self {
         Self {
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_us: AtomicU64::new(0),
         }
     }
+}
+
+/// The coarse view of a [`LatencyHistogram`] that `/metrics` exposes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExposedHistogram {
+    /// Sum of observations in seconds.
+    pub sum_seconds: f64,
+    /// Observations.
+    pub count: u64,
+    /// `(upper bound in seconds, observations in this bucket)`, the last
+    /// bound `+Inf` (not cumulative; the encoder accumulates).
+    pub buckets: Vec<(f64, u64)>,
 }
 
 impl LatencyHistogram {
@@ -44,6 +93,28 @@ impl LatencyHistogram {
             ((us / LATENCY_FIRST_BUCKET_US).ln() / LATENCY_GROWTH.ln()).ceil() as usize
         };
         self.buckets[i.min(LATENCY_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us as u64, Ordering::Relaxed);
+    }
+
+    /// Every [`EXPOSED_BUCKET_STRIDE`]th bucket, the rest merged into them.
+    pub fn exposed(&self) -> ExposedHistogram {
+        let mut out = ExposedHistogram {
+            sum_seconds: self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+            ..ExposedHistogram::default()
+        };
+        let mut pending = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            let n = b.load(Ordering::Relaxed);
+            out.count += n;
+            pending += n;
+            if i == LATENCY_BUCKETS - 1 {
+                out.buckets.push((f64::INFINITY, pending));
+            } else if i % EXPOSED_BUCKET_STRIDE == 0 {
+                out.buckets.push((Self::upper_bound_us(i) / 1e6, pending));
+                pending = 0;
+            }
+        }
+        out
     }
 
     /// Observations so far.
@@ -83,54 +154,54 @@ impl LatencyHistogram {
 #[derive(Debug, Default)]
 pub struct AppStats {
     /// Events delivered to the app's consumer.
-    pub received: AtomicU64,
+    pub received: Count,
     /// Events acked without invoking (pre-filter said irrelevant).
-    pub skipped: AtomicU64,
+    pub skipped: Count,
     /// Of `skipped`: events a rule named but refused only for their source
     /// (see [`crate::filter::Verdict::UntrustedSource`]).
-    pub skipped_source: AtomicU64,
+    pub skipped_source: Count,
     /// Events handed to the handler.
-    pub invoked_events: AtomicU64,
+    pub invoked_events: Count,
     /// Handler invocations.
-    pub batches: AtomicU64,
+    pub batches: Count,
     /// Outcomes: done.
-    pub outcome_done: AtomicU64,
+    pub outcome_done: Count,
     /// Outcomes: retry.
-    pub outcome_retry: AtomicU64,
+    pub outcome_retry: Count,
     /// Outcomes: reject.
-    pub outcome_reject: AtomicU64,
+    pub outcome_reject: Count,
     /// Events dead-lettered (rejected, malformed, or out of deliveries).
-    pub dead_letters: AtomicU64,
+    pub dead_letters: Count,
     /// Of `dead_letters`: events that arrived after their last allowed
     /// delivery (`delivery.max_deliver`) because earlier deliveries were
     /// never settled (a host stopped or killed mid-batch, an ack lost).
-    pub dead_letters_out_of_deliveries: AtomicU64,
+    pub dead_letters_out_of_deliveries: Count,
     /// Dead letters JetStream refused to store (full or unreachable
     /// dead-letter stream): the event stays unacknowledged and is retried.
-    pub dead_letter_failures: AtomicU64,
+    pub dead_letter_failures: Count,
     /// Redeliveries weir did not ask for: an event that came back (an
     /// `attempt` above 1) without this process having nak'd it. Without
     /// faults this is 0; a kill, a lost ack or an ack wait shorter than a
     /// batch raises it.
-    pub redeliveries_unrequested: AtomicU64,
+    pub redeliveries_unrequested: Count,
     /// Events delivered ahead of their batch and handed back (nak without
     /// delay) when the host stopped.
-    pub released: AtomicU64,
+    pub released: Count,
     /// Effects executed.
-    pub effects_executed: AtomicU64,
+    pub effects_executed: Count,
     /// Effects collapsed (identical within a batch, or already executed for
     /// the same events).
-    pub effects_collapsed: AtomicU64,
+    pub effects_collapsed: Count,
     /// Effects refused (not granted).
-    pub effects_refused: AtomicU64,
+    pub effects_refused: Count,
     /// Effects whose execution failed.
-    pub effects_failed: AtomicU64,
+    pub effects_failed: Count,
     /// Highest fuel used by one batch.
-    pub fuel_high_water: AtomicU64,
+    pub fuel_high_water: Count,
     /// Highest linear memory of one instance, in bytes.
-    pub memory_high_water: AtomicU64,
+    pub memory_high_water: Count,
     /// Events not yet delivered to the consumer (last reading).
-    pub consumer_lag: AtomicU64,
+    pub consumer_lag: Count,
     /// Failed batches by [`crate::InvokeError::kind`].
     traps: Mutex<BTreeMap<&'static str, u64>>,
     /// Time from the stream's publish timestamp to the event being acked
@@ -185,23 +256,16 @@ pub struct AppStatsSnapshot {
     pub settle_latency_p50_ms: f64,
     /// Publish → acked latency, 99th percentile, in ms (bucket upper bound).
     pub settle_latency_p99_ms: f64,
+    /// Publish → acked latency as `/metrics` exposes it.
+    #[serde(skip)]
+    pub settle_latency: ExposedHistogram,
 }
 
-fn get(a: &AtomicU64) -> u64 {
-    a.load(Ordering::Relaxed)
+fn get(c: &Count) -> u64 {
+    c.get()
 }
 
 impl AppStats {
-    /// Add `n` to `counter`.
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Raise `counter` to at least `value`.
-    pub fn high_water(counter: &AtomicU64, value: u64) {
-        counter.fetch_max(value, Ordering::Relaxed);
-    }
-
     /// Count one failed batch of `kind`.
     pub fn trap(&self, kind: &'static str) {
         *self
@@ -247,6 +311,7 @@ impl AppStats {
             consumer_lag: get(&self.consumer_lag),
             settle_latency_p50_ms: 0.0,
             settle_latency_p99_ms: 0.0,
+            settle_latency: ExposedHistogram::default(),
         }
         .with_latency(&self.settle_latency)
     }
@@ -257,177 +322,204 @@ impl AppStatsSnapshot {
         let q = h.quantiles(&[0.5, 0.99]);
         self.settle_latency_p50_ms = q[0].as_secs_f64() * 1e3;
         self.settle_latency_p99_ms = q[1].as_secs_f64() * 1e3;
+        self.settle_latency = h.exposed();
         self
     }
 }
 
-/// Prometheus text exposition (format 0.0.4) of `snapshots`: one family per
-/// counter, labelled by `app` (and `kind` for outcomes and traps).
-pub fn prometheus(node: u32, snapshots: &[AppStatsSnapshot]) -> String {
-    type Field = fn(&AppStatsSnapshot) -> u64;
-    let families: [(&str, &str, &str, Field); 18] = [
-        (
-            "weir_events_received_total",
-            "counter",
-            "Events delivered to the app's consumer.",
-            |s| s.received,
-        ),
-        (
-            "weir_events_skipped_total",
-            "counter",
-            "Events acked by the pre-filter without invoking.",
-            |s| s.skipped,
-        ),
-        (
-            "weir_events_skipped_source_total",
-            "counter",
-            "Events skipped because their source is not trusted for their name.",
-            |s| s.skipped_source,
-        ),
-        (
-            "weir_events_invoked_total",
-            "counter",
-            "Events handed to the handler.",
-            |s| s.invoked_events,
-        ),
-        (
-            "weir_batches_total",
-            "counter",
-            "Handler invocations.",
-            |s| s.batches,
-        ),
-        (
-            "weir_dead_letters_total",
-            "counter",
-            "Events dead-lettered.",
-            |s| s.dead_letters,
-        ),
-        (
-            "weir_dead_letters_out_of_deliveries_total",
-            "counter",
-            "Events dead-lettered because earlier deliveries were never settled.",
-            |s| s.dead_letters_out_of_deliveries,
-        ),
-        (
-            "weir_dead_letter_failures_total",
-            "counter",
-            "Dead letters the dead-letter stream refused (the event is retried).",
-            |s| s.dead_letter_failures,
-        ),
-        (
-            "weir_redeliveries_unrequested_total",
-            "counter",
-            "Redeliveries weir did not ask for (0 without faults).",
-            |s| s.redeliveries_unrequested,
-        ),
-        (
-            "weir_events_released_total",
-            "counter",
-            "Events delivered ahead of their batch and handed back at shutdown.",
-            |s| s.released,
-        ),
-        (
-            "weir_effects_executed_total",
-            "counter",
-            "Effects executed.",
-            |s| s.effects_executed,
-        ),
-        (
-            "weir_effects_collapsed_total",
-            "counter",
-            "Effects collapsed as duplicates.",
-            |s| s.effects_collapsed,
-        ),
-        (
-            "weir_effects_refused_total",
-            "counter",
-            "Effects refused for lack of a grant.",
-            |s| s.effects_refused,
-        ),
-        (
-            "weir_effects_failed_total",
-            "counter",
-            "Effects whose execution failed.",
-            |s| s.effects_failed,
-        ),
-        (
-            "weir_fuel_high_water",
-            "gauge",
-            "Most fuel used by one batch.",
-            |s| s.fuel_high_water,
-        ),
-        (
-            "weir_memory_high_water_bytes",
-            "gauge",
-            "Most linear memory of one instance.",
-            |s| s.memory_high_water,
-        ),
-        (
-            "weir_consumer_lag",
-            "gauge",
-            "Events not yet delivered to the app's consumer.",
-            |s| s.consumer_lag,
-        ),
-        (
-            "weir_apps",
-            "gauge",
-            "Apps on this node (1 per app).",
-            |_| 1,
-        ),
-    ];
-    let mut out = String::new();
-    for (name, kind, help, field) in families {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for s in snapshots {
-            let _ = writeln!(
-                out,
-                "{name}{{node=\"{node}\",app=\"{}\"}} {}",
-                s.app,
-                field(s)
-            );
-        }
-    }
-    for (name, help, q) in [
-        (
-            "weir_settle_latency_p50_ms",
-            "Publish to acked latency, median (bucket upper bound).",
-            0,
-        ),
-        (
-            "weir_settle_latency_p99_ms",
-            "Publish to acked latency, 99th percentile (bucket upper bound).",
-            1,
-        ),
-    ] {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for s in snapshots {
-            let v = if q == 0 {
-                s.settle_latency_p50_ms
-            } else {
-                s.settle_latency_p99_ms
-            };
-            let _ = writeln!(out, "{name}{{node=\"{node}\",app=\"{}\"}} {v:.3}", s.app);
-        }
-    }
-    for (name, help, pick) in [
-        (
-            "weir_outcomes_total",
-            "Handler outcomes by kind.",
-            (|s| &s.outcomes) as fn(&AppStatsSnapshot) -> &BTreeMap<&'static str, u64>,
-        ),
-        ("weir_traps_total", "Failed batches by kind.", |s| &s.traps),
-    ] {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for s in snapshots {
-            for (kind, n) in pick(s) {
-                let _ = writeln!(
-                    out,
-                    "{name}{{node=\"{node}\",app=\"{}\",kind=\"{kind}\"}} {n}",
-                    s.app
-                );
+/// The content type of [`prometheus`]'s output.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Field = fn(&AppStatsSnapshot) -> u64;
+
+/// Every per-app counter and gauge `/metrics` exposes: name (counters get
+/// `_total`), type, help, value.
+const FAMILIES: [(&str, MetricType, &str, Field); 18] = [
+    (
+        "weir_events_received",
+        MetricType::Counter,
+        "Events delivered to the app's consumer.",
+        |s| s.received,
+    ),
+    (
+        "weir_events_skipped",
+        MetricType::Counter,
+        "Events acked by the pre-filter without invoking.",
+        |s| s.skipped,
+    ),
+    (
+        "weir_events_skipped_source",
+        MetricType::Counter,
+        "Events skipped because their source is not trusted for their name.",
+        |s| s.skipped_source,
+    ),
+    (
+        "weir_events_invoked",
+        MetricType::Counter,
+        "Events handed to the handler.",
+        |s| s.invoked_events,
+    ),
+    (
+        "weir_batches",
+        MetricType::Counter,
+        "Handler invocations.",
+        |s| s.batches,
+    ),
+    (
+        "weir_dead_letters",
+        MetricType::Counter,
+        "Events dead-lettered.",
+        |s| s.dead_letters,
+    ),
+    (
+        "weir_dead_letters_out_of_deliveries",
+        MetricType::Counter,
+        "Events dead-lettered because earlier deliveries were never settled.",
+        |s| s.dead_letters_out_of_deliveries,
+    ),
+    (
+        "weir_dead_letter_failures",
+        MetricType::Counter,
+        "Dead letters the dead-letter stream refused (the event is retried).",
+        |s| s.dead_letter_failures,
+    ),
+    (
+        "weir_redeliveries_unrequested",
+        MetricType::Counter,
+        "Redeliveries weir did not ask for (0 without faults).",
+        |s| s.redeliveries_unrequested,
+    ),
+    (
+        "weir_events_released",
+        MetricType::Counter,
+        "Events delivered ahead of their batch and handed back at shutdown.",
+        |s| s.released,
+    ),
+    (
+        "weir_effects_executed",
+        MetricType::Counter,
+        "Effects executed.",
+        |s| s.effects_executed,
+    ),
+    (
+        "weir_effects_collapsed",
+        MetricType::Counter,
+        "Effects collapsed as duplicates.",
+        |s| s.effects_collapsed,
+    ),
+    (
+        "weir_effects_refused",
+        MetricType::Counter,
+        "Effects refused for lack of a grant.",
+        |s| s.effects_refused,
+    ),
+    (
+        "weir_effects_failed",
+        MetricType::Counter,
+        "Effects whose execution failed.",
+        |s| s.effects_failed,
+    ),
+    (
+        "weir_fuel_high_water",
+        MetricType::Gauge,
+        "Most fuel used by one batch.",
+        |s| s.fuel_high_water,
+    ),
+    (
+        "weir_memory_high_water_bytes",
+        MetricType::Gauge,
+        "Most linear memory of one instance.",
+        |s| s.memory_high_water,
+    ),
+    (
+        "weir_consumer_lag",
+        MetricType::Gauge,
+        "Events not yet delivered to the app's consumer.",
+        |s| s.consumer_lag,
+    ),
+    (
+        "weir_apps",
+        MetricType::Gauge,
+        "Apps on this node (1 per app).",
+        |_| 1,
+    ),
+];
+
+/// The metric families of one scrape, as a `prometheus-client` collector.
+#[derive(Debug)]
+struct Scrape {
+    node: String,
+    apps: Vec<AppStatsSnapshot>,
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        for (name, kind, help, field) in FAMILIES {
+            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+            for s in &self.apps {
+                let labels = [("node", self.node.as_str()), ("app", s.app.as_str())];
+                let mut metric = family.encode_family(&labels)?;
+                match kind {
+                    MetricType::Counter => {
+                        metric.encode_counter::<NoLabelSet, _, u64>(&field(s), None)?
+                    }
+                    _ => metric.encode_gauge(&field(s))?,
+                }
             }
         }
+        for (name, help, pick) in [
+            (
+                "weir_outcomes",
+                "Handler outcomes by kind.",
+                (|s| &s.outcomes) as fn(&AppStatsSnapshot) -> &BTreeMap<&'static str, u64>,
+            ),
+            ("weir_traps", "Failed batches by kind.", |s| &s.traps),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for s in &self.apps {
+                for (kind, n) in pick(s) {
+                    let labels = [
+                        ("node", self.node.as_str()),
+                        ("app", s.app.as_str()),
+                        ("kind", kind),
+                    ];
+                    family
+                        .encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, _, u64>(n, None)?;
+                }
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "weir_settle_latency_seconds",
+            "Time from the stream's publish timestamp to the event being acked (done or skipped).",
+            None,
+            MetricType::Histogram,
+        )?;
+        for s in &self.apps {
+            let labels = [("node", self.node.as_str()), ("app", s.app.as_str())];
+            let h = &s.settle_latency;
+            family
+                .encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &h.buckets, None)?;
+        }
+        Ok(())
     }
+}
+
+/// OpenMetrics text ([`OPENMETRICS_CONTENT_TYPE`]) of `snapshots`, encoded by
+/// `prometheus-client`: one family per counter or gauge labelled by `node`
+/// and `app` (and `kind` for outcomes and traps), and the settle latency as
+/// a histogram in seconds.
+pub fn prometheus(node: u32, snapshots: &[AppStatsSnapshot]) -> String {
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(Scrape {
+        node: node.to_string(),
+        apps: snapshots.to_vec(),
+    }));
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
     out
 }
 
@@ -438,10 +530,12 @@ mod tests {
     #[test]
     fn snapshot_and_prometheus_text() {
         let s = AppStats::default();
-        AppStats::add(&s.received, 5);
-        AppStats::add(&s.skipped, 3);
-        AppStats::high_water(&s.fuel_high_water, 10);
-        AppStats::high_water(&s.fuel_high_water, 7);
+        s.received.add(5);
+        s.skipped.add(3);
+        s.fuel_high_water.raise(10);
+        s.fuel_high_water.raise(7);
+        s.settle_latency.record(std::time::Duration::from_millis(1));
+        s.settle_latency.record(std::time::Duration::from_millis(3));
         s.trap("timeout");
         s.trap("timeout");
         let snap = s.snapshot("mail1");
@@ -460,6 +554,29 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# TYPE weir_consumer_lag gauge\n"), "{text}");
+        // A real histogram: cumulative buckets, sum and count.
+        assert!(
+            text.contains("# TYPE weir_settle_latency_seconds histogram\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weir_settle_latency_seconds_count{node=\"1\",app=\"mail1\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "weir_settle_latency_seconds_bucket{le=\"+Inf\",node=\"1\",app=\"mail1\"} 2\n"
+            ) || text.contains(
+                "weir_settle_latency_seconds_bucket{node=\"1\",app=\"mail1\",le=\"+Inf\"} 2\n"
+            ),
+            "{text}"
+        );
+        let buckets: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("weir_settle_latency_seconds_bucket"))
+            .collect();
+        assert_eq!(buckets.len(), 23, "{buckets:#?}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 
     #[test]

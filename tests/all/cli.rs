@@ -13,6 +13,46 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Usage, bad input and configuration errors have exit codes of their own
+/// (sysexits), listed in `--help`.
+#[test]
+fn exit_codes_tell_usage_from_input_from_config() {
+    let help = weir(&["--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    assert!(
+        text(&help.stdout).contains("Exit codes: 0 success; 1 refused"),
+        "{}",
+        text(&help.stdout)
+    );
+    assert_eq!(weir(&["no-such-command"]).status.code(), Some(64));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("weir.toml");
+    std::fs::write(&config, "[node]\nid = 1\nname = \"n\"\n").unwrap();
+    let out = weir(&["run", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("no [[app]]: nothing to run"));
+    let out = weir(&["permissions", "--config", "/nonexistent/weir.toml"]);
+    assert_eq!(out.status.code(), Some(78));
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, "not json\n").unwrap();
+    let out = weir(&[
+        "invoke",
+        weir_test_artifacts::ECHO,
+        "--events",
+        events.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out.stderr));
+    let out = weir(&[
+        "invoke",
+        weir_test_artifacts::ECHO,
+        "--events",
+        "-",
+        "--batch",
+        "0",
+    ]);
+    assert_eq!(out.status.code(), Some(64));
+}
+
 #[test]
 fn check_accepts_the_examples() {
     for path in [
@@ -77,14 +117,14 @@ fn check_reports_every_problem_of_a_non_handler() {
     let core = dir.path().join("core.wasm");
     std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
     let out = weir(&["check", core.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(65), "bad input (EX_DATAERR)");
     assert!(
         text(&out.stderr).contains("core wasm module"),
         "{}",
         text(&out.stderr)
     );
     let out = weir(&["check", "/nonexistent/handler.wasm"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(65));
     assert!(text(&out.stderr).contains("failed to read component /nonexistent/handler.wasm"));
 }
 
@@ -152,11 +192,9 @@ impl RunningHost {
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("effects.log");
         let config = dir.path().join("weir.toml");
-        std::fs::write(
-            &config,
-            crate::common::marker_config(nats_url, &marker, 100),
-        )
-        .unwrap();
+        crate::common::marker_config(nats_url, &marker, 100)
+            .write(&config)
+            .unwrap();
         Self::spawn(dir, marker, config)
     }
 
@@ -222,7 +260,14 @@ fn run_consumes_and_sigterm_drains_with_exit_0() {
     for i in 0..3 {
         let out = publish(
             &server.url(),
-            &["--name", "test", "--payload", &format!("restart:u{i}")],
+            &[
+                "--name",
+                "test",
+                "--source",
+                "cluster",
+                "--payload",
+                &format!("restart:u{i}"),
+            ],
         );
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     }
@@ -258,6 +303,8 @@ fn killed_host_restarts_and_misses_nothing() {
                 &[
                     "--name",
                     "test",
+                    "--source",
+                    "cluster",
                     "--payload",
                     &format!("restart:u{i}"),
                     "--id",
@@ -291,16 +338,43 @@ fn publish_replays_the_corpus_and_folds_domains() {
         "{}",
         text(&out.stderr)
     );
+    assert!(
+        text(&out.stderr).contains("16 stored, 0 duplicates"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Unfolded, the 14 events that were not folded have the same ids as
+    // before: JetStream keeps one copy, and weir says so.
     let out = publish(&server.url(), &["--replay", events]);
     assert!(
         text(&out.stderr).contains("published 64 events"),
         "{}",
         text(&out.stderr)
     );
-    let out = publish(&server.url(), &[]);
-    assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains("give --name"),
+        text(&out.stderr).contains("50 stored, 14 duplicates"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = publish(&server.url(), &["--replay", events]);
+    assert!(
+        text(&out.stderr).contains("0 stored, 64 duplicates"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Usage errors exit 64 (EX_USAGE) with what is missing.
+    let out = publish(&server.url(), &[]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        text(&out.stderr).contains("give --name and --source"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The most trusted source is never a default.
+    let out = publish(&server.url(), &["--name", "test"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        text(&out.stderr).contains("--source"),
         "{}",
         text(&out.stderr)
     );
@@ -309,7 +383,17 @@ fn publish_replays_the_corpus_and_folds_domains() {
 /// A host on `url` that has handled one event.
 fn serving_one_event(url: &str) -> RunningHost {
     let host = RunningHost::start(url);
-    let out = publish(url, &["--name", "test", "--payload", "restart:u0"]);
+    let out = publish(
+        url,
+        &[
+            "--name",
+            "test",
+            "--source",
+            "cluster",
+            "--payload",
+            "restart:u0",
+        ],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     host.wait_units(1);
     host
@@ -361,7 +445,7 @@ fn sigterm_with_nats_down_exits_within_the_bound() {
     server.kill();
     std::thread::sleep(std::time::Duration::from_millis(500));
     signal(&host.child, "TERM");
-    let bound = weir_host::host::DRAIN_TIMEOUT + weir_host::host::SHUTDOWN_SLACK;
+    let bound = weir_host::daemon::DRAIN_TIMEOUT + weir_host::daemon::SHUTDOWN_SLACK;
     let (status, took) = wait_exit(&mut host.child, bound + std::time::Duration::from_secs(10));
     let log = stderr_of(&mut host.child);
     assert!(

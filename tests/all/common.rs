@@ -5,6 +5,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use weir_host::envelope::{self, EventMeta};
 use weir_host::{App, AppSpec, EngineConfig, Event, Limits, Runtime};
+use weir_test_support::config::{AppBuilder, ConfigBuilder};
 
 /// The runtime shared by the tests of this binary (compiled components are
 /// cached in its memory).
@@ -67,18 +68,6 @@ pub fn directive(payload: &str) -> Vec<Event> {
     vec![event("test", "cluster", payload)]
 }
 
-/// Resident set size of this process in bytes (Linux `/proc/self/statm`).
-pub fn rss_bytes() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
-    let pages: usize = statm
-        .split_whitespace()
-        .nth(1)
-        .expect("rss field")
-        .parse()
-        .expect("rss number");
-    pages * 4096
-}
-
 /// `examples/` of the repository.
 pub fn examples_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples")
@@ -132,37 +121,19 @@ pub fn init_tracing() {
     });
 }
 
-/// `weir.toml` for node 1 with one echo app (event `test`) whose granted
-/// restarts of `u0`..`u<units>` run `sh -c 'echo $0 >> marker'` (command
-/// executor): each handled `restart:uN` event leaves `uN` in `marker`.
-pub fn marker_config(nats_url: &str, marker: &std::path::Path, units: usize) -> String {
-    format!(
-        r#"
-        [node]
-        id = 1
-        name = "node1"
-        [nats]
-        url = "{nats_url}"
-        [http]
-        enabled = false
-        [effects]
-        executor = "command"
-        command = ["sh", "-c", "echo $0 >> {marker}", "{{unit}}"]
-        [[app]]
-        name = "echo"
-        component = "{echo}"
-        [[app.rule]]
-        event = "test"
-        [app.grants]
-        restart = [{units}]
-        "#,
-        marker = marker.display(),
-        echo = weir_test_artifacts::ECHO,
-        units = (0..units)
-            .map(|i| format!("\"u{i}\""))
-            .collect::<Vec<_>>()
-            .join(", "),
-    )
+/// Node 1 with one echo app (event `test`) whose granted restarts of
+/// `u0`..`u<units>` run `sh -c 'echo $0 >> marker'` (command executor):
+/// each handled `restart:uN` event leaves `uN` in `marker`.
+pub fn marker_config(nats_url: &str, marker: &std::path::Path, units: usize) -> ConfigBuilder {
+    let units: Vec<String> = (0..units).map(|i| format!("u{i}")).collect();
+    let units: Vec<&str> = units.iter().map(String::as_str).collect();
+    ConfigBuilder::new(1, nats_url)
+        .shell_executor(&format!("echo $0 >> {}", marker.display()))
+        .app(
+            AppBuilder::new("echo", weir_test_artifacts::ECHO)
+                .events(&["test"])
+                .restart(&units),
+        )
 }
 
 /// The units recorded in a marker file (see [`marker_config`]).
@@ -172,26 +143,4 @@ pub fn marker_units(marker: &std::path::Path) -> std::collections::BTreeSet<Stri
         .lines()
         .map(str::to_owned)
         .collect()
-}
-
-/// Poll `cond` every 20 ms for at most `within`; panic with `what` if it never
-/// holds.
-#[macro_export]
-macro_rules! assert_eventually {
-    ($within:expr, $what:expr, $cond:expr) => {{
-        let deadline = Instant::now() + $within;
-        loop {
-            let holds: bool = $cond;
-            if holds {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not within {:?}: {}",
-                $within,
-                $what
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }};
 }

@@ -4,16 +4,16 @@
 
 use std::time::Duration;
 
-use weir_host::limits::EPOCH_TICK;
+use weir_host::runtime::limits::EPOCH_TICK;
 use weir_host::{App, Effect, InvokeError, Limits, Outcome};
 
 use crate::common::{
-    assert_bystander_serves, deploy, deploy_on, directive, event, event_attempt, heavy, rss_bytes,
+    assert_bystander_serves, deploy, deploy_on, directive, event, event_attempt, heavy,
 };
 
 /// Most the host's RSS may grow across a hostile test: 32 MiB. What the guests
 /// try is 10× that or more, so growth proportional to it cannot pass.
-const RSS_SLACK: usize = 32 << 20;
+const RSS_SLACK: u64 = 32 << 20;
 
 macro_rules! component_test {
     ($name:ident, $path:ident) => {
@@ -186,7 +186,7 @@ mod fixtures {
         };
         let app = deploy("memory-bomb", path, limits);
         app.invoke_blocking(&directive("ok")).result.unwrap();
-        let before = rss_bytes();
+        let before = weir_test_support::rss_bytes(None);
         for _ in 0..5 {
             stopped_then_recovers(
                 &app,
@@ -194,7 +194,7 @@ mod fixtures {
                 |e| matches!(e, InvokeError::MemoryLimit { limit, requested } if *limit == 48 << 20 && *requested > *limit),
             );
         }
-        let after = rss_bytes();
+        let after = weir_test_support::rss_bytes(None);
         assert!(
             after <= before + RSS_SLACK,
             "RSS grew from {before} to {after} after 5 × 48 MiB bombs"
@@ -216,8 +216,8 @@ mod fixtures {
         };
         let app = deploy("huge-return", path, limits);
         app.invoke_blocking(&directive("ok")).result.unwrap();
-        let before = rss_bytes();
-        let limit = weir_host::limits::DEFAULT_HOSTCALL_BYTES;
+        let before = weir_test_support::rss_bytes(None);
+        let limit = weir_host::runtime::limits::DEFAULT_HOSTCALL_BYTES;
         stopped_then_recovers(&app, &format!("string:{}", 200 << 20), |e| {
             *e == InvokeError::HostcallLimit { limit }
         });
@@ -226,7 +226,7 @@ mod fixtures {
         stopped_then_recovers(&app, "list:3000000", |e| {
             *e == InvokeError::HostcallLimit { limit }
         });
-        let after = rss_bytes();
+        let after = weir_test_support::rss_bytes(None);
         assert!(
             after <= before + RSS_SLACK,
             "RSS grew from {before} to {after}"

@@ -86,6 +86,16 @@ fn batched_storm_per_event_matches_ground_truth() {
     assert_eq!(per_event("node-join-batched"), (12, 0));
 }
 
+/// The node-join storms have no relevant `user-domain-changed` at all, so a
+/// handler (or rule) that drops every one would pass them: these deliveries
+/// are positive (a cluster-wide openldap announcement, a local ldapproxy
+/// change, the legacy scalar) and near misses (the same change from another
+/// node's ldapproxy).
+#[test]
+fn positive_cases_per_event_match_ground_truth() {
+    assert_eq!(per_event("positive"), (24, 3));
+}
+
 #[test]
 fn legacy_storm_in_one_batch_per_app_costs_one_invocation_each() {
     let (events, _, topology) = load("node-join-legacy");
@@ -278,4 +288,11 @@ fn prefilter_matches_ground_truth_legacy() {
 #[test]
 fn prefilter_matches_ground_truth_batched() {
     assert_eq!(prefilter("node-join-batched"), (52, 40));
+}
+
+#[test]
+fn prefilter_matches_ground_truth_positive() {
+    // 4 events × 6 apps; relevant: nextcloud1 (seq 0), mail1 (seq 1),
+    // ejabberd1 (seq 3). Not seq 2: node 2's ldapproxy, mail1 is on node 1.
+    assert_eq!(prefilter("positive"), (24, 3));
 }

@@ -1,71 +1,38 @@
-//! `weir run` end to end (as the library `Host`) against a real nats-server
+//! `weir run` end to end (as the library `Daemon`) against a real nats-server
 //! per test: delivery, pre-filter, outcomes, dead letters, restarts.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use weir_host::Host;
+use weir_host::Daemon;
 use weir_host::config::Config;
-use weir_host::nats_server::NatsServer;
+use weir_host::nats::NatsServer;
+use weir_test_support::config::{AppBuilder, ConfigBuilder};
+use weir_test_support::http_get;
 
 use crate::nats::{app, dead_letters, publisher, rt, server};
 
-/// Node 1 with an echo app (event `test`, any source) and the NS8 mail app.
-fn config(server: &NatsServer, extra: &str) -> Config {
-    let text = format!(
-        r#"
-        [node]
-        id = 1
-        name = "node1"
-        [nats]
-        url = "{url}"
-        [http]
-        listen = "127.0.0.1:0"
-        [[app]]
-        name = "echo"
-        component = "{echo}"
-        [[app.rule]]
-        event = ["test", "test-bad"]
-        [app.grants]
-        restart = ["a.service"]
-        [app.delivery]
-        max_deliver = 3
-        backoff_ms = [50, 50]
-        ack_wait_ms = 5000
-        {mail}
-        {extra}
-        "#,
-        url = server.url(),
-        echo = weir_test_artifacts::ECHO,
-        mail = mail_app("mail1", "dom01.example.org"),
-    );
-    let config = Config::parse(&text).unwrap();
-    assert_eq!(config.problems(), Vec::<String>::new());
-    config
-}
-
-/// The NS8 mail app as TOML (`examples/ns8/rules.toml`'s app rules).
-pub fn mail_app(name: &str, domain: &str) -> String {
-    format!(
-        r#"
-        [[app]]
-        name = "{name}"
-        component = "{mail}"
-        domains = ["{domain}"]
-        [[app.rule]]
-        event = "user-domain-changed"
-        source = "module/ldapproxy*"
-        origin = "local"
-        domains = "mine"
-        [[app.rule]]
-        event = "user-domain-changed"
-        source = ["cluster", "module/openldap*", "module/samba*"]
-        domains = "mine"
-        [app.grants]
-        restart = ["dovecot.service", "postfix.service"]
-        "#,
-        mail = weir_test_artifacts::MAIL,
-    )
+/// Node 1 with an echo app (event `test`, any source), the NS8 mail app
+/// and `extra` apps, HTTP on any loopback port.
+fn config(server: &NatsServer, extra: impl IntoIterator<Item = AppBuilder>) -> Config {
+    let host = ConfigBuilder::new(1, &server.url())
+        .http("127.0.0.1:0".parse().unwrap())
+        .app(
+            AppBuilder::new("echo", weir_test_artifacts::ECHO)
+                .events(&["test", "test-bad"])
+                .restart(&["a.service"])
+                .delivery(|d| {
+                    d.max_deliver = 3;
+                    d.backoff_ms = vec![50, 50];
+                    d.ack_wait_ms = 5000;
+                }),
+        )
+        .app(AppBuilder::ns8_mail(
+            "mail1",
+            weir_test_artifacts::MAIL,
+            "dom01.example.org",
+        ));
+    extra.into_iter().fold(host, ConfigBuilder::app).valid()
 }
 
 #[test]
@@ -73,7 +40,9 @@ fn delivers_filters_and_settles_outcomes() {
     let _heavy = crate::common::heavy();
     let (server, _dir) = server();
     rt().block_on(async {
-        let host = Host::start(config(&server, "")).await.unwrap();
+        let host = Daemon::start(config(&server, []).plan().expect("valid config"))
+            .await
+            .unwrap();
         let p = publisher(&server).await;
         // The legacy storm for node 4's ldapproxy: irrelevant to mail1 on node 1.
         for i in 0..25 {
@@ -173,15 +142,20 @@ fn delivers_filters_and_settles_outcomes() {
 
         // The HTTP endpoints serve the same counters.
         let addr = host.http_addr().unwrap();
-        let body = http_get(addr, "/metrics").await;
+        let (_, body) = http_get(addr, "/metrics").await.unwrap();
         assert!(
             body.contains("weir_events_skipped_total{node=\"1\",app=\"mail1\"} 25"),
             "{body}"
         );
-        assert!(http_get(addr, "/health").await.ends_with("ok: running\n"));
+        assert_eq!(
+            http_get(addr, "/health").await,
+            Some((200, "ok: running\n".to_owned()))
+        );
         assert!(
             http_get(addr, "/stats")
                 .await
+                .unwrap()
+                .1
                 .contains("\"invoked_events\":1")
         );
         host.shutdown().await.unwrap();
@@ -193,7 +167,9 @@ fn retry_then_dead_letter_after_max_deliver() {
     let _heavy = crate::common::heavy();
     let (server, _dir) = server();
     rt().block_on(async {
-        let host = Host::start(config(&server, "")).await.unwrap();
+        let host = Daemon::start(config(&server, []).plan().expect("valid config"))
+            .await
+            .unwrap();
         let p = publisher(&server).await;
         p.publish_event(
             "test",
@@ -223,22 +199,17 @@ fn retry_then_dead_letter_after_max_deliver() {
 fn trapping_batches_are_retried_then_dead_lettered_with_the_error() {
     let _heavy = crate::common::heavy();
     let (server, _dir) = server();
-    let extra = format!(
-        r#"
-        [[app]]
-        name = "trap"
-        component = "{}"
-        [[app.rule]]
-        event = "boom"
-        [app.delivery]
-        max_deliver = 2
-        backoff_ms = [20]
-        ack_wait_ms = 5000
-        "#,
-        weir_test_artifacts::TRAP
-    );
+    let extra = [AppBuilder::new("trap", weir_test_artifacts::TRAP)
+        .events(&["boom"])
+        .delivery(|d| {
+            d.max_deliver = 2;
+            d.backoff_ms = vec![20];
+            d.ack_wait_ms = 5000;
+        })];
     rt().block_on(async {
-        let host = Host::start(config(&server, &extra)).await.unwrap();
+        let host = Daemon::start(config(&server, extra).plan().expect("valid config"))
+            .await
+            .unwrap();
         let p = publisher(&server).await;
         p.publish_event("boom", "cluster", Bytes::from_static(b"panic"), "poison")
             .await
@@ -279,7 +250,9 @@ fn a_restarted_host_resumes_from_its_cursor() {
     let _heavy = crate::common::heavy();
     let (server, _dir) = server();
     rt().block_on(async {
-        let host = Host::start(config(&server, "")).await.unwrap();
+        let host = Daemon::start(config(&server, []).plan().expect("valid config"))
+            .await
+            .unwrap();
         let p = publisher(&server).await;
         p.publish_event("test", "cluster", Bytes::from_static(b"one"), "before")
             .await
@@ -299,7 +272,9 @@ fn a_restarted_host_resumes_from_its_cursor() {
             .await
             .unwrap();
         }
-        let host = Host::start(config(&server, "")).await.unwrap();
+        let host = Daemon::start(config(&server, []).plan().expect("valid config"))
+            .await
+            .unwrap();
         assert_eventually!(
             Duration::from_secs(30),
             format!(
@@ -317,17 +292,6 @@ fn a_restarted_host_resumes_from_its_cursor() {
     });
 }
 
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
 #[test]
 fn cluster_wide_announcement_reaches_the_apps_of_every_node() {
     let _heavy = crate::common::heavy();
@@ -335,12 +299,18 @@ fn cluster_wide_announcement_reaches_the_apps_of_every_node() {
     rt().block_on(async {
         let mut hosts = Vec::new();
         for node in 1..=3 {
-            let text = format!(
-                "[node]\nid = {node}\nname = \"node{node}\"\n[nats]\nurl = \"{url}\"\n[http]\nenabled = false\n{app}",
-                url = server.url(),
-                app = mail_app(&format!("mail{node}"), "dom.test"),
+            let config = ConfigBuilder::new(node, &server.url())
+                .app(AppBuilder::ns8_mail(
+                    &format!("mail{node}"),
+                    weir_test_artifacts::MAIL,
+                    "dom.test",
+                ))
+                .valid();
+            hosts.push(
+                Daemon::start(config.plan().expect("valid config"))
+                    .await
+                    .unwrap(),
             );
-            hosts.push(Host::start(Config::parse(&text).unwrap()).await.unwrap());
         }
         let p = publisher(&server).await;
         let payload = r#"{"domain":"dom.test","domains":["dom.test"],"node_id":1}"#;
@@ -409,10 +379,12 @@ fn nats_server_restarted_mid_stream_loses_no_acknowledged_event() {
     let _heavy = crate::common::heavy();
     let (mut server, dir) = server();
     let marker = dir.path().join("handled.log");
-    let text = crate::common::marker_config(&server.url(), &marker, 20);
+    let config = crate::common::marker_config(&server.url(), &marker, 20).valid();
     let handled = || crate::common::marker_units(&marker);
     rt().block_on(async {
-        let host = Host::start(Config::parse(&text).unwrap()).await.unwrap();
+        let host = Daemon::start(config.plan().expect("valid config"))
+            .await
+            .unwrap();
         let p = publisher(&server).await;
         for i in 0..10 {
             let payload = Bytes::from(format!("restart:u{i}"));
@@ -466,24 +438,24 @@ fn a_thousand_apps_receive_every_event_on_its_first_delivery() {
     let _heavy = crate::common::heavy();
     let (server, _dir) = server();
     const APPS: usize = 1_000;
-    let mut text = format!(
-        "[node]\nid = 1\nname = \"node1\"\n[nats]\nurl = \"{}\"\n[http]\nenabled = false\n",
-        server.url()
-    );
-    for i in 0..APPS {
-        text.push_str(&format!(
-            "[[app]]\nname = \"t{i:04}\"\ncomponent = \"{}\"\n[[app.rule]]\nevent = [\"t{i:04}-a\", \"t{i:04}-b\", \"t{i:04}-c\"]\n",
-            weir_test_artifacts::ECHO
-        ));
-    }
-    let config = Config::parse(&text).unwrap();
-    assert_eq!(config.problems(), Vec::<String>::new());
+    let config = (0..APPS)
+        .fold(ConfigBuilder::new(1, &server.url()), |host, i| {
+            let t = format!("t{i:04}");
+            host.app(AppBuilder::new(&t, weir_test_artifacts::ECHO).events(&[
+                &format!("{t}-a"),
+                &format!("{t}-b"),
+                &format!("{t}-c"),
+            ]))
+        })
+        .valid();
     assert_eq!(config.engine, weir_host::EngineConfig::default());
     rt().block_on(async {
-        let host = Host::start(config).await.unwrap();
+        let host = Daemon::start(config.plan().expect("valid config"))
+            .await
+            .unwrap();
         let p = publisher(&server).await;
         // Let every pull go idle past a heartbeat first (the old failure).
-        tokio::time::sleep(weir_host::transport::PULL_HEARTBEAT + Duration::from_secs(1)).await;
+        tokio::time::sleep(weir_host::nats::PULL_HEARTBEAT + Duration::from_secs(1)).await;
         let started = Instant::now();
         let publishes = (0..APPS).flat_map(|i| {
             ["a", "b", "c"].map(|n| {
@@ -502,7 +474,7 @@ fn a_thousand_apps_receive_every_event_on_its_first_delivery() {
         for result in futures::future::join_all(publishes).await {
             result.unwrap();
         }
-        let invoked = |host: &Host| host.stats().iter().map(|s| s.invoked_events).sum::<u64>();
+        let invoked = |host: &Daemon| host.stats().iter().map(|s| s.invoked_events).sum::<u64>();
         assert_eventually!(Duration::from_secs(60), "3,000 events invoked", {
             invoked(&host) == 3 * APPS as u64
         });

@@ -6,25 +6,26 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt as _;
-use weir_host::config::Config;
-use weir_host::nats_server::NatsServer;
+use weir_host::nats::NatsServer;
 use weir_host::stats::AppStatsSnapshot;
-use weir_host::{Host, Limits};
+use weir_host::{Daemon, Limits};
+use weir_test_support::config::{AppBuilder, ConfigBuilder};
 
 use crate::common::{deploy, directive, heavy};
 use crate::nats::{app, dead_letters, publisher, rt, server};
 
-fn host_config(server: &NatsServer, nats_extra: &str, apps: &str) -> Config {
-    let text = format!(
-        "[node]\nid = 1\nname = \"node1\"\n[nats]\nurl = \"{}\"\n{nats_extra}\n[http]\nenabled = false\n{apps}",
-        server.url()
-    );
-    let config = Config::parse(&text).unwrap();
-    assert_eq!(config.problems(), Vec::<String>::new());
-    config
+/// Node 1 on `server`, HTTP off, with `apps`.
+fn host(server: &NatsServer, apps: impl IntoIterator<Item = AppBuilder>) -> ConfigBuilder {
+    apps.into_iter()
+        .fold(ConfigBuilder::new(1, &server.url()), ConfigBuilder::app)
 }
 
-fn stats(host: &Host, name: &str) -> AppStatsSnapshot {
+/// App `name` running `component` on events named `event`.
+fn app_on(name: &str, component: &str, event: &str) -> AppBuilder {
+    AppBuilder::new(name, component).events(&[event])
+}
+
+fn stats(host: &Daemon, name: &str) -> AppStatsSnapshot {
     app(&host.stats(), name).clone()
 }
 
@@ -53,26 +54,21 @@ fn slow_handler_under_its_deadline_is_never_redelivered_and_over_it_is_dead_lett
     // tests running meanwhile slow it down), but under the deadline.
     let slow = (per_ms * deadline_ms as f64 * 0.4) as u64;
     let (server, _dir) = server();
-    let apps = format!(
-        r#"
-        [[app]]
-        name = "slow"
-        component = "{}"
-        [[app.rule]]
-        event = "slow"
-        [app.limits]
-        deadline_ms = {deadline_ms}
-        fuel = 4611686018427387903
-        max_batch = 1
-        [app.delivery]
-        max_deliver = 3
-        backoff_ms = [50]
-        ack_wait_ms = 5000
-        "#,
-        weir_test_artifacts::INFINITE_LOOP
-    );
+    let apps = [app_on("slow", weir_test_artifacts::INFINITE_LOOP, "slow")
+        .limits(|l| {
+            l.deadline_ms = deadline_ms;
+            l.fuel = u64::MAX / 4;
+            l.max_batch = 1;
+        })
+        .delivery(|d| {
+            d.max_deliver = 3;
+            d.backoff_ms = vec![50];
+            d.ack_wait_ms = 5000;
+        })];
     rt().block_on(async {
-        let host = Host::start(host_config(&server, "", &apps)).await.unwrap();
+        let host = Daemon::start(host(&server, apps).valid().plan().expect("valid config"))
+            .await
+            .unwrap();
         let p = publisher(&server).await;
         for i in 0..4 {
             let payload = Bytes::from(format!("spin:{slow}"));
@@ -111,22 +107,17 @@ fn slow_handler_under_its_deadline_is_never_redelivered_and_over_it_is_dead_lett
 fn poison_event_is_dead_lettered_after_exactly_max_deliver_while_others_flow() {
     let _heavy = heavy();
     let (server, _dir) = server();
-    let apps = format!(
-        r#"
-        [[app]]
-        name = "trap"
-        component = "{}"
-        [[app.rule]]
-        event = "work"
-        [app.delivery]
-        max_deliver = 4
-        backoff_ms = [200]
-        ack_wait_ms = 5000
-        "#,
-        weir_test_artifacts::TRAP
-    );
+    let apps = [
+        app_on("trap", weir_test_artifacts::TRAP, "work").delivery(|d| {
+            d.max_deliver = 4;
+            d.backoff_ms = vec![200];
+            d.ack_wait_ms = 5000;
+        }),
+    ];
     rt().block_on(async {
-        let host = Host::start(host_config(&server, "", &apps)).await.unwrap();
+        let host = Daemon::start(host(&server, apps).valid().plan().expect("valid config"))
+            .await
+            .unwrap();
         let p = publisher(&server).await;
         p.publish_event("work", "cluster", Bytes::from_static(b"panic"), "poison")
             .await
@@ -163,11 +154,13 @@ fn full_stream_refuses_publishes_and_loses_nothing_acknowledged() {
     let _heavy = heavy();
     let (server, dir) = server();
     let marker = dir.path().join("handled.log");
-    let mut text = crate::common::marker_config(&server.url(), &marker, 40);
-    text = text.replace("[http]", "stream_max_msgs = 25\n        [http]");
+    let config = crate::common::marker_config(&server.url(), &marker, 40)
+        .nats(|n| n.stream_max_msgs = 25)
+        .valid();
     rt().block_on(async {
-        let config = Config::parse(&text).unwrap();
-        let host = Host::start(config).await.unwrap();
+        let host = Daemon::start(config.plan().expect("valid config"))
+            .await
+            .unwrap();
         let p = publisher(&server).await;
         let mut acknowledged = Vec::new();
         let mut refused = Vec::new();
@@ -203,22 +196,14 @@ fn published_effects_carry_the_apps_own_source_and_forgeries_are_skipped() {
     let (server, _dir) = server();
     // `echo` may publish `user-domain-changed`: it goes out as module/echo,
     // which the mail app does not trust for that name.
-    let apps = format!(
-        r#"
-        [[app]]
-        name = "echo"
-        component = "{echo}"
-        [[app.rule]]
-        event = "test"
-        [app.grants]
-        publish = ["user-domain-changed"]
-        {mail}
-        "#,
-        echo = weir_test_artifacts::ECHO,
-        mail = crate::event_plane::mail_app("mail1", "dom01.example.org"),
-    );
+    let apps = [
+        app_on("echo", weir_test_artifacts::ECHO, "test").publish(&["user-domain-changed"]),
+        AppBuilder::ns8_mail("mail1", weir_test_artifacts::MAIL, "dom01.example.org"),
+    ];
     rt().block_on(async {
-        let host = Host::start(host_config(&server, "", &apps)).await.unwrap();
+        let host = Daemon::start(host(&server, apps).valid().plan().expect("valid config"))
+            .await
+            .unwrap();
         let client = async_nats::connect(server.url()).await.unwrap();
         let mut sub = client
             .subscribe("weir.events.user-domain-changed.>")
@@ -267,12 +252,11 @@ fn published_effects_carry_the_apps_own_source_and_forgeries_are_skipped() {
 fn oversized_event_id_is_dead_lettered_with_the_reason() {
     let _heavy = heavy();
     let (server, _dir) = server();
-    let apps = format!(
-        "[[app]]\nname = \"echo\"\ncomponent = \"{}\"\n[[app.rule]]\nevent = \"test\"\n",
-        weir_test_artifacts::ECHO
-    );
+    let apps = [app_on("echo", weir_test_artifacts::ECHO, "test")];
     rt().block_on(async {
-        let host = Host::start(host_config(&server, "", &apps)).await.unwrap();
+        let host = Daemon::start(host(&server, apps).valid().plan().expect("valid config"))
+            .await
+            .unwrap();
         let p = publisher(&server).await;
         let long_id = "x".repeat(weir_host::envelope::MAX_EVENT_ID_BYTES + 1);
         p.publish_event("test", "cluster", Bytes::from_static(b"hi"), &long_id)
@@ -309,11 +293,8 @@ fn oversized_event_id_is_dead_lettered_with_the_reason() {
 fn deliveries_used_up_elsewhere_end_in_a_dead_letter_with_the_reason() {
     let _heavy = heavy();
     let (server, _dir) = server();
-    let apps = format!(
-        "[[app]]\nname = \"echo\"\ncomponent = \"{}\"\n[[app.rule]]\nevent = \"test\"\n",
-        weir_test_artifacts::ECHO
-    );
-    let config = host_config(&server, "", &apps);
+    let apps = [app_on("echo", weir_test_artifacts::ECHO, "test")];
+    let config = host(&server, apps).valid();
     let delivery = config.apps[0].delivery.clone();
     assert_eq!(delivery.max_deliver, 5, "the default");
     rt().block_on(async {
@@ -329,7 +310,9 @@ fn deliveries_used_up_elsewhere_end_in_a_dead_letter_with_the_reason() {
             batch[0].nak(Duration::ZERO).await.unwrap();
         }
         drop(thief);
-        let host = Host::start(config).await.unwrap();
+        let host = Daemon::start(config.plan().expect("valid config"))
+            .await
+            .unwrap();
         assert_eventually!(Duration::from_secs(30), "dead-lettered", {
             stats(&host, "echo").dead_letters == 1
         });
@@ -361,13 +344,14 @@ fn deliveries_used_up_elsewhere_end_in_a_dead_letter_with_the_reason() {
 fn a_full_dead_letter_stream_loses_nothing() {
     let _heavy = heavy();
     let (server, _dir) = server();
-    let apps = format!(
-        "[[app]]\nname = \"echo\"\ncomponent = \"{}\"\n[[app.rule]]\nevent = \"test\"\n[app.delivery]\nbackoff_ms = [100]\n",
-        weir_test_artifacts::ECHO
-    );
-    let config = host_config(&server, "dead_max_msgs = 1", &apps);
+    let apps = [
+        app_on("echo", weir_test_artifacts::ECHO, "test").delivery(|d| d.backoff_ms = vec![100])
+    ];
+    let config = host(&server, apps).nats(|n| n.dead_max_msgs = 1).valid();
     rt().block_on(async {
-        let host = Host::start(config).await.unwrap();
+        let host = Daemon::start(config.plan().expect("valid config"))
+            .await
+            .unwrap();
         let p = publisher(&server).await;
         for id in ["r1", "r2"] {
             p.publish_event("test", "cluster", Bytes::from_static(b"reject:no"), id)

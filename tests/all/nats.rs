@@ -4,29 +4,19 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use weir_host::config::Delivery;
-use weir_host::nats_server::NatsServer;
-use weir_host::subjects::Subjects;
-use weir_host::transport::{Transport, TransportError};
+use weir_host::nats::Delivery;
+use weir_host::nats::NatsServer;
+use weir_host::nats::subjects::Subjects;
+use weir_host::nats::{Transport, TransportError};
+use weir_test_support::nats::DeadLetter;
 
-/// A private server for one test; panics with the install hint if missing.
-pub fn server() -> (NatsServer, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let server = NatsServer::start(&dir.path().join("js")).unwrap_or_else(|e| panic!("{e}"));
-    (server, dir)
-}
+pub use weir_test_support::nats::server;
 
-async fn transport(server: &NatsServer) -> Transport {
-    let t = Transport::connect(
-        &server.url(),
-        "weir-test",
-        Subjects::default(),
-        "WEIR_EVENTS",
-    )
-    .await
-    .unwrap();
-    t.ensure_streams().await.unwrap();
-    t
+/// A producer connection that also creates the streams.
+pub async fn publisher(server: &NatsServer) -> Transport {
+    weir_test_support::nats::publisher(&server.url())
+        .await
+        .unwrap()
 }
 
 /// A 2-worker runtime with tracing (RUST_LOG) for a server test.
@@ -47,62 +37,13 @@ pub fn app<'a>(
     stats.iter().find(|s| s.app == name).unwrap()
 }
 
-/// A producer connection that also creates the streams.
-pub async fn publisher(server: &NatsServer) -> Transport {
-    let t = Transport::connect(
-        &server.url(),
-        "publisher",
-        Subjects::default(),
-        "WEIR_EVENTS",
-    )
-    .await
-    .unwrap();
-    t.ensure_streams().await.unwrap();
-    t
-}
-
-/// One stored dead letter (its `Weir-*` headers), ordered by reason.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct DeadLetter {
-    /// `Weir-Dead-Reason`.
-    pub reason: String,
-    /// `Weir-Original-Id`.
-    pub id: String,
-    /// `Weir-Attempts`.
-    pub attempts: String,
-}
-
-/// Every dead letter stored for `app` on node 1.
+/// Every dead letter stored for `app` on node 1, by original event id.
 pub async fn dead_letters(server: &NatsServer, app: &str) -> Vec<DeadLetter> {
-    use futures::StreamExt as _;
-    let client = async_nats::connect(server.url()).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    let stream = js.get_stream("WEIR_DEAD").await.unwrap();
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::Config {
-            filter_subject: format!("weir.dead.1.{app}"),
-            ..Default::default()
-        })
+    weir_test_support::nats::dead_letters(&server.url(), app)
         .await
-        .unwrap();
-    let mut msgs = consumer
-        .fetch()
-        .max_messages(100)
-        .expires(Duration::from_millis(500))
-        .messages()
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    while let Some(Ok(m)) = msgs.next().await {
-        let h = m.headers.clone().unwrap();
-        let get = |k: &str| h.get(k).map(ToString::to_string).unwrap_or_default();
-        out.push(DeadLetter {
-            reason: get("Weir-Dead-Reason"),
-            id: get("Weir-Original-Id"),
-            attempts: get("Weir-Attempts"),
-        });
-    }
-    out
+        .unwrap()
+        .into_values()
+        .collect()
 }
 
 #[test]
@@ -110,7 +51,7 @@ fn publish_fetch_ack_nak_term() {
     let _heavy = crate::common::heavy();
     let (server, _dir) = server();
     rt().block_on(async {
-        let t = transport(&server).await;
+        let t = publisher(&server).await;
         t.ensure_streams()
             .await
             .expect("ensure_streams is idempotent");
@@ -180,7 +121,7 @@ fn an_event_after_idle_heartbeats_arrives_on_its_first_delivery() {
     let _heavy = crate::common::heavy();
     let (server, _dir) = server();
     rt().block_on(async {
-        let t = transport(&server).await;
+        let t = publisher(&server).await;
         let mut consumer = t
             .consumer(1, "idle", &["late"], &Delivery::default())
             .await
@@ -190,7 +131,7 @@ fn an_event_after_idle_heartbeats_arrives_on_its_first_delivery() {
             (batch, consumer)
         });
         // Longer than a pull heartbeat interval: heartbeats have arrived.
-        tokio::time::sleep(weir_host::transport::PULL_HEARTBEAT + Duration::from_secs(1)).await;
+        tokio::time::sleep(weir_host::nats::PULL_HEARTBEAT + Duration::from_secs(1)).await;
         let published = std::time::Instant::now();
         t.publish_event("late", "cluster", Bytes::from_static(b"{}"), "late-1")
             .await
@@ -208,7 +149,7 @@ fn an_event_after_idle_heartbeats_arrives_on_its_first_delivery() {
 
 /// Start a batch that lingers far longer than we wait, and cancel it after
 /// its events were taken.
-async fn take_then_cancel(consumer: &mut weir_host::transport::AppConsumer) {
+async fn take_then_cancel(consumer: &mut weir_host::nats::AppConsumer) {
     let cancelled = tokio::time::timeout(
         Duration::from_millis(300),
         consumer.next_batch(10, Duration::from_secs(60)),
@@ -226,7 +167,7 @@ fn next_batch_is_cancel_safe_and_release_hands_events_back() {
     let _heavy = crate::common::heavy();
     let (server, _dir) = server();
     rt().block_on(async {
-        let t = transport(&server).await;
+        let t = publisher(&server).await;
         let mut consumer = t
             .consumer(1, "cancel", &["c"], &Delivery::default())
             .await
@@ -273,7 +214,7 @@ fn duplicate_msg_ids_are_stored_once() {
     let _heavy = crate::common::heavy();
     let (server, _dir) = server();
     rt().block_on(async {
-        let t = transport(&server).await;
+        let t = publisher(&server).await;
         let a = t
             .publish_event("x", "cluster", Bytes::from_static(b"{}"), "same")
             .await
@@ -282,7 +223,8 @@ fn duplicate_msg_ids_are_stored_once() {
             .publish_event("x", "cluster", Bytes::from_static(b"{}"), "same")
             .await
             .unwrap();
-        assert_eq!(a, b);
+        assert_eq!(a.sequence, b.sequence, "one copy stored");
+        assert!(!a.duplicate && b.duplicate, "{a:?} {b:?}");
     });
 }
 
@@ -345,8 +287,8 @@ fn unreadable_metadata_is_reported_not_defaulted() {
                 context: async_nats::jetstream::new(client.clone()),
             }
         };
-        let a = weir_host::transport::Inbound::new(message("_INBOX.a", None));
-        let b = weir_host::transport::Inbound::new(message("_INBOX.b", None));
+        let a = weir_host::nats::Inbound::new(message("_INBOX.a", None));
+        let b = weir_host::nats::Inbound::new(message("_INBOX.b", None));
         assert!(
             a.metadata_error
                 .as_deref()
@@ -356,11 +298,11 @@ fn unreadable_metadata_is_reported_not_defaulted() {
         assert_eq!((a.attempt, a.sequence), (0, 0));
         assert_eq!(a.id, "unknown:_INBOX.a");
         assert_ne!(a.id, b.id);
-        let c = weir_host::transport::Inbound::new(message("_INBOX.c", Some("pub-1")));
+        let c = weir_host::nats::Inbound::new(message("_INBOX.c", Some("pub-1")));
         assert!(c.metadata_error.is_some());
         assert_eq!(c.id, "pub-1", "a publisher's id is kept");
         // A real JetStream ack subject parses.
-        let ok = weir_host::transport::Inbound::new(message(
+        let ok = weir_host::nats::Inbound::new(message(
             "$JS.ACK.WEIR_EVENTS.weir_1_echo.3.17.17.1700000000000000000.0",
             None,
         ));

@@ -5,39 +5,23 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use weir_host::Host;
+use weir_host::Daemon;
 use weir_host::config::Config;
-use weir_host::nats_server::NatsServer;
-use weir_host::subjects::Subjects;
-use weir_host::transport::{ConnectAuth, Transport};
+use weir_host::nats::NatsServer;
+use weir_host::nats::subjects::Subjects;
+use weir_host::nats::{ConnectAuth, Transport};
 
-fn host_text(url: &str, marker: &std::path::Path) -> String {
-    format!(
-        r#"
-        [node]
-        id = 1
-        name = "node1"
-        [nats]
-        url = "{url}"
-        user = "node1"
-        password = "node1-secret"
-        [http]
-        enabled = false
-        [effects]
-        executor = "command"
-        command = ["sh", "-c", "echo $0 >> {marker}", "{{unit}}"]
-        [[app]]
-        name = "echo"
-        component = "{echo}"
-        [[app.rule]]
-        event = "test"
-        [app.grants]
-        restart = ["u1", "u2"]
-        publish = ["echoed"]
-        "#,
-        marker = marker.display(),
-        echo = weir_test_artifacts::ECHO,
-    )
+/// The marker-file host of `crate::common` as user `node1`, also granted
+/// `publish = ["echoed"]` and a second unit.
+fn host_config(url: &str, marker: &std::path::Path) -> Config {
+    let mut config = crate::common::marker_config(url, marker, 3)
+        .nats(|n| {
+            n.user = Some("node1".into());
+            n.password = Some("node1-secret".into());
+        })
+        .valid();
+    config.apps[0].grants.publish = vec!["echoed".into()];
+    config
 }
 
 async fn connect(url: &str, user: &str, password: &str, inbox: Option<String>) -> Transport {
@@ -63,7 +47,7 @@ fn host_runs_with_exactly_its_least_privilege_permissions() {
     let marker = dir.path().join("effects.log");
     // The permissions come from the host's own config; the server config
     // also has an unrestricted operator user who creates the streams.
-    let probe = Config::parse(&host_text("nats://127.0.0.1:4222", &marker)).unwrap();
+    let probe = host_config("nats://127.0.0.1:4222", &marker);
     let node1 = weir_host::permissions::for_host(&probe)
         .unwrap()
         .server_user("node1", "node1-secret");
@@ -87,8 +71,8 @@ fn host_runs_with_exactly_its_least_privilege_permissions() {
         let admin = connect(&server.url(), "admin", "admin-secret", None).await;
         admin.ensure_streams().await.unwrap();
         admin.effect_records(1).await.unwrap();
-        let config = Config::parse(&host_text(&server.url(), &marker)).unwrap();
-        let host = Host::start(config)
+        let config = host_config(&server.url(), &marker);
+        let host = Daemon::start(config.plan().expect("valid config"))
             .await
             .expect("host starts with its permissions");
         let client = async_nats::ConnectOptions::with_user_and_password(
@@ -146,12 +130,7 @@ fn host_runs_with_exactly_its_least_privilege_permissions() {
             .await;
         assert!(forged.is_err(), "publish as module/other must be refused");
         let other_consumer = node1
-            .consumer(
-                2,
-                "mail2",
-                &["test"],
-                &weir_host::config::Delivery::default(),
-            )
+            .consumer(2, "mail2", &["test"], &weir_host::nats::Delivery::default())
             .await;
         assert!(other_consumer.is_err(), "node 2's consumer must be refused");
         host.shutdown().await.unwrap();

@@ -101,7 +101,6 @@ fn apps_share_pool_slots() {
                 .unwrap()
         })
         .collect();
-    assert_eq!(rt.deployed_apps(), 20);
     let results = crate::nats::rt().block_on(async {
         let calls = apps.iter().map(|app| {
             app.invoke(vec![
@@ -253,6 +252,13 @@ fn pool_that_cannot_be_reserved_falls_back_to_on_demand() {
     assert!(app.invoke_blocking(&directive("hello")).result.is_ok());
 }
 
+/// Of the 100 bit-flipped copies of `echo` (fixed seed), at least this many
+/// must no longer validate (93 measured; the exact count depends on the
+/// `echo` build, whose bytes carry its build path). The others (flips in
+/// names, custom sections or data) are valid components: each is deployed
+/// and invoked, and must answer or fail with a typed error.
+const MIN_MUTATED_REFUSED: usize = 80;
+
 #[test]
 fn random_and_mutated_components_are_refused_without_crashing() {
     // 100 random byte strings and 100 copies of a real component with
@@ -267,7 +273,7 @@ fn random_and_mutated_components_are_refused_without_crashing() {
         seed ^= seed << 17;
         seed
     };
-    let mut refused = 0;
+    let (mut random_refused, mut mutated_refused) = (0, 0);
     for i in 0..200 {
         let bytes = if i < 100 {
             let len = (next() % 4096) as usize;
@@ -285,16 +291,31 @@ fn random_and_mutated_components_are_refused_without_crashing() {
             }
             b
         };
-        match rt.check(&bytes) {
-            Ok(_) => {}
+        let refused = match rt.check(&bytes) {
+            Ok(report) if report.deployable() => {
+                let app = rt
+                    .deploy(AppSpec::new(format!("mutated{i}"), 1, "n"), &bytes)
+                    .unwrap();
+                // An answer or a typed failure, never a crash of the host.
+                let _ = app.invoke_blocking(&directive("hello")).result;
+                false
+            }
+            Ok(_) => true,
             Err(e) => {
                 assert!(!e.to_string().is_empty());
-                refused += 1;
+                true
             }
+        };
+        if refused && i < 100 {
+            random_refused += 1;
+        } else if refused {
+            mutated_refused += 1;
         }
     }
+    eprintln!("refused: {random_refused} of 100 random, {mutated_refused} of 100 mutated");
+    assert_eq!(random_refused, 100, "every random byte string is refused");
     assert!(
-        refused >= 100,
-        "every random byte string is refused ({refused})"
+        mutated_refused >= MIN_MUTATED_REFUSED,
+        "mutated components refused: {mutated_refused}"
     );
 }

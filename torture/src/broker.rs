@@ -5,9 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use weir_host::Host;
-use weir_host::config::Config;
-use weir_host::nats_server::NatsServer;
+use weir_host::Daemon;
+use weir_host::nats::NatsServer;
 
 use crate::ledger::{self, Publisher, Scratch};
 use crate::report::Report;
@@ -38,8 +37,11 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
     let scratch = Scratch::new()?;
     let server = NatsServer::start(&scratch.dir.path().join("js"))?;
     let url = server.url();
-    let text = ledger::host_config(&url, &scratch.ledger, &scratch.cache, 2_000);
-    let host = Host::start(Config::parse(&text).map_err(anyhow::Error::msg)?).await?;
+    let plan = ledger::host_config(&url, &scratch.ledger, &scratch.cache, 2_000)
+        .build()
+        .plan()
+        .map_err(|p| anyhow::anyhow!("ledger config: {p:?}"))?;
+    let host = Daemon::start(plan.clone()).await?;
     let publisher = Publisher::start(&url, RATE, "b").await?;
     let mut server = Some(server);
     let mut resumes = Vec::new();
@@ -70,9 +72,7 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
         s
     })
     .await;
-    let starting = tokio::spawn(async move {
-        Host::start(Config::parse(&text).map_err(anyhow::Error::msg)?).await
-    });
+    let starting = tokio::spawn(Daemon::start(plan));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let s = blocking(move || s.restart().map(|()| s)).await?;
     let r = resumed_after(&scratch.ledger).await;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use weir_host::limits::EPOCH_TICK;
+use weir_host::runtime::limits::EPOCH_TICK;
 use weir_host::{App, AppSpec, EngineConfig, Event, Limits, Runtime};
 
 use crate::report::Report;
@@ -326,7 +326,7 @@ async fn bombs(rt: &Runtime, bystander: &App, report: &mut Report) -> anyhow::Re
     // Warm-up rounds bring the pool slots these apps use to their resident
     // steady state (up to 2 MiB of memory kept resident per slot, bounded by
     // the pool size), so the measured rounds show growth per attack: leaks.
-    let cold = rss_bytes("self");
+    let cold = rss_bytes(None);
     let summaries_before = SUMMARY_LINES.load(Ordering::Relaxed);
     for _ in 0..WARM_UP_ROUNDS {
         for (app, directive) in &cases {
@@ -334,7 +334,7 @@ async fn bombs(rt: &Runtime, bystander: &App, report: &mut Report) -> anyhow::Re
             let _ = bystander.invoke(vec![event("hello")]).await;
         }
     }
-    let baseline = rss_bytes("self");
+    let baseline = rss_bytes(None);
     let mut stopped = 0;
     let rounds = 5;
     for _ in 0..rounds {
@@ -351,7 +351,7 @@ async fn bombs(rt: &Runtime, bystander: &App, report: &mut Report) -> anyhow::Re
             );
         }
     }
-    let after = rss_bytes("self");
+    let after = rss_bytes(None);
     let summaries = SUMMARY_LINES.load(Ordering::Relaxed) - summaries_before;
     report.note(
         "bombs: warm-up rounds",

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use weir_host::nats_server::NatsServer;
+use weir_host::nats::NatsServer;
 
 use crate::ledger::{self, Publisher, Scratch};
 use crate::report::Report;
@@ -40,7 +40,7 @@ pub fn host_main(args: &[String]) -> ExitCode {
         .init();
     let run = async {
         let config = weir_host::config::Config::load(Path::new(path))?;
-        let host = weir_host::Host::start(config).await?;
+        let host = weir_host::Daemon::start(config.plan().expect("valid config")).await?;
         tokio::signal::ctrl_c().await?;
         host.shutdown().await
     };
@@ -87,15 +87,10 @@ pub async fn run(report: &mut Report, kills: u32, budget: Duration) -> anyhow::R
     let scratch = Scratch::new()?;
     let server = NatsServer::start(&scratch.dir.path().join("js"))?;
     let config = scratch.dir.path().join("weir.toml");
-    std::fs::write(
-        &config,
-        ledger::host_config(&server.url(), &scratch.ledger, &scratch.cache, ACK_WAIT_MS),
-    )?;
-    let text = std::fs::read_to_string(&config)?;
-    let problems = weir_host::config::Config::parse(&text)
-        .map_err(anyhow::Error::msg)?
-        .problems();
+    let host = ledger::host_config(&server.url(), &scratch.ledger, &scratch.cache, ACK_WAIT_MS);
+    let problems = host.clone().build().problems();
     anyhow::ensure!(problems.is_empty(), "ledger config: {problems:?}");
+    host.write(&config)?;
     let publisher = Publisher::start(&server.url(), RATE, "k").await?;
     let mut rng = Rng::from_clock();
     let started = Instant::now();

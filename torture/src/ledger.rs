@@ -24,8 +24,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use weir_host::subjects::Subjects;
-use weir_host::transport::Transport;
+use weir_host::nats::Transport;
+use weir_host::nats::subjects::Subjects;
+use weir_test_support::config::{AppBuilder, ConfigBuilder};
 
 /// The event every ledger app handles.
 pub const EVENT: &str = "work";
@@ -37,38 +38,24 @@ pub const UNIT: &str = "ledger.service";
 /// in-flight events come back quickly; `max_deliver` is the default (5): an
 /// event whose deliveries the faults use up is dead-lettered, and the
 /// checker counts it as decided, not lost.
-pub fn host_config(nats_url: &str, ledger: &Path, cache: &Path, ack_wait_ms: u64) -> String {
-    format!(
-        r#"
-        [node]
-        id = 1
-        name = "node1"
-        [nats]
-        url = "{nats_url}"
-        [http]
-        enabled = false
-        [engine]
-        cache_dir = "{cache}"
-        [effects]
-        executor = "command"
-        command = ["sh", "-c", "printf '%s|%s\n' \"$WEIR_EFFECT_KEYS\" \"$WEIR_EVENT_IDS\" >> {ledger}", "{{unit}}"]
-        [[app]]
-        name = "ledger"
-        component = "{echo}"
-        [[app.rule]]
-        event = "{EVENT}"
-        [app.grants]
-        restart = ["{UNIT}"]
-        [app.limits]
-        deadline_ms = 400
-        [app.delivery]
-        backoff_ms = [100]
-        ack_wait_ms = {ack_wait_ms}
-        "#,
-        ledger = ledger.display(),
-        cache = cache.display(),
-        echo = weir_test_artifacts::ECHO,
-    )
+pub fn host_config(nats_url: &str, ledger: &Path, cache: &Path, ack_wait_ms: u64) -> ConfigBuilder {
+    let cache = cache.to_owned();
+    ConfigBuilder::new(1, nats_url)
+        .engine(|e| e.cache_dir = Some(cache))
+        .shell_executor(&format!(
+            "printf '%s|%s\\n' \"$WEIR_EFFECT_KEYS\" \"$WEIR_EVENT_IDS\" >> {}",
+            ledger.display()
+        ))
+        .app(
+            AppBuilder::new("ledger", weir_test_artifacts::ECHO)
+                .events(&[EVENT])
+                .restart(&[UNIT])
+                .limits(|l| l.deadline_ms = 400)
+                .delivery(|d| {
+                    d.backoff_ms = vec![100];
+                    d.ack_wait_ms = ack_wait_ms;
+                }),
+        )
 }
 
 /// What the publisher did.
@@ -303,37 +290,11 @@ pub async fn drain(
 
 /// The dead letters of node 1's `app`: original event id → reason.
 pub async fn dead_letters(url: &str, app: &str) -> anyhow::Result<HashMap<String, String>> {
-    use futures::StreamExt as _;
-    let client = async_nats::connect(url).await?;
-    let js = async_nats::jetstream::new(client);
-    let stream = js.get_stream("WEIR_DEAD").await?;
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::Config {
-            filter_subject: format!("weir.dead.1.{app}"),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("dead-letter reader: {e}"))?;
-    let mut out = HashMap::new();
-    loop {
-        let mut msgs = consumer
-            .fetch()
-            .max_messages(1_000)
-            .expires(Duration::from_millis(300))
-            .messages()
-            .await
-            .map_err(|e| anyhow::anyhow!("dead-letter fetch: {e}"))?;
-        let mut got = 0;
-        while let Some(Ok(m)) = msgs.next().await {
-            got += 1;
-            let h = m.headers.clone().unwrap_or_default();
-            let get = |k: &str| h.get(k).map(ToString::to_string).unwrap_or_default();
-            out.insert(get("Weir-Original-Id"), get("Weir-Dead-Reason"));
-        }
-        if got == 0 {
-            return Ok(out);
-        }
-    }
+    Ok(weir_test_support::nats::dead_letters(url, app)
+        .await?
+        .into_iter()
+        .map(|(id, d)| (id, d.reason))
+        .collect())
 }
 
 /// Dead letters by reason, without the per-event numbers: `(reason, count)`,
@@ -359,7 +320,7 @@ pub async fn deliveries(url: &str, app: &str) -> anyhow::Result<u64> {
     let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
         .get_stream("WEIR_EVENTS")
         .await?
-        .get_consumer(&weir_host::subjects::consumer_name(1, app))
+        .get_consumer(&weir_host::nats::subjects::consumer_name(1, app))
         .await
         .map_err(|e| anyhow::anyhow!("consumer lookup: {e}"))?;
     Ok(consumer.info().await?.delivered.consumer_sequence)

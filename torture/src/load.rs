@@ -2,12 +2,14 @@
 
 use std::time::{Duration, Instant};
 
-use weir_host::Host;
+use weir_host::Daemon;
 use weir_host::config::Config;
-use weir_host::nats_server::NatsServer;
+use weir_host::nats::NatsServer;
 
 use crate::ledger::Publisher;
 use crate::report::Report;
+use weir_test_support::config::{AppBuilder, ConfigBuilder};
+
 use crate::util::{mib, open_fds, rss_bytes};
 
 /// Apps of the sustained test.
@@ -25,18 +27,16 @@ const REFERENCE: usize = 50_000;
 /// buffers, allocator slack).
 const RSS_CONSTANT: u64 = 64 << 20;
 
-fn config(url: &str, apps: &[(&str, &str)], dir: &std::path::Path) -> anyhow::Result<Config> {
-    let mut text = format!(
-        "[node]\nid = 1\nname = \"node1\"\n[nats]\nurl = \"{url}\"\n[http]\nenabled = false\n[engine]\ncache_dir = \"{}\"\n",
-        dir.join("cache").display()
-    );
-    for (name, event) in apps {
-        text.push_str(&format!(
-            "[[app]]\nname = \"{name}\"\ncomponent = \"{}\"\n[[app.rule]]\nevent = \"{event}\"\n",
-            weir_test_artifacts::ECHO
-        ));
-    }
-    Config::parse(&text).map_err(anyhow::Error::msg)
+fn config(url: &str, apps: &[(&str, &str)], dir: &std::path::Path) -> Config {
+    let cache = dir.join("cache");
+    apps.iter()
+        .fold(
+            ConfigBuilder::new(1, url).engine(|e| e.cache_dir = Some(cache)),
+            |host, (name, event)| {
+                host.app(AppBuilder::new(name, weir_test_artifacts::ECHO).events(&[event]))
+            },
+        )
+        .build()
 }
 
 /// Sustained rate for a fixed time with 10 apps.
@@ -45,7 +45,10 @@ pub async fn sustained(report: &mut Report) -> anyhow::Result<()> {
     let server = NatsServer::start(&dir.path().join("js"))?;
     let names: Vec<String> = (0..APPS).map(|i| format!("load{i}")).collect();
     let apps: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "load")).collect();
-    let host = Host::start(config(&server.url(), &apps, dir.path())?).await?;
+    let plan = config(&server.url(), &apps, dir.path())
+        .plan()
+        .map_err(|p| anyhow::anyhow!("load config: {p:?}"))?;
+    let host = Daemon::start(plan).await?;
     let publisher =
         Publisher::start_with(&server.url(), RATE, "s", "load", "x".into(), false).await?;
     let start = Instant::now();
@@ -53,7 +56,7 @@ pub async fn sustained(report: &mut Report) -> anyhow::Result<()> {
     while start.elapsed() < SUSTAINED {
         tokio::time::sleep(Duration::from_secs(1)).await;
         if start.elapsed() >= WARM_UP {
-            samples.push((rss_bytes("self"), open_fds()));
+            samples.push((rss_bytes(None), open_fds()));
         }
     }
     let published = publisher.finish().await;
@@ -151,15 +154,15 @@ async fn flood(url: &str, event: &str, prefix: &str, n: usize) -> anyhow::Result
 
 /// Start a host on a backlog of `n` events; returns (events/s from the first
 /// to the n-th done, peak RSS while draining).
-async fn drain(config: Config, n: u64) -> anyhow::Result<(f64, u64, Host)> {
-    let host = Host::start(config).await?;
-    let done = |h: &Host| h.stats().iter().map(|s| s.outcomes["done"]).sum::<u64>();
+async fn drain(config: Config, n: u64) -> anyhow::Result<(f64, u64, weir_host::Daemon)> {
+    let host = Daemon::start(config.plan().expect("valid config")).await?;
+    let done = |h: &weir_host::Daemon| h.stats().iter().map(|s| s.outcomes["done"]).sum::<u64>();
     let mut first: Option<Instant> = None;
     let mut peak = 0u64;
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let d = done(&host);
-        peak = peak.max(rss_bytes("self"));
+        peak = peak.max(rss_bytes(None));
         if d > 0 && first.is_none() {
             first = Some(Instant::now());
         }
@@ -180,27 +183,27 @@ pub async fn burst(report: &mut Report) -> anyhow::Result<()> {
     let url = server.url();
     let apps = [("burst", "burst")];
     // The host's own throughput on a smaller backlog.
-    let t = weir_host::transport::Transport::connect(
+    let t = weir_host::nats::Transport::connect(
         &url,
         "setup",
-        weir_host::subjects::Subjects::default(),
+        weir_host::nats::subjects::Subjects::default(),
         "WEIR_EVENTS",
     )
     .await?;
     t.ensure_streams().await?;
     flood(&url, "burst", "r", REFERENCE).await?;
     let (reference_before, _, host) =
-        drain(config(&url, &apps, dir.path())?, REFERENCE as u64).await?;
+        drain(config(&url, &apps, dir.path()), REFERENCE as u64).await?;
     let s = &host.stats()[0];
     let reference_batch = s.invoked_events as f64 / s.batches.max(1) as f64;
     host.shutdown().await?;
     // The burst, drained while a steady publisher keeps going.
-    let baseline_rss = rss_bytes("self");
+    let baseline_rss = rss_bytes(None);
     let t0 = Instant::now();
     flood(&url, "burst", "b", BURST).await?;
     let published_in = t0.elapsed();
     let steady = Publisher::start_with(&url, 200, "st", "burst", "x".into(), false).await?;
-    let host_config = config(&url, &apps, dir.path())?;
+    let host_config = config(&url, &apps, dir.path());
     let app = &host_config.apps[0];
     let bound = baseline_rss
         + app.limits.max_batch as u64 * weir_host::envelope::DEFAULT_MAX_PAYLOAD_BYTES as u64
@@ -222,7 +225,7 @@ pub async fn burst(report: &mut Report) -> anyhow::Result<()> {
     // measurements does not decide the verdict.
     flood(&url, "burst", "r2-", REFERENCE).await?;
     let (reference_after, _, host) =
-        drain(config(&url, &apps, dir.path())?, REFERENCE as u64).await?;
+        drain(config(&url, &apps, dir.path()), REFERENCE as u64).await?;
     host.shutdown().await?;
     let reference = (reference_before + reference_after) / 2.0;
     let injected = format!(

@@ -14,11 +14,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use weir_host::nats_server::NatsServer;
-use weir_host::subjects::Subjects;
-use weir_host::transport::Transport;
+use weir_host::nats::NatsServer;
+use weir_host::nats::Transport;
+use weir_host::nats::subjects::Subjects;
 
 use crate::report::Report;
+use weir_test_support::config::{AppBuilder, ConfigBuilder};
+use weir_test_support::http_get;
+
 use crate::util::{mib, rss_bytes, wait_for};
 
 /// Apps on the host: 1,000.
@@ -33,33 +36,20 @@ const RSS_BAR: f64 = 1.5;
 const LOG_BAR: u64 = 200;
 
 /// `weir.toml` of the scale host.
-fn config(url: &str, http: SocketAddr, cache: &std::path::Path) -> String {
-    let mut text = format!(
-        "[node]\nid = 1\nname = \"node1\"\n[nats]\nurl = \"{url}\"\n[http]\nlisten = \"{http}\"\n[engine]\ncache_dir = \"{}\"\n",
-        cache.display()
-    );
-    for i in 0..APPS {
-        let events: Vec<String> = NAMES.iter().map(|n| format!("\"t{i:04}-{n}\"")).collect();
-        text.push_str(&format!(
-            "[[app]]\nname = \"t{i:04}\"\ncomponent = \"{}\"\n[[app.rule]]\nevent = [{}]\n",
-            weir_test_artifacts::ECHO,
-            events.join(", ")
-        ));
-    }
-    text
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: weir\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.ok()?;
-    let code = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((code, body))
+fn config(url: &str, http: SocketAddr, cache: &std::path::Path) -> ConfigBuilder {
+    let cache = cache.to_owned();
+    (0..APPS).fold(
+        ConfigBuilder::new(1, url)
+            .http(http)
+            .engine(|e| e.cache_dir = Some(cache)),
+        |host, i| {
+            let events: Vec<String> = NAMES.iter().map(|n| format!("t{i:04}-{n}")).collect();
+            let events: Vec<&str> = events.iter().map(String::as_str).collect();
+            host.app(
+                AppBuilder::new(&format!("t{i:04}"), weir_test_artifacts::ECHO).events(&events),
+            )
+        },
+    )
 }
 
 /// Sums of every app's counters in `/stats`.
@@ -91,10 +81,7 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
     let server = NatsServer::start(&dir.path().join("js"))?;
     let http = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let path = dir.path().join("weir.toml");
-    std::fs::write(
-        &path,
-        config(&server.url(), http, &dir.path().join("cache")),
-    )?;
+    config(&server.url(), http, &dir.path().join("cache")).write(&path)?;
     let log_path = dir.path().join("host.log");
     let log = std::fs::File::create(&log_path)?;
     let started = Instant::now();
@@ -107,7 +94,7 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()?;
-    let pid = child.id().to_string();
+    let pid = child.id();
     let mut healthy = false;
     while started.elapsed() < Duration::from_secs(120) && !healthy {
         healthy = matches!(http_get(http, "/health").await, Some((200, _)));
@@ -119,8 +106,8 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
     anyhow::ensure!(healthy, "scale host not healthy within 120 s");
     let to_healthy = started.elapsed();
     // Idle: every pull has been renewed past a heartbeat.
-    tokio::time::sleep(weir_host::transport::PULL_HEARTBEAT + Duration::from_secs(1)).await;
-    let idle = rss_bytes(&pid);
+    tokio::time::sleep(weir_host::nats::PULL_HEARTBEAT + Duration::from_secs(1)).await;
+    let idle = rss_bytes(Some(pid));
     let log_before = std::fs::metadata(&log_path)?.len();
     let publisher = Transport::connect(
         &server.url(),
@@ -165,12 +152,14 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
     if let Some(t) = totals(http).await {
         last = t;
     }
-    let after = rss_bytes(&pid);
+    let after = rss_bytes(Some(pid));
     let log_bytes = std::fs::metadata(&log_path)?.len() - log_before;
     let stop = Instant::now();
     // The child's `host` mode drains on SIGINT, as `weir run` does on SIGTERM.
-    let _ = Command::new("kill").args(["-INT", &pid]).status();
-    let bound = weir_host::host::DRAIN_TIMEOUT + weir_host::host::SHUTDOWN_SLACK;
+    let _ = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status();
+    let bound = weir_host::daemon::DRAIN_TIMEOUT + weir_host::daemon::SHUTDOWN_SLACK;
     let exited = wait_for(bound + Duration::from_secs(5), || {
         child.try_wait().ok().flatten().is_some()
     })
@@ -237,8 +226,8 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
         format!("{:.2} s", stopped_in.as_secs_f64()),
         &format!(
             "≤ drain {} s + {} s",
-            weir_host::host::DRAIN_TIMEOUT.as_secs(),
-            weir_host::host::SHUTDOWN_SLACK.as_secs()
+            weir_host::daemon::DRAIN_TIMEOUT.as_secs(),
+            weir_host::daemon::SHUTDOWN_SLACK.as_secs()
         ),
         exited && stopped_in <= bound,
     );

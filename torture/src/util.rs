@@ -1,19 +1,8 @@
 //! Process measurements and small helpers.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Resident set size of process `pid` (`self` for this one), in bytes, from
-/// `/proc/<pid>/status` (`VmRSS`); 0 if unreadable.
-pub fn rss_bytes(pid: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
+pub use weir_test_support::{eventually as wait_for, rss_bytes};
 
 /// Open file descriptors of this process (`/proc/self/fd`).
 pub fn open_fds() -> usize {
@@ -45,20 +34,6 @@ impl Rng {
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0 % n.max(1)
-    }
-}
-
-/// Poll `cond` every 20 ms until it holds (true) or `within` passes (false).
-pub async fn wait_for(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

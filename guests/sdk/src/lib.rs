@@ -92,8 +92,11 @@ pub trait Handler {
     /// with [`Batch::retry`] or [`Batch::reject`], and ask for effects with
     /// [`Batch::restart`], [`Batch::reload`] and [`Batch::publish`].
     ///
-    /// A panic traps the instance: the host retries the whole batch (with
-    /// backoff) and dead-letters it after the app's maximum deliveries.
+    /// A panic traps the instance and fails the batch. The host then runs
+    /// the batch's events one at a time, so one poison event does not take
+    /// its batch-mates down: an event that succeeds alone is acked, one that
+    /// still fails alone is retried with backoff and dead-lettered with the
+    /// error at the app's `max_deliver`.
     fn handle(batch: &mut Batch);
 }
 

@@ -5,7 +5,6 @@
 //!   publisher identity with `/` written as `.` (`module/ldapproxy4` →
 //!   `module.ldapproxy4`);
 //! - dead letters: `<prefix>.dead.<node>.<app>`;
-//! - effects for another agent: `<prefix>.effects.<node>.<app>`;
 //! - stream [`DEFAULT_STREAM`] captures `<prefix>.events.>`;
 //! - one durable consumer per (node, app): `weir_<node>_<app>`.
 
@@ -14,6 +13,25 @@ pub const DEFAULT_PREFIX: &str = "weir";
 
 /// Default name of the events stream: `WEIR_EVENTS`.
 pub const DEFAULT_STREAM: &str = "WEIR_EVENTS";
+
+/// Bucket of effect idempotency records: `WEIR_EFFECTS` (a JetStream
+/// key-value bucket, so records survive a host restart).
+pub const EFFECT_RECORDS_BUCKET: &str = "WEIR_EFFECTS";
+
+/// Default name of the dead-letter stream.
+pub const DEFAULT_DEAD_STREAM: &str = "WEIR_DEAD";
+
+/// Header carrying the publisher's event id.
+pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+
+/// Dead-letter headers.
+pub const DEAD_REASON_HEADER: &str = "Weir-Dead-Reason";
+/// Original subject of a dead letter.
+pub const DEAD_SUBJECT_HEADER: &str = "Weir-Original-Subject";
+/// Deliveries before the event was dead-lettered.
+pub const DEAD_ATTEMPTS_HEADER: &str = "Weir-Attempts";
+/// Original event id of a dead letter.
+pub const DEAD_ID_HEADER: &str = "Weir-Original-Id";
 
 /// Why a name cannot be used in a subject.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -137,11 +155,6 @@ impl Subjects {
     pub fn dead_letter(&self, node: u32, app: &str) -> String {
         format!("{}.dead.{node}.{app}", self.prefix)
     }
-
-    /// Subject of effects published for another agent.
-    pub fn effects(&self, node: u32, app: &str) -> String {
-        format!("{}.effects.{node}.{app}", self.prefix)
-    }
 }
 
 /// Durable consumer name of `app` on `node`: `weir_<node>_<app>`.
@@ -205,7 +218,6 @@ mod tests {
         let s = Subjects::default();
         assert_eq!(s.dead_letter(3, "mail1"), "weir.dead.3.mail1");
         assert_eq!(s.all_dead_letters(), "weir.dead.>");
-        assert_eq!(s.effects(3, "mail1"), "weir.effects.3.mail1");
         assert_eq!(consumer_name(3, "mail1"), "weir_3_mail1");
     }
 }

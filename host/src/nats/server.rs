@@ -57,6 +57,22 @@ fn binary() -> PathBuf {
     std::env::var_os(NATS_SERVER_ENV).map_or_else(|| PathBuf::from("nats-server"), PathBuf::from)
 }
 
+/// The embedded server's store directory when `nats.state_dir` is not
+/// set: `$XDG_STATE_HOME/weir/nats`, else `$HOME/.local/state/weir/nats`,
+/// else `weir-nats-<uid>` under the temporary directory. Whichever it is,
+/// it must be this user's with mode 0700 ([`crate::private_dir`]), so a
+/// directory another user created first at the predictable path is refused.
+pub fn default_store_dir() -> PathBuf {
+    let non_empty = |v: std::ffi::OsString| (!v.is_empty()).then(|| PathBuf::from(v));
+    if let Some(state) = std::env::var_os("XDG_STATE_HOME").and_then(non_empty) {
+        return state.join("weir/nats");
+    }
+    if let Some(home) = std::env::var_os("HOME").and_then(non_empty) {
+        return home.join(".local/state/weir/nats");
+    }
+    std::env::temp_dir().join(format!("weir-nats-{}", rustix::process::geteuid().as_raw()))
+}
+
 impl NatsServer {
     /// Start a server with JetStream storing under `store_dir`, on a random
     /// loopback port.
@@ -104,8 +120,9 @@ impl NatsServer {
         config_file: Option<&Path>,
     ) -> Result<Self, NatsServerError> {
         let binary = binary.to_owned();
-        std::fs::create_dir_all(store_dir)
-            .map_err(|e| NatsServerError::Start(format!("store dir: {e}")))?;
+        // Created 0700, or refused unless this user's and private.
+        crate::private_dir::ensure(store_dir)
+            .map_err(|e| NatsServerError::Start(format!("store dir {e}")))?;
         let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
         let mut command = Command::new(&binary);
         if let Some(file) = config_file {
@@ -135,7 +152,7 @@ impl NatsServer {
             .name("weir-nats-log".into())
             .spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    tracing::trace!(target: "weir::nats_server", "{line}");
+                    tracing::trace!(target: "weir::nats::server", "{line}");
                     let _ = tx.send(line);
                 }
             })

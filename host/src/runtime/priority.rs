@@ -1,11 +1,11 @@
 //! Demoting the thread of a long-running batch (Linux scheduling policy).
 //!
-//! A batch still running after [`crate::limits::LONG_BATCH_TICKS`] (or any
+//! A batch still running after [`crate::runtime::limits::LONG_BATCH_TICKS`] (or any
 //! batch of an app whose last batch ran that long) moves its thread to
 //! `SCHED_IDLE`, which the kernel preempts as soon as a normal thread wants
 //! the core: guests spinning towards their deadline on every core do not slow
 //! other apps' short batches or the host's own threads. (A nice value alone,
-//! see [`crate::limits::LONG_BATCH_NICE`], is the fallback where `SCHED_IDLE`
+//! see [`crate::runtime::limits::LONG_BATCH_NICE`], is the fallback where `SCHED_IDLE`
 //! is refused; it still lets a spinner finish its time slice, ~3 ms.) After
 //! the batch the thread gets its policy and nice value back, which needs
 //! `CAP_SYS_NICE` or a matching `RLIMIT_NICE` (sched(7)); without them the
@@ -16,7 +16,7 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::limits::LONG_BATCH_NICE;
+use crate::runtime::limits::LONG_BATCH_NICE;
 
 /// The highest (weakest) nice value on Linux.
 const MAX_NICE: i32 = 19;

@@ -5,22 +5,27 @@
 //! and of weir's version. Artifacts are kept in memory for the process and,
 //! with a cache directory, on disk as `<key>.cwasm` plus `<key>.sha256` (the
 //! digest of the artifact file). weir deserializes only files it wrote: the
-//! directory is created private (0700 on Unix), files are written to a
-//! temporary name and renamed, and the artifact's digest is checked against
-//! its sidecar before `Component::deserialize_file`. A missing, stale or
-//! mismatching file is recompiled, never trusted.
+//! directory is opened as a capability handle and refused unless it is this
+//! user's, mode 0700 and not a symlink ([`crate::private_dir`]); files are
+//! written to a temporary name and renamed; the artifact is read once, and
+//! those bytes are checked against the sidecar's digest and then
+//! deserialized (no second read a swap could slip into). A missing, stale
+//! or mismatching file is recompiled, never trusted.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::io::Write as _;
+use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use cap_std::fs::Dir;
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use crate::error::DeployError;
+use crate::runtime::error::DeployError;
 
 /// Feeds `Hash` output into SHA-256 (for the engine's compatibility hash).
 struct ShaHasher(Sha256);
@@ -38,7 +43,7 @@ impl Hasher for ShaHasher {
 /// Artifact cache (see module docs).
 #[derive(Debug)]
 pub(crate) struct ArtifactCache {
-    dir: Option<PathBuf>,
+    dir: Option<(PathBuf, Dir)>,
     memory: Mutex<HashMap<String, Component>>,
 }
 
@@ -86,14 +91,14 @@ fn check_header(bytes: &[u8]) -> Result<(), DeployError> {
 
 impl ArtifactCache {
     pub(crate) fn new(dir: Option<PathBuf>) -> Result<Self, DeployError> {
-        if let Some(dir) = &dir {
-            create_private_dir(dir).map_err(|e| {
-                DeployError::Cache(format!(
-                    "failed to create cache directory {}: {e}",
-                    dir.display()
-                ))
-            })?;
-        }
+        let dir = match dir {
+            Some(path) => {
+                let handle = crate::private_dir::open(&path)
+                    .map_err(|e| DeployError::Cache(format!("cache directory {e}")))?;
+                Some((path, handle))
+            }
+            None => None,
+        };
         Ok(Self {
             dir,
             memory: Mutex::new(HashMap::new()),
@@ -160,34 +165,26 @@ impl ArtifactCache {
             .insert(key.to_owned(), component.clone());
     }
 
-    fn paths(&self, key: &str) -> Option<(PathBuf, PathBuf)> {
-        let dir = self.dir.as_ref()?;
-        Some((
-            dir.join(format!("{key}.cwasm")),
-            dir.join(format!("{key}.sha256")),
-        ))
-    }
-
     fn load_disk(&self, engine: &Engine, key: &str) -> Option<Component> {
-        let (artifact, sidecar) = self.paths(key)?;
-        let expected = std::fs::read_to_string(&sidecar).ok()?;
-        let bytes = std::fs::read(&artifact).ok()?;
+        let (path, dir) = self.dir.as_ref()?;
+        let expected = dir.read_to_string(format!("{key}.sha256")).ok()?;
+        let bytes = dir.read(format!("{key}.cwasm")).ok()?;
         if hex::encode(Sha256::digest(&bytes)) != expected.trim() {
-            tracing::warn!(path = %artifact.display(), "precompiled artifact does not match its digest; recompiling");
+            tracing::warn!(dir = %path.display(), key, "precompiled artifact does not match its digest; recompiling");
             return None;
         }
-        drop(bytes);
-        // SAFETY: the file is one weir wrote with `Component::serialize` for
-        // an engine with the same compatibility hash (part of the key), in a
-        // private directory, renamed into place whole, and its SHA-256 matches
-        // the sidecar written with it. wasmtime additionally checks the
-        // header and engine settings and refuses a mismatch.
+        // SAFETY: these bytes are a file weir wrote with
+        // `Component::serialize` for an engine with the same compatibility
+        // hash (part of the key), in a private directory, renamed into place
+        // whole, and their SHA-256 matches the sidecar written with them.
+        // wasmtime additionally checks the header and engine settings and
+        // refuses a mismatch.
         #[allow(unsafe_code)]
-        let loaded = unsafe { Component::deserialize_file(engine, &artifact) };
+        let loaded = unsafe { Component::deserialize(engine, &bytes) };
         match loaded {
             Ok(c) => Some(c),
             Err(e) => {
-                tracing::warn!(path = %artifact.display(), error = %e, "precompiled artifact refused; recompiling");
+                tracing::warn!(dir = %path.display(), key, error = %e, "precompiled artifact refused; recompiling");
                 None
             }
         }
@@ -195,7 +192,7 @@ impl ArtifactCache {
 
     fn store_disk(&self, key: &str, component: &Component) -> anyhow::Result<()> {
         use anyhow::Context as _;
-        let Some((artifact, sidecar)) = self.paths(key) else {
+        let Some((_, dir)) = &self.dir else {
             return Ok(());
         };
         let bytes = component
@@ -203,18 +200,29 @@ impl ArtifactCache {
             .map_err(anyhow::Error::from)
             .context("failed to serialize component")?;
         let digest = hex::encode(Sha256::digest(&bytes));
-        let dir = artifact.parent().context("cache path has no parent")?;
-        let mut tmp =
-            tempfile::NamedTempFile::new_in(dir).context("failed to create temporary artifact")?;
-        std::io::Write::write_all(&mut tmp, &bytes).context("failed to write artifact")?;
-        tmp.persist(&artifact)
-            .context("failed to rename artifact into place")?;
-        let mut tmp =
-            tempfile::NamedTempFile::new_in(dir).context("failed to create temporary digest")?;
-        std::io::Write::write_all(&mut tmp, digest.as_bytes()).context("failed to write digest")?;
-        tmp.persist(&sidecar)
-            .context("failed to rename digest into place")?;
+        write_whole(dir, &format!("{key}.cwasm"), &bytes).context("failed to store artifact")?;
+        write_whole(dir, &format!("{key}.sha256"), digest.as_bytes())
+            .context("failed to store digest")?;
         Ok(())
+    }
+}
+
+/// Write `name` in `dir` whole: to a temporary name first, then renamed, so
+/// a reader never sees a partial file.
+fn write_whole(dir: &Dir, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let tmp = format!(".{name}.{}.{nanos:x}.tmp", std::process::id());
+    let mut file = dir.create(&tmp)?;
+    let written = file.write_all(bytes).and_then(|()| file.sync_all());
+    drop(file);
+    match written.and_then(|()| dir.rename(&tmp, dir, name)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = dir.remove_file(&tmp);
+            Err(e)
+        }
     }
 }
 
@@ -239,21 +247,6 @@ fn compile(engine: &Engine, bytes: &[u8], timeout: Duration) -> Result<Component
         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
             Err(DeployError::Compile("the compile thread panicked".into()))
         }
-    }
-}
-
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-    }
-    #[cfg(not(unix))]
-    {
-        std::fs::create_dir_all(dir)
     }
 }
 

@@ -3,7 +3,7 @@
 //! `node` and `domains` imports, and the log sink for the `log` import.
 //!
 //! Lifetime: one [`HostState`] per batch, created in
-//! [`crate::App::invoke_blocking`] and dropped with the store.
+//! [`crate::runtime::App::invoke_blocking`] and dropped with the store.
 
 use std::sync::Arc;
 
@@ -12,8 +12,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::weir::handler::{domains, log, node};
 use crate::domain::DomainSet;
-use crate::guest_log::LogSink;
-use crate::limits::{Limits, MAX_CORE_INSTANCES_PER_STORE};
+use crate::runtime::guest_log::LogSink;
+use crate::runtime::limits::{Limits, MAX_CORE_INSTANCES_PER_STORE};
 
 /// What the `node` and `domains` imports answer for one app on this node.
 #[derive(Debug, Clone)]
@@ -100,7 +100,7 @@ pub(crate) fn bound_blocking_waits(
 ) -> wasmtime::Result<()> {
     use wasmtime::component::Resource;
     use wasmtime_wasi::p2::DynPollable;
-    use wasmtime_wasi_io::bindings::wasi::io::poll::{Host as _, HostPollable as _};
+    use wasmtime_wasi::p2::bindings::io::poll::{Host as _, HostPollable as _};
     linker.allow_shadowing(true);
     let mut poll = linker.instance(WASI_IO_POLL)?;
     poll.func_wrap(
@@ -196,7 +196,7 @@ pub struct HostState {
     identity: Arc<AppIdentity>,
     pub(crate) log: LogSink,
     /// Whether this batch's thread was demoted (see
-    /// [`crate::limits::LONG_BATCH_TICKS`]).
+    /// [`crate::runtime::limits::LONG_BATCH_TICKS`]).
     pub(crate) demoted: bool,
     /// When the batch's deadline passes (bounds WASI waits).
     pub(crate) deadline: std::time::Instant,

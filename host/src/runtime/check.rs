@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use wasmtime::component::types::ComponentItem;
 
-use crate::cache::LoadSource;
+use crate::runtime::cache::LoadSource;
 
 /// What weir grants for one import.
 #[derive(Debug, Clone, PartialEq, Eq)]

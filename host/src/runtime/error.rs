@@ -4,6 +4,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use wasmtime::Trap;
+
+use super::invoke::truncate;
+use super::limits::{Limits, MAX_TRAP_MESSAGE_BYTES};
+use super::state::{DeadlineReached, HostState, MemoryLimitExceeded, TableLimitExceeded};
+
 /// Why a component could not be deployed (loaded, checked, prepared) or
 /// checked by `weir check`. Deploy errors are configuration problems: they are
 /// reported before any event is consumed.
@@ -123,5 +129,61 @@ impl InvokeError {
             Self::Trap(_) => "trap",
             Self::Host(_) => "host",
         }
+    }
+}
+
+impl InvokeError {
+    /// Map a failed instantiate or call to the typed error, using what the
+    /// limiter recorded (memory and table caps) and the trap code.
+    pub(super) fn classify(e: &wasmtime::Error, state: &HostState, limits: &Limits) -> Self {
+        if let Some((limit, requested)) = state.limiter.memory_exceeded {
+            return Self::MemoryLimit { limit, requested };
+        }
+        if let Some((limit, requested)) = state.limiter.table_exceeded {
+            return Self::ResourceLimit(format!(
+                "table grew to {requested} elements, the cap is {limit}"
+            ));
+        }
+        if e.is::<MemoryLimitExceeded>() {
+            return Self::MemoryLimit {
+                limit: limits.memory_bytes,
+                requested: 0,
+            };
+        }
+        if e.is::<TableLimitExceeded>() {
+            return Self::ResourceLimit("table element limit exceeded".into());
+        }
+        if e.is::<DeadlineReached>() {
+            return Self::Timeout {
+                deadline_ms: limits.deadline_ms,
+            };
+        }
+        if let Some(trap) = e.downcast_ref::<Trap>() {
+            match trap {
+                Trap::OutOfFuel => return Self::OutOfFuel { limit: limits.fuel },
+                Trap::Interrupt => {
+                    return Self::Timeout {
+                        deadline_ms: limits.deadline_ms,
+                    };
+                }
+                Trap::StackOverflow => return Self::StackOverflow,
+                _ => {}
+            }
+        }
+        let message = format!("{e:#}");
+        if message.contains("fuel allocated for hostcalls has been exhausted") {
+            return Self::HostcallLimit {
+                limit: limits.hostcall_bytes,
+            };
+        }
+        // wasmtime's messages for a full guest handle table and a full host
+        // resource table (wasmtime 48: `vm/component/handle_table.rs`,
+        // `component/resource_table.rs`).
+        if message.contains("store handle limit exceeded")
+            || message.contains("resource table has no free keys")
+        {
+            return Self::ResourceLimit(truncate(message, MAX_TRAP_MESSAGE_BYTES));
+        }
+        Self::Trap(truncate(message, MAX_TRAP_MESSAGE_BYTES))
     }
 }

@@ -10,20 +10,49 @@
 //!
 //! Lifetime: created once per process ([`Runtime::new`]); apps are deployed
 //! into it ([`Runtime::deploy`]); batches run on fresh stores
-//! ([`crate::App::invoke`]).
+//! ([`App::invoke`]).
+//!
+//! This is the sandbox plane: nothing under `runtime/` knows NATS.
+//!
+//! - [`deploy`]: [`AppSpec`], [`Runtime::check`] and [`Runtime::deploy`];
+//! - [`invoke`]: [`App::invoke`], one fresh store and instance per batch,
+//!   the answer validated into [`Handled`];
+//! - [`limits`]: every per-app cap with its default ([`Limits`]);
+//! - [`error`]: [`DeployError`] and [`InvokeError`];
+//! - [`check`]: what weir grants for each import ([`CheckReport`]);
+//! - [`guest_log`]: guest logging under a budget;
+//! - [`threads`]: the OS threads batches run on (a demoted one is retired);
+//! - `state`, `cache`, `priority`: the store state and host imports, the
+//!   precompiled-artifact cache, thread demotion for long batches.
+
+pub mod check;
+pub mod deploy;
+pub mod error;
+pub mod guest_log;
+pub mod invoke;
+pub mod limits;
+pub mod threads;
+
+pub(crate) mod cache;
+pub(crate) mod priority;
+pub(crate) mod state;
+
+pub use check::{CheckReport, Grant, ImportReport};
+pub use deploy::AppSpec;
+pub use error::{DeployError, InvokeError};
+pub use invoke::{App, Handled, Invocation, InvokeStats};
+pub use limits::Limits;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::cache::ArtifactCache;
-use crate::error::DeployError;
-use crate::limits::{DEFAULT_MEMORY_BYTES, EPOCH_TICK};
-use crate::state::HostState;
+use cache::ArtifactCache;
+use limits::{DEFAULT_MEMORY_BYTES, EPOCH_TICK};
+use state::HostState;
 
 /// Default number of component instances that may be live at once (the
 /// pooling allocator's slots and the invocation permits), shared by all
@@ -137,14 +166,13 @@ impl EngineConfig {
     }
 }
 
-pub(crate) struct RuntimeInner {
-    pub(crate) engine: Engine,
-    pub(crate) linker: Linker<HostState>,
-    pub(crate) config: EngineConfig,
-    pub(crate) cache: ArtifactCache,
-    pub(crate) permits: Arc<tokio::sync::Semaphore>,
-    pub(crate) threads: Arc<crate::threads::BatchThreads>,
-    pub(crate) deployed: AtomicU32,
+struct RuntimeInner {
+    engine: Engine,
+    linker: Linker<HostState>,
+    config: EngineConfig,
+    cache: ArtifactCache,
+    permits: Arc<tokio::sync::Semaphore>,
+    threads: Arc<threads::BatchThreads>,
     pooling: bool,
     reset: ResetPolicy,
 }
@@ -152,7 +180,7 @@ pub(crate) struct RuntimeInner {
 /// The process-wide runtime. Cheap to clone (an `Arc`).
 #[derive(Clone)]
 pub struct Runtime {
-    pub(crate) inner: Arc<RuntimeInner>,
+    inner: Arc<RuntimeInner>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -237,7 +265,7 @@ fn pooling_config(config: &EngineConfig, reset: ResetPolicy) -> PoolingAllocatio
         .max_memories_per_component(POOL_MEMORIES_PER_COMPONENT)
         .total_tables(n.saturating_mul(POOL_TABLES_PER_COMPONENT))
         .max_tables_per_component(POOL_TABLES_PER_COMPONENT)
-        .table_elements(crate::limits::MAX_TABLE_ELEMENTS)
+        .table_elements(crate::runtime::limits::MAX_TABLE_ELEMENTS)
         .max_memory_size(config.max_memory_bytes)
         .linear_memory_keep_resident(reset.keep_resident())
         .table_keep_resident(POOL_TABLE_KEEP_RESIDENT_BYTES)
@@ -291,7 +319,7 @@ impl Runtime {
             .map_err(|e| DeployError::Config(vec![format!("failed to link WASI: {e}")]))?;
         crate::bindings::Handler::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| DeployError::Config(vec![format!("failed to link weir:handler: {e}")]))?;
-        crate::state::bound_blocking_waits(&mut linker).map_err(|e| {
+        crate::runtime::state::bound_blocking_waits(&mut linker).map_err(|e| {
             DeployError::Config(vec![format!(
                 "failed to link the bounded wasi:io/poll: {e}"
             )])
@@ -313,7 +341,6 @@ impl Runtime {
                 linker,
                 cache,
                 config,
-                deployed: AtomicU32::new(0),
                 pooling,
                 reset,
             }),
@@ -346,13 +373,8 @@ impl Runtime {
         self.inner.reset
     }
 
-    /// Apps currently deployed.
-    pub fn deployed_apps(&self) -> u32 {
-        self.inner.deployed.load(Ordering::Relaxed)
-    }
-
     /// Batch threads retired so far because a long batch left them demoted
-    /// and their priority could not be restored (see [`crate::threads`]).
+    /// and their priority could not be restored (see [`threads`]).
     pub fn retired_threads(&self) -> u64 {
         self.inner.threads.retired()
     }

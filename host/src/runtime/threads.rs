@@ -6,7 +6,7 @@
 //! slots, [`crate::EngineConfig::pool_instances`]), an idle one kept for
 //! [`IDLE_THREAD_KEEP_ALIVE`]. weir owns these threads, rather than using
 //! tokio's blocking pool, because of demotion: a batch that runs long moves
-//! its thread to `SCHED_IDLE` (see [`crate::limits::LONG_BATCH_TICKS`]), and taking a thread out
+//! its thread to `SCHED_IDLE` (see [`crate::runtime::limits::LONG_BATCH_TICKS`]), and taking a thread out
 //! of `SCHED_IDLE` needs `CAP_SYS_NICE`. A thread that cannot be given its
 //! priority back is retired after its batch, so it never runs another app's
 //! batch at idle priority.
@@ -91,7 +91,7 @@ fn worker(id: u64, first: Job, pool: &Weak<BatchThreads>) {
     let mut job = first;
     loop {
         job();
-        if crate::priority::current_thread_demoted() {
+        if crate::runtime::priority::current_thread_demoted() {
             if let Some(pool) = pool.upgrade() {
                 pool.retired.fetch_add(1, Ordering::Relaxed);
             }
@@ -155,9 +155,9 @@ mod tests {
             // Demote, then fail to restore (as without CAP_SYS_NICE).
             let (demoted, thread) = pool
                 .run(|| {
-                    let demoted = crate::priority::demote_current_thread();
-                    crate::priority::fail_next_restore();
-                    crate::priority::restore_current_thread();
+                    let demoted = crate::runtime::priority::demote_current_thread();
+                    crate::runtime::priority::fail_next_restore();
+                    crate::runtime::priority::restore_current_thread();
                     (demoted, std::thread::current().id())
                 })
                 .await
@@ -176,8 +176,8 @@ mod tests {
                 .run(|| {
                     (
                         std::thread::current().id(),
-                        !crate::priority::current_thread_demoted()
-                            && crate::priority::current_policy_is_normal(),
+                        !crate::runtime::priority::current_thread_demoted()
+                            && crate::runtime::priority::current_policy_is_normal(),
                     )
                 })
                 .await

@@ -1,7 +1,7 @@
-//! A running host: `weir run` as a library.
+//! The composition root: `weir run` as a library.
 //!
-//! [`Host::start`] runs these phases in order; `/health` reports the current
-//! one from the first ([`Phase`]):
+//! [`Daemon::start`] takes a validated [`Plan`] and runs these phases in
+//! order; `/health` reports the current one from the first ([`Phase`]):
 //!
 //! 1. `serve_http`: `/metrics`, `/health`, `/stats` (first, so a host that is
 //!    still starting says so);
@@ -15,32 +15,28 @@
 //!
 //! Every phase may be abandoned by dropping the future (a signal during
 //! start): what it holds is released on drop (the private server is
-//! stopped). [`Host::shutdown`] stops intake, lets in-flight batches finish
+//! stopped). [`Daemon::shutdown`] stops intake, lets in-flight batches finish
 //! within [`DRAIN_TIMEOUT`], then flushes and closes NATS within
 //! [`NATS_CLOSE_TIMEOUT`] each, so it ends within
 //! `DRAIN_TIMEOUT` + [`SHUTDOWN_SLACK`] even when NATS is gone.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::app::{App, AppSpec};
-use crate::config::{AppConfig, Config};
-use crate::domain::DomainSet;
+use crate::config::{Config, Plan};
 use crate::effects::EffectRunner;
-use crate::engine::Runtime;
 use crate::envelope::DEFAULT_MAX_PAYLOAD_BYTES;
-use crate::filter::Filter;
-use crate::nats_server::NatsServer;
+pub use crate::http::Phase;
+use crate::http::{AppCounters, Health};
+use crate::nats::{ConnectAuth, EffectRecords, NatsServer, Subjects, Transport, TransportError};
 use crate::pipeline::AppPipeline;
-use crate::stats::{AppStats, AppStatsSnapshot, prometheus};
-use crate::subjects::Subjects;
-use crate::transport::{ConnectAuth, EffectRecords, Transport, TransportError};
+use crate::runtime::{App, Runtime};
+use crate::stats::{AppStats, AppStatsSnapshot};
 
 /// Pause between attempts to set up streams at start: 1 s.
 pub const SETUP_RETRY: Duration = Duration::from_secs(1);
@@ -57,79 +53,9 @@ pub const NATS_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest wait for the HTTP server to stop at shutdown: 1 s.
 pub const HTTP_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// What [`Host::shutdown`] may take beyond [`DRAIN_TIMEOUT`]: 5 s (flush and
+/// What [`Daemon::shutdown`] may take beyond [`DRAIN_TIMEOUT`]: 5 s (flush and
 /// close, the HTTP server, the private nats-server's own stop grace).
 pub const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
-
-type AppCounters = Arc<Vec<(String, Arc<AppStats>)>>;
-
-/// Where a host is in its life, as `/health` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Phase {
-    /// Starting NATS (the private server) or the runtime.
-    Starting = 0,
-    /// Compiling, checking and preparing the apps.
-    Deploying = 1,
-    /// Waiting for NATS, setting up streams and consumers.
-    Connecting = 2,
-    /// Consuming events.
-    Running = 3,
-    /// Shutting down: intake stopped, in-flight batches finishing.
-    Draining = 4,
-}
-
-impl Phase {
-    /// The word `/health` answers with.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Starting => "starting",
-            Self::Deploying => "deploying",
-            Self::Connecting => "connecting",
-            Self::Running => "running",
-            Self::Draining => "draining",
-        }
-    }
-
-    fn from_u8(v: u8) -> Self {
-        match v {
-            0 => Self::Starting,
-            1 => Self::Deploying,
-            2 => Self::Connecting,
-            3 => Self::Running,
-            _ => Self::Draining,
-        }
-    }
-}
-
-/// What `/health` reads: the phase and, once connected, the NATS state.
-#[derive(Debug, Default)]
-struct Health {
-    phase: AtomicU8,
-    transport: OnceLock<Transport>,
-}
-
-impl Health {
-    fn set(&self, phase: Phase) {
-        self.phase.store(phase as u8, Ordering::Relaxed);
-        tracing::debug!(phase = phase.label(), "phase");
-    }
-
-    fn phase(&self) -> Phase {
-        Phase::from_u8(self.phase.load(Ordering::Relaxed))
-    }
-
-    /// HTTP status and body: 200 only while running with NATS connected.
-    fn answer(&self) -> (u16, String) {
-        match self.phase() {
-            Phase::Running if self.transport.get().is_some_and(Transport::is_connected) => {
-                (200, "ok: running\n".to_owned())
-            }
-            Phase::Running => (503, "unavailable: running, NATS disconnected\n".to_owned()),
-            other => (503, format!("unavailable: {}\n", other.label())),
-        }
-    }
-}
 
 /// Aborts a task when dropped (the HTTP server of a start that failed or was
 /// abandoned).
@@ -144,9 +70,9 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// A running host.
+/// A running daemon: every app consuming, the HTTP endpoints served.
 #[derive(Debug)]
-pub struct Host {
+pub struct Daemon {
     node: u32,
     nats_url: String,
     http_addr: Option<SocketAddr>,
@@ -160,8 +86,9 @@ pub struct Host {
     embedded: Option<NatsServer>,
 }
 
-impl Host {
-    /// Start everything `config` describes (see module docs).
+impl Daemon {
+    /// Start everything `plan` describes (see module docs); build the plan
+    /// with [`Config::plan`].
     ///
     /// Cancel safety: dropping the future abandons the start and releases
     /// what it holds (the HTTP listener, the private nats-server, the NATS
@@ -173,24 +100,24 @@ impl Host {
     /// HTTP address is taken, the private server cannot start (with the
     /// install hint), an app cannot be deployed, a stream conflicts, a
     /// consumer is refused.
-    pub async fn start(config: Config) -> anyhow::Result<Self> {
-        let config = Arc::new(config);
+    pub async fn start(plan: Plan) -> anyhow::Result<Self> {
+        let plan = Arc::new(plan);
+        let config = &plan.config;
         let health = Arc::new(Health::default());
         let stats: AppCounters = Arc::new(
-            config
-                .apps
+            plan.apps
                 .iter()
-                .map(|a| (a.name.clone(), Arc::new(AppStats::default())))
+                .map(|a| (a.spec.name.clone(), Arc::new(AppStats::default())))
                 .collect(),
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (http, http_addr) =
-            serve_http(&config, stats.clone(), health.clone(), shutdown_rx.clone()).await?;
-        let (embedded, nats_url) = start_nats(&config).await?;
+            serve_http(config, stats.clone(), health.clone(), shutdown_rx.clone()).await?;
+        let (embedded, nats_url) = start_nats(config).await?;
         health.set(Phase::Deploying);
-        let (runtime, apps) = deploy_apps(config.clone()).await?;
+        let (runtime, apps) = deploy_apps(plan.clone()).await?;
         health.set(Phase::Connecting);
-        let transport = connect(&config, &nats_url).await?;
+        let transport = connect(config, &nats_url).await?;
         let _ = health.transport.set(transport.clone());
         let records = set_up_streams(&transport, config.node.id).await?;
         let effects = Arc::new(
@@ -198,7 +125,7 @@ impl Host {
                 .with_durable_records(records),
         );
         let workers =
-            spawn_pipelines(&config, apps, &stats, &transport, &effects, &shutdown_rx).await?;
+            spawn_pipelines(&plan, apps, &stats, &transport, &effects, &shutdown_rx).await?;
         health.set(Phase::Running);
         tracing::info!(node = config.node.id, apps = stats.len(), "weir running");
         Ok(Self {
@@ -306,25 +233,13 @@ async fn serve_http(
     config: &Config,
     stats: AppCounters,
     health: Arc<Health>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> anyhow::Result<(AbortOnDrop, Option<SocketAddr>)> {
     if !config.http.enabled {
         return Ok((AbortOnDrop(None), None));
     }
-    let listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
-        .with_context(|| format!("failed to listen on {}", config.http.listen))?;
-    let addr = listener.local_addr()?;
-    let router = http_router(config.node.id, stats, health);
-    let task = tokio::spawn(async move {
-        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        });
-        if let Err(e) = serve.await {
-            tracing::warn!(error = %e, "HTTP server stopped");
-        }
-    });
-    tracing::info!(addr = %addr, "serving /metrics, /health, /stats");
+    let (task, addr) =
+        crate::http::serve(config.http.listen, config.node.id, stats, health, stop).await?;
     Ok((AbortOnDrop(Some(task)), Some(addr)))
 }
 
@@ -337,7 +252,7 @@ async fn start_nats(config: &Config) -> anyhow::Result<(Option<NatsServer>, Stri
         .nats
         .state_dir
         .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join("weir-nats"));
+        .unwrap_or_else(crate::nats::server::default_store_dir);
     let server = tokio::task::spawn_blocking(move || NatsServer::start(&dir))
         .await
         .context("failed to start the private nats-server")??;
@@ -348,19 +263,15 @@ async fn start_nats(config: &Config) -> anyhow::Result<(Option<NatsServer>, Stri
 
 /// Phase 3: the runtime and every app, on a blocking thread (compiling is
 /// CPU work; the async workers keep serving `/health` and signals).
-async fn deploy_apps(config: Arc<Config>) -> anyhow::Result<(Runtime, Vec<App>)> {
+async fn deploy_apps(plan: Arc<Plan>) -> anyhow::Result<(Runtime, Vec<App>)> {
     tokio::task::spawn_blocking(move || {
-        let runtime = Runtime::new(config.engine.clone())?;
-        let mut deployed = Vec::with_capacity(config.apps.len());
+        let runtime = Runtime::new(plan.config.engine.clone())?;
+        let mut deployed = Vec::with_capacity(plan.apps.len());
         let mut problems = Vec::new();
-        for app in &config.apps {
-            let mut spec = AppSpec::new(&app.name, config.node.id, &config.node.name);
-            spec.domains = app.domains.clone();
-            spec.limits = app.limits.clone();
-            spec.clocks = app.grants.clocks;
-            match runtime.deploy_file(spec, &app.component) {
+        for app in &plan.apps {
+            match runtime.deploy_file(app.spec.clone(), &app.component) {
                 Ok(a) => deployed.push(a),
-                Err(e) => problems.push(format!("app {}: {e}", app.name)),
+                Err(e) => problems.push(format!("app {}: {e}", app.spec.name)),
             }
         }
         anyhow::ensure!(
@@ -426,113 +337,35 @@ async fn set_up_streams(transport: &Transport, node: u32) -> anyhow::Result<Effe
 
 /// Phase 5: one durable consumer and one pipeline task per app.
 async fn spawn_pipelines(
-    config: &Config,
+    plan: &Plan,
     apps: Vec<App>,
     stats: &AppCounters,
     transport: &Transport,
     effects: &Arc<EffectRunner>,
     shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<JoinSet<()>> {
+    let node = plan.config.node.id;
     let mut workers = JoinSet::new();
-    for ((app_config, app), (_, app_stats)) in config.apps.iter().zip(apps).zip(stats.iter()) {
-        let filter = app_filter(config, app_config)?;
+    for ((app_plan, app), (_, app_stats)) in plan.apps.iter().zip(apps).zip(stats.iter()) {
+        let events = app_plan.filter.event_names();
         let consumer = transport
-            .consumer(
-                config.node.id,
-                &app_config.name,
-                &filter.event_names(),
-                &app_config.delivery,
-            )
+            .consumer(node, &app_plan.spec.name, &events, &app_plan.delivery)
             .await?;
-        tracing::debug!(app = %app_config.name, consumer = %consumer.name(), events = ?filter.event_names(), "app consuming");
-        let pipeline = AppPipeline {
+        tracing::debug!(app = %app_plan.spec.name, consumer = %consumer.name(), ?events, "app consuming");
+        let pipeline = AppPipeline::new(
             app,
-            filter,
+            node,
+            app_plan.filter.clone(),
             consumer,
-            transport: transport.clone(),
-            effects: effects.clone(),
-            grants: app_config.grants.clone(),
-            delivery: app_config.delivery.clone(),
-            node: config.node.id,
-            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
-            stats: app_stats.clone(),
-        };
+            transport.clone(),
+            effects.clone(),
+            app_stats.clone(),
+        )
+        .with_grants(app_plan.grants.clone())
+        .with_delivery(app_plan.delivery.clone())
+        .with_max_payload_bytes(DEFAULT_MAX_PAYLOAD_BYTES);
         workers.spawn(pipeline.run(shutdown.clone()));
     }
     tracing::info!(apps = workers.len(), "apps consuming");
     Ok(workers)
-}
-
-fn app_filter(config: &Config, app: &AppConfig) -> anyhow::Result<Filter> {
-    let domains = DomainSet::new(&app.domains).map_err(|e| {
-        let e: Vec<String> = e.iter().map(ToString::to_string).collect();
-        anyhow::anyhow!("app {}: domains: {}", app.name, e.join("; "))
-    })?;
-    Filter::new(&app.rule, config.node.id, domains)
-        .map_err(|p| anyhow::anyhow!("app {}: {}", app.name, p.join("; ")))
-}
-
-fn http_router(node: u32, stats: AppCounters, health: Arc<Health>) -> axum::Router {
-    use axum::http::StatusCode;
-    use axum::routing::get;
-    let snapshots =
-        |stats: &AppCounters| stats.iter().map(|(n, s)| s.snapshot(n)).collect::<Vec<_>>();
-    let for_stats = stats.clone();
-    axum::Router::new()
-        .route(
-            "/health",
-            get(move || {
-                let (code, body) = health.answer();
-                async move {
-                    (
-                        StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-                        body,
-                    )
-                }
-            }),
-        )
-        .route(
-            "/stats",
-            get(move || {
-                let s = snapshots(&for_stats);
-                async move { axum::Json(serde_json::json!({ "node": node, "apps": s })) }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(move || {
-                let body = prometheus(node, &snapshots(&stats));
-                async move { ([("content-type", "text/plain; version=0.0.4")], body) }
-            }),
-        )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn health_is_ok_only_while_running() {
-        let h = Health::default();
-        assert_eq!(h.answer(), (503, "unavailable: starting\n".to_owned()));
-        h.set(Phase::Deploying);
-        assert_eq!(h.answer().0, 503);
-        h.set(Phase::Running);
-        // Running, but no NATS connection yet.
-        assert_eq!(
-            h.answer(),
-            (503, "unavailable: running, NATS disconnected\n".to_owned())
-        );
-        h.set(Phase::Draining);
-        assert_eq!(h.answer(), (503, "unavailable: draining\n".to_owned()));
-        for p in [
-            Phase::Starting,
-            Phase::Deploying,
-            Phase::Connecting,
-            Phase::Running,
-            Phase::Draining,
-        ] {
-            assert_eq!(Phase::from_u8(p as u8), p);
-        }
-    }
 }

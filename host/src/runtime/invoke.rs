@@ -1,65 +1,22 @@
-//! Deploying an app (compile, check, prepare) and invoking its handler on a
-//! batch in a fresh sandbox.
-//!
-//! Phases: [`Runtime::deploy`] runs once per app (off the event path);
-//! [`App::invoke`] runs once per batch on a fresh `Store` and instance, on a
-//! blocking thread so a spinning guest never stalls the async runtime.
+//! Invoking a deployed app's handler on a batch: a fresh `Store` and
+//! instance per batch, on a batch thread so a spinning guest never stalls the
+//! async runtime, with fuel, memory, deadline, hostcall-byte, log and effect
+//! caps; the handler's answer validated into [`Handled`].
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use wasmtime::component::Component;
-use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime::{Store, UpdateDeadline};
 
+use super::Runtime;
+use super::check::CheckReport;
+use super::error::InvokeError;
+use super::guest_log::{LogCounts, LogSink, LogWindow};
+use super::limits::{EPOCH_TICK, LONG_BATCH_TICKS, Limits, MAX_REJECT_REASON_BYTES};
+use super::state::{AppIdentity, HostState};
 use crate::bindings::{BatchResult, Effect, Event, HandlerPre, Outcome};
-use crate::check::{CheckReport, inspect};
-use crate::domain::DomainSet;
-use crate::engine::Runtime;
-use crate::error::{DeployError, InvokeError};
-use crate::guest_log::{LogCounts, LogSink, LogWindow};
-use crate::limits::{
-    EPOCH_TICK, LONG_BATCH_TICKS, Limits, MAX_REJECT_REASON_BYTES, MAX_TRAP_MESSAGE_BYTES,
-};
-use crate::state::{
-    AppIdentity, DeadlineReached, HostState, MemoryLimitExceeded, TableLimitExceeded,
-};
-
-/// Everything needed to deploy one app on this node.
-#[derive(Debug, Clone)]
-pub struct AppSpec {
-    /// App name, e.g. `"mail1"`: used in logs, metrics and as the source of
-    /// its published events (`module/<name>`).
-    pub name: String,
-    /// This node's id (answered by `node.id`).
-    pub node_id: u32,
-    /// This node's name (answered by `node.name`).
-    pub node_name: String,
-    /// The app's domains (exact or `*.suffix`), normalised at deploy.
-    pub domains: Vec<String>,
-    /// Caps for each batch.
-    pub limits: Limits,
-    /// Grant of the real WASI clocks. Default `false`: the wall clock reads
-    /// the Unix epoch and the monotonic clock reads 0, so a handler cannot
-    /// time the host or other apps.
-    pub clocks: bool,
-}
-
-impl AppSpec {
-    /// A spec with default limits and no domains.
-    pub fn new(name: impl Into<String>, node_id: u32, node_name: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            node_id,
-            node_name: node_name.into(),
-            domains: Vec::new(),
-            limits: Limits::default(),
-            clocks: false,
-        }
-    }
-}
 
 /// A deployed app: its prepared component and caps. Cheap to clone.
 #[derive(Clone)]
@@ -67,21 +24,24 @@ pub struct App {
     inner: Arc<AppInner>,
 }
 
-struct AppInner {
-    runtime: Runtime,
-    pre: HandlerPre<HostState>,
-    identity: Arc<AppIdentity>,
-    limits: Limits,
-    log_window: Arc<LogWindow>,
-    report: CheckReport,
+/// What a deployed app holds (built by [`Runtime::deploy`]).
+pub(super) struct AppInner {
+    pub(super) runtime: Runtime,
+    pub(super) pre: HandlerPre<HostState>,
+    pub(super) identity: Arc<AppIdentity>,
+    pub(super) limits: Limits,
+    pub(super) log_window: Arc<LogWindow>,
+    pub(super) report: CheckReport,
     /// The last batch ran past [`LONG_BATCH_TICKS`]: the next one starts
     /// demoted (a spinning app never competes at full priority).
-    long_running: std::sync::atomic::AtomicBool,
+    pub(super) long_running: std::sync::atomic::AtomicBool,
 }
 
-impl Drop for AppInner {
-    fn drop(&mut self) {
-        self.runtime.inner.deployed.fetch_sub(1, Ordering::Relaxed);
+impl App {
+    pub(super) fn new(inner: AppInner) -> Self {
+        Self {
+            inner: Arc::new(inner),
+        }
     }
 }
 
@@ -131,153 +91,8 @@ pub struct Invocation {
     pub stats: InvokeStats,
 }
 
-impl Runtime {
-    /// Load `bytes` as a component (cache, size cap, compile timeout) and
-    /// report its imports, exports and every problem that would prevent
-    /// deploying it. Does not deploy.
-    ///
-    /// # Errors
-    ///
-    /// [`DeployError::TooLarge`], [`DeployError::NotAComponent`],
-    /// [`DeployError::Compile`], [`DeployError::CompileTimeout`]. Import and
-    /// export problems are not errors here: they are in
-    /// [`CheckReport::problems`].
-    pub fn check(&self, bytes: &[u8]) -> Result<CheckReport, DeployError> {
-        Ok(self.check_component(bytes)?.1)
-    }
-
-    /// [`Runtime::check`] on a file.
-    ///
-    /// # Errors
-    ///
-    /// As [`Runtime::check`], plus [`DeployError::Read`].
-    pub fn check_file(&self, path: &Path) -> Result<CheckReport, DeployError> {
-        self.check(&read(path)?)
-    }
-
-    fn check_component(&self, bytes: &[u8]) -> Result<(Component, CheckReport), DeployError> {
-        let cfg = &self.inner.config;
-        let loaded = self.inner.cache.load(
-            &self.inner.engine,
-            bytes,
-            cfg.max_component_bytes,
-            Duration::from_millis(cfg.compile_timeout_ms),
-        )?;
-        let (imports, exports, mut problems) = inspect(&self.inner.engine, &loaded.component);
-        if problems.is_empty() {
-            // Type-check every import against what is linked (catches, e.g., a
-            // newer WASI minor version or a changed weir:handler signature).
-            if let Err(e) = self.inner.linker.instantiate_pre(&loaded.component) {
-                problems.push(format!("{e:#}"));
-            } else if let Err(e) = self
-                .inner
-                .linker
-                .instantiate_pre(&loaded.component)
-                .and_then(HandlerPre::new)
-            {
-                problems.push(format!(
-                    "export `handle` does not match weir:handler@0.1.0: {e:#}"
-                ));
-            }
-        }
-        tracing::debug!(key = %loaded.key, source = ?loaded.source, elapsed = ?loaded.elapsed, "component loaded");
-        let report = CheckReport {
-            size: bytes.len(),
-            imports,
-            exports,
-            problems,
-            source: loaded.source,
-            load_time: loaded.elapsed,
-        };
-        Ok((loaded.component, report))
-    }
-
-    /// Deploy an app from component bytes: validate the spec (every problem
-    /// at once), load and check the component, and prepare it for
-    /// instantiation. Apps share the runtime's pool slots: deploying reserves
-    /// none, any number of apps may be deployed.
-    ///
-    /// # Errors
-    ///
-    /// [`DeployError::Config`] (limits, domains), the load errors of [`Runtime::check`], and [`DeployError::Refused`]
-    /// with every import or export problem.
-    pub fn deploy(&self, spec: AppSpec, bytes: &[u8]) -> Result<App, DeployError> {
-        let mut problems: Vec<String> = spec
-            .limits
-            .problems(self.inner.config.max_memory_bytes)
-            .into_iter()
-            .map(|p| format!("app {}: limits: {p}", spec.name))
-            .collect();
-        if spec.name.is_empty() {
-            problems.push("app name must not be empty".into());
-        }
-        let domains = DomainSet::new(&spec.domains).unwrap_or_else(|errors| {
-            problems.extend(
-                errors
-                    .into_iter()
-                    .map(|e| format!("app {}: domains: {e}", spec.name)),
-            );
-            DomainSet::default()
-        });
-        if !problems.is_empty() {
-            return Err(DeployError::Config(problems));
-        }
-        let (component, report) = self.check_component(bytes)?;
-        if !report.deployable() {
-            return Err(DeployError::Refused(report.problems));
-        }
-        let pre = self
-            .inner
-            .linker
-            .instantiate_pre(&component)
-            .and_then(HandlerPre::new)
-            .map_err(|e| DeployError::Refused(vec![format!("{e:#}")]))?;
-        self.inner.deployed.fetch_add(1, Ordering::Relaxed);
-        let identity = Arc::new(AppIdentity {
-            app: spec.name.as_str().into(),
-            node_id: spec.node_id,
-            node_name: spec.node_name,
-            domains,
-            clocks: spec.clocks,
-        });
-        tracing::info!(
-            app = %spec.name,
-            size = report.size,
-            source = ?report.source,
-            load_ms = report.load_time.as_millis() as u64,
-            "app deployed"
-        );
-        Ok(App {
-            inner: Arc::new(AppInner {
-                runtime: self.clone(),
-                pre,
-                log_window: Arc::new(LogWindow::new(&spec.limits)),
-                long_running: std::sync::atomic::AtomicBool::new(false),
-                limits: spec.limits,
-                identity,
-                report,
-            }),
-        })
-    }
-
-    /// [`Runtime::deploy`] from a file.
-    ///
-    /// # Errors
-    ///
-    /// As [`Runtime::deploy`], plus [`DeployError::Read`].
-    pub fn deploy_file(&self, spec: AppSpec, path: &Path) -> Result<App, DeployError> {
-        self.deploy(spec, &read(path)?)
-    }
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, DeployError> {
-    std::fs::read(path).map_err(|source| DeployError::Read {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-fn truncate(mut s: String, max: usize) -> String {
+/// `s` cut to at most `max` bytes at a char boundary, `…` appended if cut.
+pub(super) fn truncate(mut s: String, max: usize) -> String {
     if s.len() > max {
         let mut end = max;
         while !s.is_char_boundary(end) {
@@ -307,7 +122,7 @@ impl App {
 
     /// Run the handler on `events` (a `Vec<Event>` or a shared `Arc<[Event]>`,
     /// which the caller may keep) on one of the runtime's batch threads
-    /// ([`crate::threads`]), after taking one of its instance permits. While
+    /// ([`crate::runtime::threads`]), after taking one of its instance permits. While
     /// all are in use the batch waits; waiting batches get permits in arrival
     /// order, so no app starves another.
     ///
@@ -379,7 +194,7 @@ impl App {
                 return Ok(UpdateDeadline::Interrupt);
             }
             if !ctx.data().demoted {
-                ctx.data_mut().demoted = crate::priority::demote_current_thread();
+                ctx.data_mut().demoted = crate::runtime::priority::demote_current_thread();
             }
             let rest = deadline - ticks;
             ticks = deadline;
@@ -394,7 +209,7 @@ impl App {
                 // Demote only once instantiated: the pool's locks are never
                 // held by an idle-priority thread (no priority inversion).
                 if inner.long_running.load(Ordering::Relaxed) {
-                    store.data_mut().demoted = crate::priority::demote_current_thread();
+                    store.data_mut().demoted = crate::runtime::priority::demote_current_thread();
                 }
                 handler.call_handle(&mut store, events)
             }),
@@ -404,14 +219,14 @@ impl App {
         stats.memory_high_water = store.data().limiter.memory_high_water;
         let result = match raw {
             Ok(result) => validate(result, events.len(), limits.max_effects, &mut stats),
-            Err(e) => Err(classify_error(&e, store.data(), limits)),
+            Err(e) => Err(InvokeError::classify(&e, store.data(), limits)),
         };
         stats.log = store.data().log.finish();
         let ran_long =
             store.data().demoted || start.elapsed() >= EPOCH_TICK * LONG_BATCH_TICKS as u32;
         inner.long_running.store(ran_long, Ordering::Relaxed);
         if store.data().demoted {
-            crate::priority::restore_current_thread();
+            crate::runtime::priority::restore_current_thread();
         }
         drop(store);
         stats.elapsed = start.elapsed();
@@ -464,60 +279,6 @@ fn validate(
         outcomes,
         effects: kept,
     })
-}
-
-/// Map a failed instantiate/call to the typed error, using what the limiter
-/// recorded (memory and table caps) and the trap code.
-fn classify_error(e: &wasmtime::Error, state: &HostState, limits: &Limits) -> InvokeError {
-    if let Some((limit, requested)) = state.limiter.memory_exceeded {
-        return InvokeError::MemoryLimit { limit, requested };
-    }
-    if let Some((limit, requested)) = state.limiter.table_exceeded {
-        return InvokeError::ResourceLimit(format!(
-            "table grew to {requested} elements, the cap is {limit}"
-        ));
-    }
-    if e.is::<MemoryLimitExceeded>() {
-        return InvokeError::MemoryLimit {
-            limit: limits.memory_bytes,
-            requested: 0,
-        };
-    }
-    if e.is::<TableLimitExceeded>() {
-        return InvokeError::ResourceLimit("table element limit exceeded".into());
-    }
-    if e.is::<DeadlineReached>() {
-        return InvokeError::Timeout {
-            deadline_ms: limits.deadline_ms,
-        };
-    }
-    if let Some(trap) = e.downcast_ref::<Trap>() {
-        match trap {
-            Trap::OutOfFuel => return InvokeError::OutOfFuel { limit: limits.fuel },
-            Trap::Interrupt => {
-                return InvokeError::Timeout {
-                    deadline_ms: limits.deadline_ms,
-                };
-            }
-            Trap::StackOverflow => return InvokeError::StackOverflow,
-            _ => {}
-        }
-    }
-    let message = format!("{e:#}");
-    if message.contains("fuel allocated for hostcalls has been exhausted") {
-        return InvokeError::HostcallLimit {
-            limit: limits.hostcall_bytes,
-        };
-    }
-    // wasmtime's messages for a full guest handle table and a full host
-    // resource table (wasmtime 48: `vm/component/handle_table.rs`,
-    // `component/resource_table.rs`).
-    if message.contains("store handle limit exceeded")
-        || message.contains("resource table has no free keys")
-    {
-        return InvokeError::ResourceLimit(truncate(message, MAX_TRAP_MESSAGE_BYTES));
-    }
-    InvokeError::Trap(truncate(message, MAX_TRAP_MESSAGE_BYTES))
 }
 
 #[cfg(test)]

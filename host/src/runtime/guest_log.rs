@@ -17,7 +17,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
 use crate::bindings::weir::handler::log::Level;
-use crate::limits::{Limits, MAX_LOG_LINE_BYTES};
+use crate::runtime::limits::{Limits, MAX_LOG_LINE_BYTES};
 
 /// Length of the per-app log window: one minute.
 pub const LOG_WINDOW: Duration = Duration::from_secs(60);

@@ -1,0 +1,561 @@
+//! One app's durable pull consumer: created by [`Transport::consumer`],
+//! read by [`AppConsumer::next_batch`], each event an [`Inbound`] settled
+//! with ack / nak(delay) / term.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{PullConsumer, pull};
+use async_nats::jetstream::{self, AckKind};
+use bytes::Bytes;
+use futures::FutureExt as _;
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+
+use super::subjects;
+use super::{
+    LINGER_MARGIN, LONG_POLL, MIN_LINGER_PULL, MSG_ID_HEADER, PULL_HEARTBEAT, PULL_REPLY_MARGIN,
+    RELEASE_TIMEOUT, Transport, TransportError, js_err,
+};
+
+/// Default most deliveries of one event before it is dead-lettered: 5.
+/// weir counts them itself (JetStream's own limit is off), so an event is
+/// dead-lettered with the reason even when earlier deliveries were lost to a
+/// kill or a lost ack.
+pub const DEFAULT_MAX_DELIVER: u32 = 5;
+
+/// Default time JetStream waits for an ack before redelivering: 30,000 ms.
+/// It must exceed two batch deadlines (an event delivered ahead of its batch
+/// waits for the batch before it, then runs in its own), checked at start.
+pub const DEFAULT_ACK_WAIT_MS: u64 = 30_000;
+
+/// Default most unacknowledged events per app consumer: 256 (four default
+/// batches): enough to keep a batch ready while one runs, small enough that a
+/// stuck app holds little.
+pub const DEFAULT_MAX_ACK_PENDING: u32 = 256;
+
+/// Default redelivery backoff after a failed batch, in ms: 1 s, 5 s, 30 s
+/// (the last repeats).
+pub const DEFAULT_BACKOFF_MS: [u64; 3] = [1_000, 5_000, 30_000];
+
+/// `[app.delivery]`: the app's consumer settings.
+///
+/// `max_deliver` is enforced by weir, not by JetStream: an event is handed
+/// to the handler at most `max_deliver` times; after a failure on its last
+/// delivery, or when it comes back past it (earlier deliveries consumed by a
+/// kill or a lost ack), it is dead-lettered with the reason and the count.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Delivery {
+    /// Deliveries before dead-lettering. Default [`DEFAULT_MAX_DELIVER`].
+    pub max_deliver: u32,
+    /// Ack wait in ms. Default [`DEFAULT_ACK_WAIT_MS`].
+    pub ack_wait_ms: u64,
+    /// Unacknowledged events at most. Default [`DEFAULT_MAX_ACK_PENDING`].
+    pub max_ack_pending: u32,
+    /// Delay before a failed batch's events are redelivered, by attempt, in
+    /// ms (the last step repeats); weir naks with it. Default
+    /// [`DEFAULT_BACKOFF_MS`].
+    pub backoff_ms: Vec<u64>,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Self {
+            max_deliver: DEFAULT_MAX_DELIVER,
+            ack_wait_ms: DEFAULT_ACK_WAIT_MS,
+            max_ack_pending: DEFAULT_MAX_ACK_PENDING,
+            backoff_ms: DEFAULT_BACKOFF_MS.to_vec(),
+        }
+    }
+}
+
+impl Delivery {
+    /// Every problem with these settings for an app whose batches have
+    /// `deadline_ms` and at most `max_batch` events (empty if valid),
+    /// unprefixed: zero counts, an ack wait not above two deadlines (an event
+    /// fetched during a batch waits for it, then runs in its own), fewer
+    /// pending acks than a batch.
+    pub fn problems(&self, deadline_ms: u64, max_batch: usize) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.max_deliver == 0 {
+            p.push("delivery.max_deliver must be greater than 0".to_owned());
+        }
+        if self.max_ack_pending == 0 {
+            p.push("delivery.max_ack_pending must be greater than 0".to_owned());
+        }
+        if self.ack_wait_ms <= deadline_ms.saturating_mul(2) {
+            p.push(format!(
+                "delivery.ack_wait_ms = {} must exceed twice limits.deadline_ms = {deadline_ms} (an event fetched during a batch waits for it, then runs in its own) or slow batches are redelivered",
+                self.ack_wait_ms
+            ));
+        }
+        if (self.max_ack_pending as usize) < max_batch {
+            p.push(format!(
+                "delivery.max_ack_pending = {} is below limits.max_batch = {max_batch}: batches could never fill",
+                self.max_ack_pending
+            ));
+        }
+        p
+    }
+}
+
+impl Transport {
+    /// Create or update the durable pull consumer of `app` on `node`,
+    /// filtered to `event_names`.
+    ///
+    /// JetStream's own `max_deliver` is left unlimited: weir counts the
+    /// deliveries itself (the `attempt` of each event) and dead-letters an
+    /// event with the reason once it has had `delivery.max_deliver`, whatever
+    /// consumed the earlier deliveries (a kill, an ack lost on reconnect, an
+    /// expired ack wait). JetStream, left to count, would stop delivering such
+    /// an event and it would leave the stream without a decision.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::JetStream`] (e.g. the server refuses the config).
+    pub async fn consumer(
+        &self,
+        node: u32,
+        app: &str,
+        event_names: &[&str],
+        delivery: &Delivery,
+    ) -> Result<AppConsumer, TransportError> {
+        let filter_subjects = event_names
+            .iter()
+            .map(|n| self.subjects.event_filter(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let name = subjects::consumer_name(node, app);
+        let config = jetstream::consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subjects,
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_millis(delivery.ack_wait_ms),
+            max_deliver: -1,
+            max_ack_pending: i64::from(delivery.max_ack_pending),
+            // No consumer `backoff`: JetStream would use it in place of
+            // `ack_wait` for unacknowledged deliveries, redelivering any batch
+            // slower than its first step. weir applies `backoff_ms` itself,
+            // as the delay of the nak of a failed batch.
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        };
+        let stream = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| js_err("stream lookup")(e))?;
+        let consumer: PullConsumer = stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| js_err("consumer create")(e))?;
+        Ok(AppConsumer {
+            consumer,
+            name,
+            client: self.client.clone(),
+            js: self.js.clone(),
+            subscription: None,
+            connections: self.connections.clone(),
+            partial: Vec::new(),
+            lag: 0,
+        })
+    }
+}
+
+/// One app's durable pull consumer.
+///
+/// weir subscribes once per consumer (an inbox under the host's prefix) and
+/// sends its pull requests with that inbox as the reply subject, asking only
+/// for what can start (`max_batch` minus what it holds). Whatever the server
+/// delivers stays in the subscription until weir takes it: a request weir
+/// stopped waiting for (its wait timed out, the connection was renewed, the
+/// call was cancelled at shutdown) loses nothing, its late deliveries are
+/// taken with the next batch. (async-nats's own `fetch`/`batch` subscribe
+/// per request and drop what arrives after they end; in async-nats 0.51 a
+/// `batch` with heartbeats also stops reading after its first heartbeat, so
+/// an event delivered to a long poll that had seen one was dropped. Its
+/// `Stream` keeps one subscription but delivers ahead of the batch and was
+/// seen to stop requesting after start, resuming only on a missed
+/// heartbeat.)
+pub struct AppConsumer {
+    consumer: PullConsumer,
+    name: String,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    subscription: Option<(async_nats::Subject, async_nats::Subscriber)>,
+    connections: tokio::sync::watch::Receiver<u64>,
+    /// Events taken for a batch not yet returned (kept here so a cancelled
+    /// [`AppConsumer::next_batch`] loses nothing).
+    partial: Vec<Inbound>,
+    lag: u64,
+}
+
+impl std::fmt::Debug for AppConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppConsumer")
+            .field("name", &self.name)
+            .field("partial", &self.partial.len())
+            .field("lag", &self.lag)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a pull request waits.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// Only what is ready now.
+    No,
+    /// Up to this long for the events asked for.
+    For(Duration),
+}
+
+impl AppConsumer {
+    /// The durable name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Events not yet delivered to this consumer (its lag), as of the last
+    /// delivered event (JetStream puts the count in each delivery's
+    /// metadata, so reading it costs no request).
+    pub fn lag(&self) -> u64 {
+        self.lag
+    }
+
+    /// The next batch of at most `max` events:
+    ///
+    /// 1. what has already arrived, plus what is ready now (a request that
+    ///    does not wait: a backlog costs one round trip per batch);
+    /// 2. if nothing was, a long poll ([`LONG_POLL`]) for a first event,
+    ///    repeated until one arrives;
+    /// 3. if the batch is not full, more only until the first event is
+    ///    `linger` old (counted from its publish time), so an event waits for
+    ///    batch-mates at most `linger` in all.
+    ///
+    /// Only what can start is asked for, so at most `max` events are
+    /// delivered and not yet handled (beyond what a request weir stopped
+    /// waiting for still delivers).
+    ///
+    /// Cancel safety: cancel safe. Events taken before a cancellation are
+    /// kept and returned by the next call (or handed back by
+    /// [`AppConsumer::release`]).
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::JetStream`] if a request fails or the server ends one
+    /// with an error (the consumer was deleted); events already taken are
+    /// kept for the next call.
+    pub async fn next_batch(
+        &mut self,
+        max: usize,
+        linger: Duration,
+    ) -> Result<Vec<Inbound>, TransportError> {
+        let max = max.max(1);
+        self.take_arrived(max)?;
+        if self.partial.len() < max {
+            self.pull(max - self.partial.len(), Wait::No).await?;
+        }
+        while self.partial.is_empty() {
+            self.pull(1, Wait::For(LONG_POLL)).await?;
+        }
+        if self.partial.len() < max {
+            match linger.checked_sub(self.partial[0].age() + LINGER_MARGIN) {
+                Some(wait) if wait >= MIN_LINGER_PULL => {
+                    self.pull(max - self.partial.len(), Wait::For(wait)).await?;
+                }
+                _ => self.take_arrived(max)?,
+            }
+        }
+        Ok(std::mem::take(&mut self.partial))
+    }
+
+    /// The subscription, made on first use.
+    async fn subscription(
+        &mut self,
+    ) -> Result<&mut (async_nats::Subject, async_nats::Subscriber), TransportError> {
+        if self.subscription.is_none() {
+            let inbox = async_nats::Subject::from(self.client.new_inbox());
+            let subscriber = self
+                .client
+                .subscribe(inbox.clone())
+                .await
+                .map_err(|e| js_err("subscribe")(e))?;
+            self.subscription = Some((inbox, subscriber));
+        }
+        self.subscription
+            .as_mut()
+            .ok_or_else(|| js_err("subscribe")("no subscription".to_owned()))
+    }
+
+    /// Take what has already arrived in the subscription, up to `max` held.
+    fn take_arrived(&mut self, max: usize) -> Result<(), TransportError> {
+        while self.partial.len() < max {
+            let Some((_, subscriber)) = &mut self.subscription else {
+                return Ok(());
+            };
+            match subscriber.next().now_or_never() {
+                Some(Some(message)) => {
+                    if let PullReply::Event(m) = classify(message)? {
+                        self.take(jetstream::Message {
+                            message: m,
+                            context: self.js.clone(),
+                        });
+                    }
+                }
+                Some(None) => return Err(js_err("pull")("subscription closed".to_owned())),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, msg: jetstream::Message) {
+        let inbound = Inbound::new(msg);
+        self.lag = inbound.pending;
+        self.partial.push(inbound);
+    }
+
+    /// Ask for `want` events and take what the request delivers until it
+    /// ends: filled, the server's closing status (no messages, expired), a
+    /// reconnection, two missed heartbeats, or [`PULL_REPLY_MARGIN`] past
+    /// its expiry.
+    async fn pull(&mut self, want: usize, wait: Wait) -> Result<(), TransportError> {
+        if want == 0 {
+            return Ok(());
+        }
+        let (expires, heartbeat, give_up) = match wait {
+            Wait::No => (None, Duration::ZERO, PULL_REPLY_MARGIN),
+            Wait::For(d) if d > PULL_HEARTBEAT * 2 => {
+                (Some(d), PULL_HEARTBEAT, d + PULL_REPLY_MARGIN)
+            }
+            Wait::For(d) => (Some(d), Duration::ZERO, d + PULL_REPLY_MARGIN),
+        };
+        let inbox = self.subscription().await?.0.clone();
+        let mut connections = self.connections.clone();
+        connections.mark_unchanged();
+        let request = pull::BatchConfig {
+            batch: want,
+            expires,
+            no_wait: expires.is_none(),
+            idle_heartbeat: heartbeat,
+            ..Default::default()
+        };
+        self.consumer
+            .request_batch(request, inbox)
+            .await
+            .map_err(|e| js_err("pull")(e))?;
+        let give_up = tokio::time::Instant::now() + give_up;
+        let mut got = 0;
+        while got < want {
+            // A heartbeat (or any message) is expected within two intervals.
+            let next_due = if heartbeat.is_zero() {
+                give_up
+            } else {
+                give_up.min(tokio::time::Instant::now() + heartbeat * 2)
+            };
+            let Some((_, subscriber)) = &mut self.subscription else {
+                break;
+            };
+            let message = tokio::select! {
+                m = tokio::time::timeout_at(next_due, subscriber.next()) => m,
+                // The server may have lost the request with the connection.
+                _ = connections.changed() => break,
+            };
+            match message {
+                Err(_) => break,
+                Ok(None) => return Err(js_err("pull")("subscription closed".to_owned())),
+                Ok(Some(message)) => match classify(message)? {
+                    PullReply::Event(m) => {
+                        got += 1;
+                        self.take(jetstream::Message {
+                            message: m,
+                            context: self.js.clone(),
+                        });
+                    }
+                    PullReply::Heartbeat => {}
+                    PullReply::Over => break,
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// Hand back every event taken but not handled (a cancelled batch) and
+    /// every event already in the subscription, with a nak without delay, so
+    /// another host (or this one after a restart) gets them at once instead
+    /// of after the ack wait; then unsubscribe (the server drops requests
+    /// whose reply subject has no interest). Bounded by [`RELEASE_TIMEOUT`];
+    /// returns how many were handed back.
+    pub async fn release(&mut self) -> usize {
+        let mut taken = std::mem::take(&mut self.partial);
+        if let Some((_, subscriber)) = &mut self.subscription {
+            while let Some(Some(message)) = subscriber.next().now_or_never() {
+                if let Ok(PullReply::Event(m)) = classify(message) {
+                    taken.push(Inbound::new(jetstream::Message {
+                        message: m,
+                        context: self.js.clone(),
+                    }));
+                }
+            }
+        }
+        self.subscription = None;
+        let naks = futures::future::join_all(taken.iter().map(|m| m.nak(Duration::ZERO)));
+        if tokio::time::timeout(RELEASE_TIMEOUT, naks).await.is_err() {
+            tracing::debug!(consumer = %self.name, "handing back events timed out; they come back after the ack wait");
+        }
+        taken.len()
+    }
+}
+
+/// What a message on a pull subscription is.
+enum PullReply {
+    /// An event.
+    Event(async_nats::Message),
+    /// The server's idle heartbeat: the request is alive.
+    Heartbeat,
+    /// The request is over: no messages (404), expired (408), or ended by
+    /// the server for a reason that does not concern the consumer (409
+    /// leadership change, max ack pending, batch completed).
+    Over,
+}
+
+fn classify(message: async_nats::Message) -> Result<PullReply, TransportError> {
+    use async_nats::StatusCode;
+    match message.status {
+        None | Some(StatusCode::OK) => Ok(PullReply::Event(message)),
+        Some(StatusCode::IDLE_HEARTBEAT) => Ok(PullReply::Heartbeat),
+        Some(StatusCode::NOT_FOUND | StatusCode::TIMEOUT) => Ok(PullReply::Over),
+        Some(StatusCode::REQUEST_TERMINATED) => {
+            let description = message.description.unwrap_or_default();
+            if description.contains("Consumer Deleted") || description.contains("push based") {
+                Err(js_err("pull")(description))
+            } else {
+                Ok(PullReply::Over)
+            }
+        }
+        Some(status) => Err(js_err("pull")(format!(
+            "{status}: {}",
+            message.description.unwrap_or_default()
+        ))),
+    }
+}
+
+/// One delivered event.
+#[derive(Debug)]
+pub struct Inbound {
+    pub(super) msg: jetstream::Message,
+    /// The subject it was published on.
+    pub subject: String,
+    /// `Nats-Msg-Id`, else `"<stream>:<sequence>"`.
+    pub id: String,
+    /// The payload as published.
+    pub payload: Bytes,
+    /// Delivery attempt, 1-based.
+    pub attempt: u32,
+    /// Stream sequence.
+    pub sequence: u64,
+    /// Publish time, ms since the Unix epoch.
+    pub published_ms: u64,
+    /// Publish time, ns since the Unix epoch (for latency).
+    published_ns: i128,
+    /// Events pending for the consumer when this one was delivered.
+    pub pending: u64,
+    /// Why the delivery's JetStream metadata could not be read, if it could
+    /// not (then `attempt`, `sequence` and the publish time are unknown, 0):
+    /// such an event is dead-lettered with this reason, never handled.
+    pub metadata_error: Option<String>,
+}
+
+impl Inbound {
+    /// Wrap a delivered message, reading its JetStream metadata.
+    pub fn new(msg: jetstream::Message) -> Self {
+        let (attempt, sequence, published_ns, stream, pending, metadata_error) = match msg.info() {
+            Ok(info) => (
+                u32::try_from(info.delivered).unwrap_or(u32::MAX),
+                info.stream_sequence,
+                info.published.unix_timestamp_nanos(),
+                info.stream.to_owned(),
+                info.pending,
+                None,
+            ),
+            Err(e) => (
+                0,
+                0,
+                0,
+                String::new(),
+                0,
+                Some(format!(
+                    "JetStream metadata of the delivery cannot be read ({e}); reply subject {:?}",
+                    msg.reply.as_deref().unwrap_or("")
+                )),
+            ),
+        };
+        let published_ms = u64::try_from(published_ns / 1_000_000).unwrap_or(0);
+        let id = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(MSG_ID_HEADER))
+            .map(|v| v.as_str().to_owned())
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| format!("{stream}:{sequence}"));
+        let id = match (&metadata_error, id.as_str()) {
+            // No id and no sequence: name it by its reply subject, which is
+            // unique per delivery, so no two such events share a key.
+            (Some(_), ":0") => format!("unknown:{}", msg.reply.as_deref().unwrap_or("no-reply")),
+            _ => id,
+        };
+        Self {
+            subject: msg.subject.to_string(),
+            payload: msg.payload.clone(),
+            msg,
+            id,
+            attempt,
+            sequence,
+            published_ms,
+            published_ns,
+            pending,
+            metadata_error,
+        }
+    }
+
+    /// Time since the stream stored this event (zero if unknown or in the
+    /// future).
+    pub fn age(&self) -> Duration {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        Duration::from_nanos(u64::try_from(now - self.published_ns).unwrap_or(0))
+    }
+
+    /// Acknowledge: done.
+    ///
+    /// # Errors
+    ///
+    /// If the ack could not be sent (the event will be redelivered).
+    pub async fn ack(&self) -> Result<(), TransportError> {
+        self.msg.ack().await.map_err(|e| js_err("ack")(e))
+    }
+
+    /// Negative ack: redeliver after `delay`.
+    ///
+    /// # Errors
+    ///
+    /// If the nak could not be sent (redelivered after the ack wait).
+    pub async fn nak(&self, delay: Duration) -> Result<(), TransportError> {
+        self.msg
+            .ack_with(AckKind::Nak(Some(delay)))
+            .await
+            .map_err(|e| js_err("nak")(e))
+    }
+
+    /// Terminate: never redeliver (after dead-lettering it).
+    ///
+    /// # Errors
+    ///
+    /// If the term could not be sent.
+    pub async fn term(&self) -> Result<(), TransportError> {
+        self.msg
+            .ack_with(AckKind::Term)
+            .await
+            .map_err(|e| js_err("term")(e))
+    }
+}
