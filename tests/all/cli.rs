@@ -13,6 +13,12 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Assert that `out`'s stderr contains `what`, showing it if not.
+fn assert_stderr_has(out: &Output, what: &str) {
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(what), "{what:?} not in: {stderr}");
+}
+
 /// Usage, bad input and configuration errors have exit codes of their own
 /// (sysexits), listed in `--help`.
 #[test]
@@ -118,11 +124,7 @@ fn check_reports_every_problem_of_a_non_handler() {
     std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
     let out = weir(&["check", core.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(65), "bad input (EX_DATAERR)");
-    assert!(
-        text(&out.stderr).contains("core wasm module"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_stderr_has(&out, "core wasm module");
     let out = weir(&["check", "/nonexistent/handler.wasm"]);
     assert_eq!(out.status.code(), Some(65));
     assert!(text(&out.stderr).contains("failed to read component /nonexistent/handler.wasm"));
@@ -333,51 +335,23 @@ fn publish_replays_the_corpus_and_folds_domains() {
     let out = publish(&server.url(), &["--replay", events, "--batch-domains"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     // 64 events, of which two bursts of 25 per-domain events fold into two.
-    assert!(
-        text(&out.stderr).contains("published 16 events"),
-        "{}",
-        text(&out.stderr)
-    );
-    assert!(
-        text(&out.stderr).contains("16 stored, 0 duplicates"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_stderr_has(&out, "published 16 events");
+    assert_stderr_has(&out, "16 stored, 0 duplicates");
     // Unfolded, the 14 events that were not folded have the same ids as
     // before: JetStream keeps one copy, and weir says so.
     let out = publish(&server.url(), &["--replay", events]);
-    assert!(
-        text(&out.stderr).contains("published 64 events"),
-        "{}",
-        text(&out.stderr)
-    );
-    assert!(
-        text(&out.stderr).contains("50 stored, 14 duplicates"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_stderr_has(&out, "published 64 events");
+    assert_stderr_has(&out, "50 stored, 14 duplicates");
     let out = publish(&server.url(), &["--replay", events]);
-    assert!(
-        text(&out.stderr).contains("0 stored, 64 duplicates"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_stderr_has(&out, "0 stored, 64 duplicates");
     // Usage errors exit 64 (EX_USAGE) with what is missing.
     let out = publish(&server.url(), &[]);
     assert_eq!(out.status.code(), Some(64));
-    assert!(
-        text(&out.stderr).contains("give --name and --source"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_stderr_has(&out, "give --name and --source");
     // The most trusted source is never a default.
     let out = publish(&server.url(), &["--name", "test"]);
     assert_eq!(out.status.code(), Some(64));
-    assert!(
-        text(&out.stderr).contains("--source"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_stderr_has(&out, "--source");
 }
 
 /// A host on `url` that has handled one event.
