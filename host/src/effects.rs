@@ -565,6 +565,40 @@ mod tests {
                 )
                 .await;
             assert_eq!(r.failed.len(), 1, "{r:?}");
+            assert!(r.failed[0].contains("false a.service exited with"), "{r:?}");
+            let missing = EffectRunner::new(
+                EffectsConfig {
+                    executor: Executor::Command,
+                    command: vec!["/nonexistent/weir-effect".into(), "{unit}".into()],
+                    timeout_ms: 5_000,
+                },
+                None,
+            );
+            let r = missing
+                .run(
+                    "m",
+                    &grants(),
+                    &[Effect::Restart("a.service".into())],
+                    &["e"],
+                    false,
+                )
+                .await;
+            assert!(
+                r.failed[0].contains("failed to start /nonexistent/weir-effect"),
+                "{r:?}"
+            );
+            let publish = Effect::Publish(crate::bindings::Message {
+                name: "x".into(),
+                payload: Vec::new(),
+            });
+            let publishing = Grants {
+                publish: vec!["x".into()],
+                ..Grants::default()
+            };
+            let r = failing
+                .run("m", &publishing, &[publish], &["e"], false)
+                .await;
+            assert!(r.failed[0].contains("no NATS connection"), "{r:?}");
             let r = slow
                 .run(
                     "m",

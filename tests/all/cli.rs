@@ -254,24 +254,32 @@ fn publish(url: &str, extra: &[&str]) -> Output {
     weir(&args)
 }
 
+/// `weir publish` of one `test` event from `cluster` asking for
+/// `restart:u<unit>` (with `--id`, if given); asserts it succeeded.
+fn publish_restart(url: &str, unit: usize, id: Option<&str>) {
+    let payload = format!("restart:u{unit}");
+    let mut args = vec![
+        "--name",
+        "test",
+        "--source",
+        "cluster",
+        "--payload",
+        &payload,
+    ];
+    if let Some(id) = id {
+        args.extend(["--id", id]);
+    }
+    let out = publish(url, &args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
 #[test]
 fn run_consumes_and_sigterm_drains_with_exit_0() {
     let _heavy = crate::common::heavy();
     let (server, _dir) = crate::nats::server();
     let mut host = RunningHost::start(&server.url());
     for i in 0..3 {
-        let out = publish(
-            &server.url(),
-            &[
-                "--name",
-                "test",
-                "--source",
-                "cluster",
-                "--payload",
-                &format!("restart:u{i}"),
-            ],
-        );
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        publish_restart(&server.url(), i, None);
     }
     host.wait_units(3);
     let pid = host.child.id().to_string();
@@ -299,21 +307,7 @@ fn killed_host_restarts_and_misses_nothing() {
     let host = RunningHost::start(&server.url());
     let publish_range = |range: std::ops::Range<usize>| {
         for i in range {
-            let id = format!("k{i}");
-            let out = publish(
-                &server.url(),
-                &[
-                    "--name",
-                    "test",
-                    "--source",
-                    "cluster",
-                    "--payload",
-                    &format!("restart:u{i}"),
-                    "--id",
-                    &id,
-                ],
-            );
-            assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+            publish_restart(&server.url(), i, Some(&format!("k{i}")));
         }
     };
     publish_range(0..10);
@@ -357,18 +351,7 @@ fn publish_replays_the_corpus_and_folds_domains() {
 /// A host on `url` that has handled one event.
 fn serving_one_event(url: &str) -> RunningHost {
     let host = RunningHost::start(url);
-    let out = publish(
-        url,
-        &[
-            "--name",
-            "test",
-            "--source",
-            "cluster",
-            "--payload",
-            "restart:u0",
-        ],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    publish_restart(url, 0, None);
     host.wait_units(1);
     host
 }
