@@ -126,11 +126,18 @@ async fn weir_pipeline(w: &Weir, app_name: &str, event: &str) -> (AppPipeline, A
     let filter = Filter::new(&rules, 1, DomainSet::default()).unwrap();
     let delivery = Delivery {
         max_ack_pending: 256,
+        // The throughput rounds consume events published before the
+        // consumer exists, as the raw consumer does.
+        start: weir_host::nats::Start::All,
         ..Delivery::default()
     };
     let consumer = w
         .transport
-        .consumer(1, app_name, &filter.event_names(), &delivery)
+        .consumer(
+            &weir_host::nats::subjects::consumer_name(1, app_name),
+            &filter.event_names(),
+            &delivery,
+        )
         .await
         .unwrap();
     let stats = Arc::new(AppStats::default());

@@ -44,9 +44,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::DomainSet;
-use crate::effects::{EffectsConfig, Grants};
+use crate::effects::{AppEffects, EffectPolicy, EffectsConfig, Grants};
 use crate::filter::{Filter, RuleConfig};
-use crate::nats::subjects;
+use crate::nats::subjects::{self, Scope};
 use crate::nats::{Delivery, NatsConfig};
 use crate::runtime::{AppSpec, EngineConfig, Limits};
 
@@ -124,6 +124,15 @@ pub struct AppConfig {
     /// Effect grants ([`Grants`]).
     #[serde(default)]
     pub grants: Grants,
+    /// When effects run (`[app.effects]`: [`AppEffects`], e.g.
+    /// `debounce_ms`).
+    #[serde(default)]
+    pub effects: AppEffects,
+    /// Who shares the app's consumer: `"node"` (default: every node handles
+    /// every event) or `"cluster"` (each event is handled by one of the
+    /// nodes that run the app; `origin = "local"` rules are refused).
+    #[serde(default)]
+    pub scope: Scope,
     /// Sandbox and batching caps.
     #[serde(default)]
     pub limits: Limits,
@@ -291,6 +300,22 @@ impl Config {
                 .map_err(|errors| prefixed(&mut p, &a, errors))
                 .ok();
             prefixed(&mut p, &format!("{a}grants: "), app.grants.problems());
+            prefixed(&mut p, &format!("{a}effects."), app.effects.problems());
+            if app.grants.kv && !subjects::is_bucket_token(&app.name) {
+                p.push(format!(
+                    "{a}grants.kv needs an app name of A-Z a-z 0-9 _ - only (it names the bucket)"
+                ));
+            }
+            if app.scope == Scope::Cluster
+                && app
+                    .rule
+                    .iter()
+                    .any(|r| r.origin == crate::filter::Origin::Local)
+            {
+                p.push(format!(
+                    "{a}scope = \"cluster\" handles each event on one node only: a rule with origin = \"local\" would depend on which node that is (use scope = \"node\")"
+                ));
+            }
             prefixed(
                 &mut p,
                 &a,
@@ -302,12 +327,21 @@ impl Config {
                 spec.domains = app.domains.clone();
                 spec.limits = app.limits.clone();
                 spec.clocks = app.grants.clocks;
+                spec.kv = crate::runtime::kv::KvGrant {
+                    own: app.grants.kv,
+                    shared: app.grants.kv_shared.clone(),
+                };
                 apps.push(AppPlan {
                     spec,
                     component: app.component.clone(),
                     filter,
-                    grants: app.grants.clone(),
+                    effects: EffectPolicy {
+                        grants: app.grants.clone(),
+                        timing: app.effects.clone(),
+                        scope: app.scope,
+                    },
                     delivery: app.delivery.clone(),
+                    consumer: app.scope.consumer_name(self.node.id, &app.name),
                 });
             }
         }
@@ -359,10 +393,12 @@ pub struct AppPlan {
     pub component: PathBuf,
     /// The pre-filter, with the app's domain set.
     pub filter: Filter,
-    /// What the app's effects may do.
-    pub grants: Grants,
+    /// What the app's effects may do, when they run, whose records they use.
+    pub effects: EffectPolicy,
     /// Its consumer settings.
     pub delivery: Delivery,
+    /// Its durable consumer's name ([`Scope::consumer_name`]).
+    pub consumer: String,
 }
 
 #[cfg(test)]
@@ -467,8 +503,12 @@ mod tests {
             [[app]]
             name = "a.b"
             component = "/nonexistent.wasm"
+            scope = "cluster"
+            [app.effects]
+            debounce_ms = 7200000
             [[app.rule]]
             event = "x"
+            origin = "local"
         "#;
         let p = Config::parse(text).unwrap().problems();
         let expected = [
@@ -484,6 +524,8 @@ mod tests {
             "\"../etc\" is not a unit name",
             "delivery.ack_wait_ms = 10 must exceed twice limits.deadline_ms = 2000",
             "delivery.max_ack_pending = 1 is below limits.max_batch = 64",
+            "effects.debounce_ms = 7200000 is above the most, 3600000",
+            "scope = \"cluster\" handles each event on one node only",
         ];
         for e in expected {
             assert!(

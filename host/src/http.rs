@@ -1,23 +1,68 @@
 //! The daemon's HTTP endpoints, on loopback by default (they are
 //! unauthenticated):
 //!
-//! - `/health`: `200 ok: running` only while every app consumes and NATS is
-//!   connected; `503 unavailable: <phase>` otherwise ([`Phase`]);
-//! - `/stats`: JSON, `{"node": <id>, "apps": [<AppStatsSnapshot>...]}`;
-//! - `/metrics`: OpenMetrics text ([`crate::stats::prometheus`]).
+//! - `GET /health`: liveness. `200 ok: <phase>` whenever the runtime's loop
+//!   answers (a hung process answers nothing, which is the signal);
+//! - `GET /ready`: readiness. `200` with `{"ready": true, "reasons": []}`
+//!   while running with NATS connected, every stream and consumer set up
+//!   and no pipeline stuck; `503` with `{"ready": false, "reasons":
+//!   ["..."]}` naming each reason otherwise ([`crate::daemon::Daemon::readiness`]);
+//! - `GET /stats`: JSON, `{"node": <id>, "apps": [<AppStatsSnapshot>...],
+//!   "reload": <ReloadStatus>}`;
+//! - `GET /metrics`: OpenMetrics text ([`crate::stats::prometheus`]);
+//! - `POST /reload`: re-read the config file and apply it (see
+//!   [`crate::daemon::Daemon::reload`]); `200` with the changes or `422`
+//!   with every problem (nothing changed); `503` if the process does not
+//!   take reload requests (a library user that did not ask for them).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::sync::watch;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::daemon::reload::{ReloadError, ReloadReport};
 use crate::nats::Transport;
-use crate::stats::{AppStats, prometheus};
+use crate::stats::{AppStats, AppStatsSnapshot, prometheus, unix_ms};
 
-/// Every app's name and counters, in config order.
-pub(crate) type AppCounters = Arc<Vec<(String, Arc<AppStats>)>>;
+/// Every app's name and counters, in config order (a reload adds and
+/// removes entries).
+pub(crate) type AppCounters = Arc<RwLock<Vec<(String, Arc<AppStats>)>>>;
+
+/// A snapshot of every app's counters.
+pub(crate) fn snapshots(stats: &AppCounters) -> Vec<AppStatsSnapshot> {
+    stats
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .map(|(n, s)| s.snapshot(n))
+        .collect()
+}
+
+/// What a batch may take beyond its deadline before `/ready` calls its
+/// pipeline stuck: 5 s (the epoch tick stops a spinning guest within
+/// milliseconds of the deadline; effects run after the invocation and are
+/// bounded separately).
+pub const STUCK_BATCH_GRACE: Duration = Duration::from_secs(5);
+
+/// How long fetches of one app may keep failing before `/ready` reports
+/// it: 10 s (a reconnection or a JetStream election takes a few seconds).
+pub const FETCH_FAILING_BAR: Duration = Duration::from_secs(10);
+
+/// Longest `POST /reload` waits for the reload to finish: 300 s (a reload
+/// compiles changed components; a large Python or JavaScript component
+/// takes seconds).
+pub const RELOAD_REPLY_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Reload requests queued at most: 4 (`POST /reload` answers 503 when the
+/// queue is full).
+pub const RELOAD_QUEUE: usize = 4;
+
+/// The answer to one reload request.
+pub type ReloadReply = oneshot::Sender<Result<ReloadReport, ReloadError>>;
 
 /// Where the daemon is in its life, as `/health` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,14 +103,63 @@ impl Phase {
     }
 }
 
-/// What `/health` reads: the phase and, once connected, the NATS state.
-#[derive(Debug, Default)]
+/// The outcome of the last reload, as `/stats` reports it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadStatus {
+    /// Reloads applied since start.
+    pub applied: u64,
+    /// Reloads refused since start (nothing changed).
+    pub refused: u64,
+    /// The last one, if any.
+    pub last: Option<LastReload>,
+}
+
+/// One reload's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastReload {
+    /// When it ended, in ms since the Unix epoch.
+    pub at_ms: u64,
+    /// Applied (`true`) or refused.
+    pub ok: bool,
+    /// What changed (applied).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changes: Option<ReloadReport>,
+    /// Every problem (refused).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+/// What `/health`, `/ready` and `/stats` read: the phase, the NATS
+/// connection once made, every app's counters, the reload outcome.
+#[derive(Debug)]
 pub(crate) struct Health {
     phase: AtomicU8,
     pub(crate) transport: OnceLock<Transport>,
+    stats: AppCounters,
+    reload: Mutex<ReloadStatus>,
+    reloads: mpsc::Sender<ReloadReply>,
+    /// Set once the owner of the daemon takes the reload requests; until
+    /// then `POST /reload` answers 503 at once.
+    pub(crate) reloads_taken: std::sync::atomic::AtomicBool,
 }
 
 impl Health {
+    /// Health over `stats`, and the receiving end of `POST /reload`.
+    pub(crate) fn new(stats: AppCounters) -> (Self, mpsc::Receiver<ReloadReply>) {
+        let (reloads, requests) = mpsc::channel(RELOAD_QUEUE);
+        (
+            Self {
+                phase: AtomicU8::new(Phase::Starting as u8),
+                transport: OnceLock::new(),
+                stats,
+                reload: Mutex::default(),
+                reloads,
+                reloads_taken: std::sync::atomic::AtomicBool::new(false),
+            },
+            requests,
+        )
+    }
+
     pub(crate) fn set(&self, phase: Phase) {
         self.phase.store(phase as u8, Ordering::Relaxed);
         tracing::debug!(phase = phase.label(), "phase");
@@ -75,20 +169,86 @@ impl Health {
         Phase::from_u8(self.phase.load(Ordering::Relaxed))
     }
 
-    /// HTTP status and body: 200 only while running with NATS connected.
-    pub(crate) fn answer(&self) -> (u16, String) {
-        match self.phase() {
-            Phase::Running if self.transport.get().is_some_and(Transport::is_connected) => {
-                (200, "ok: running\n".to_owned())
+    /// Record a reload's outcome.
+    pub(crate) fn reloaded(&self, outcome: &Result<ReloadReport, ReloadError>) {
+        let mut status = self
+            .reload
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let last = match outcome {
+            Ok(report) => {
+                status.applied += 1;
+                LastReload {
+                    at_ms: unix_ms(),
+                    ok: true,
+                    changes: Some(report.clone()),
+                    problems: Vec::new(),
+                }
             }
-            Phase::Running => (503, "unavailable: running, NATS disconnected\n".to_owned()),
-            other => (503, format!("unavailable: {}\n", other.label())),
+            Err(e) => {
+                status.refused += 1;
+                LastReload {
+                    at_ms: unix_ms(),
+                    ok: false,
+                    changes: None,
+                    problems: e.problems.clone(),
+                }
+            }
+        };
+        status.last = Some(last);
+    }
+
+    pub(crate) fn reload_status(&self) -> ReloadStatus {
+        self.reload
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Every reason the host is not ready (empty: ready): not running yet
+    /// (or draining), NATS disconnected, a batch past its deadline +
+    /// [`STUCK_BATCH_GRACE`], fetches failing for over
+    /// [`FETCH_FAILING_BAR`]. A quarantined app does not make the host
+    /// unready (the others are served); `/stats` shows it.
+    pub(crate) fn readiness(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        let phase = self.phase();
+        if phase != Phase::Running {
+            reasons.push(format!("phase: {}", phase.label()));
         }
+        if phase == Phase::Running && !self.transport.get().is_some_and(Transport::is_connected) {
+            reasons.push("nats: disconnected".to_owned());
+        }
+        let now = unix_ms();
+        let apps = self
+            .stats
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (name, s) in apps.iter() {
+            let started = s.batch_started_ms.get();
+            let deadline = s.batch_deadline_ms.get();
+            let running = now.saturating_sub(started);
+            if started != 0 && running > deadline + STUCK_BATCH_GRACE.as_millis() as u64 {
+                reasons.push(format!(
+                    "app {name}: batch running for {running} ms, past its deadline of {deadline} ms + {} s",
+                    STUCK_BATCH_GRACE.as_secs()
+                ));
+            }
+            let failing_since = s.fetch_failing_since_ms.get();
+            let failing = now.saturating_sub(failing_since);
+            if failing_since != 0 && failing > FETCH_FAILING_BAR.as_millis() as u64 {
+                reasons.push(format!(
+                    "app {name}: fetches failing for {} s",
+                    failing / 1_000
+                ));
+            }
+        }
+        reasons
     }
 }
 
-/// Bind `listen` and serve `/health`, `/stats` and `/metrics` until `stop`
-/// turns true; returns the task and the address bound (port 0 resolved).
+/// Bind `listen` and serve the endpoints until `stop` turns true; returns
+/// the task and the address bound (port 0 resolved).
 ///
 /// # Errors
 ///
@@ -96,7 +256,6 @@ impl Health {
 pub(crate) async fn serve(
     listen: SocketAddr,
     node: u32,
-    stats: AppCounters,
     health: Arc<Health>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
@@ -104,7 +263,7 @@ pub(crate) async fn serve(
         .await
         .with_context(|| format!("failed to listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    let router = router(node, stats, health);
+    let router = router(node, health);
     let task = tokio::spawn(async move {
         let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -113,45 +272,91 @@ pub(crate) async fn serve(
             tracing::warn!(error = %e, "HTTP server stopped");
         }
     });
-    tracing::info!(addr = %addr, "serving /metrics, /health, /stats");
+    tracing::info!(addr = %addr, "serving /health, /ready, /stats, /metrics, POST /reload");
     Ok((task, addr))
 }
 
-fn router(node: u32, stats: AppCounters, health: Arc<Health>) -> axum::Router {
+fn router(node: u32, health: Arc<Health>) -> axum::Router {
     use axum::http::StatusCode;
-    use axum::routing::get;
-    let snapshots =
-        |stats: &AppCounters| stats.iter().map(|(n, s)| s.snapshot(n)).collect::<Vec<_>>();
-    let for_stats = stats.clone();
+    use axum::routing::{get, post};
+    let json = |code: StatusCode, body: serde_json::Value| (code, axum::Json(body));
+    let (h_health, h_ready, h_stats, h_metrics) = (
+        health.clone(),
+        health.clone(),
+        health.clone(),
+        health.clone(),
+    );
     axum::Router::new()
         .route(
             "/health",
             get(move || {
-                let (code, body) = health.answer();
+                let body = format!("ok: {}\n", h_health.phase().label());
+                async move { body }
+            }),
+        )
+        .route(
+            "/ready",
+            get(move || {
+                let reasons = h_ready.readiness();
+                let code = if reasons.is_empty() {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                let body = serde_json::json!({ "ready": reasons.is_empty(), "reasons": reasons });
+                async move { json(code, body) }
+            }),
+        )
+        .route(
+            "/stats",
+            get(move || {
+                let body = serde_json::json!({
+                    "node": node,
+                    "apps": snapshots(&h_stats.stats),
+                    "reload": h_stats.reload_status(),
+                });
+                async move { axum::Json(body) }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let body = prometheus(node, &snapshots(&h_metrics.stats));
                 async move {
                     (
-                        StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                        [("content-type", crate::stats::OPENMETRICS_CONTENT_TYPE)],
                         body,
                     )
                 }
             }),
         )
         .route(
-            "/stats",
-            get(move || {
-                let s = snapshots(&for_stats);
-                async move { axum::Json(serde_json::json!({ "node": node, "apps": s })) }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(move || {
-                let body = prometheus(node, &snapshots(&stats));
+            "/reload",
+            post(move || {
+                let reloads = health.reloads.clone();
+                let taken = health.reloads_taken.load(Ordering::Relaxed);
                 async move {
-                    (
-                        [("content-type", crate::stats::OPENMETRICS_CONTENT_TYPE)],
-                        body,
-                    )
+                    let (reply, answer) = oneshot::channel();
+                    if !taken || reloads.try_send(reply).is_err() {
+                        return json(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            serde_json::json!({ "ok": false, "problems": ["reloads are not taken now (queue full or not enabled)"] }),
+                        );
+                    }
+                    match tokio::time::timeout(RELOAD_REPLY_TIMEOUT, answer).await {
+                        Ok(Ok(Ok(report))) => json(
+                            StatusCode::OK,
+                            serde_json::json!({ "ok": true, "changes": report }),
+                        ),
+                        Ok(Ok(Err(e))) => json(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            serde_json::json!({ "ok": false, "problems": e.problems }),
+                        ),
+                        Ok(Err(_)) | Err(_) => json(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            serde_json::json!({ "ok": false, "problems": ["the reload did not answer (host stopping?)"] }),
+                        ),
+                    }
                 }
             }),
         )
@@ -162,19 +367,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn health_is_ok_only_while_running() {
-        let h = Health::default();
-        assert_eq!(h.answer(), (503, "unavailable: starting\n".to_owned()));
-        h.set(Phase::Deploying);
-        assert_eq!(h.answer().0, 503);
+    fn ready_only_while_running_and_connected() {
+        let (h, _requests) = Health::new(AppCounters::default());
+        assert_eq!(h.readiness(), ["phase: starting"]);
         h.set(Phase::Running);
         // Running, but no NATS connection yet.
-        assert_eq!(
-            h.answer(),
-            (503, "unavailable: running, NATS disconnected\n".to_owned())
-        );
+        assert_eq!(h.readiness(), ["nats: disconnected"]);
         h.set(Phase::Draining);
-        assert_eq!(h.answer(), (503, "unavailable: draining\n".to_owned()));
+        assert_eq!(h.readiness(), ["phase: draining"]);
         for p in [
             Phase::Starting,
             Phase::Deploying,
@@ -184,5 +384,37 @@ mod tests {
         ] {
             assert_eq!(Phase::from_u8(p as u8), p);
         }
+    }
+
+    #[test]
+    fn a_stuck_batch_and_failing_fetches_are_reasons() {
+        let stats = AppCounters::default();
+        let app = Arc::new(AppStats::default());
+        stats
+            .write()
+            .unwrap()
+            .push(("mail".to_owned(), app.clone()));
+        let (h, _requests) = Health::new(stats);
+        h.set(Phase::Draining);
+        app.batch_deadline_ms.set(2_000);
+        // A batch that started 2 s + grace + 1 s ago.
+        app.batch_started_ms
+            .set(unix_ms() - 2_000 - STUCK_BATCH_GRACE.as_millis() as u64 - 1_000);
+        app.fetch_failing_since_ms
+            .set(unix_ms() - FETCH_FAILING_BAR.as_millis() as u64 - 1_000);
+        let reasons = h.readiness();
+        assert_eq!(reasons.len(), 3, "{reasons:?}");
+        assert!(
+            reasons[1].starts_with("app mail: batch running for"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[2].starts_with("app mail: fetches failing for"),
+            "{reasons:?}"
+        );
+        // Within the bars: not reasons.
+        app.batch_started_ms.set(unix_ms() - 2_000);
+        app.fetch_failing_since_ms.set(unix_ms() - 1_000);
+        assert_eq!(h.readiness(), ["phase: draining"]);
     }
 }

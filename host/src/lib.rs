@@ -89,8 +89,8 @@ pub mod raw {
     use wasmtime::component::{HasSelf, Linker, ResourceTable};
     use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+    pub use crate::bindings::HandlerPre;
     use crate::bindings::weir::handler::{domains, log, node, types};
-    pub use crate::bindings::{Handler, HandlerPre};
 
     /// The least state that can instantiate a handler.
     pub struct RawState {
@@ -143,7 +143,8 @@ pub mod raw {
 
     impl types::Host for RawState {}
 
-    /// A linker with WASI p2 and the `weir:handler` imports for [`RawState`].
+    /// A linker with WASI p2 and the `weir:handler@0.2.0` imports of the
+    /// `handler` world (no `kv`) for [`RawState`].
     ///
     /// # Errors
     ///
@@ -151,7 +152,9 @@ pub mod raw {
     pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<RawState>> {
         let mut linker = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        Handler::add_to_linker::<_, HasSelf<RawState>>(&mut linker, |s| s)?;
+        node::add_to_linker::<_, HasSelf<RawState>>(&mut linker, |s| s)?;
+        domains::add_to_linker::<_, HasSelf<RawState>>(&mut linker, |s| s)?;
+        log::add_to_linker::<_, HasSelf<RawState>>(&mut linker, |s| s)?;
         Ok(linker)
     }
 }

@@ -24,6 +24,24 @@
 //! backoff) until it can.
 //!
 //! Batches of one app run in order, one at a time; apps run independently.
+//!
+//! **Quarantine.** When `delivery.quarantine_after` fetched batches in a row
+//! fail (every invocation trapped, hit a cap or had an effect fail; none
+//! succeeded), the app is quarantined: its consumer stops pulling and its
+//! events stay in JetStream. After [`QUARANTINE_FIRST_BACKOFF`] one probe
+//! batch is fetched; if it fails too the pause doubles, up to
+//! [`QUARANTINE_MAX_BACKOFF`]; a success (any event of the probe, run alone
+//! if the batch fails) resumes the app. The deliveries of the batch that
+//! quarantines the app and of failed probes are not counted against
+//! `max_deliver` (the app is broken, not its events), so the pause
+//! dead-letters nothing: a burst that fails on every delivery waits in the
+//! stream instead of running out of deliveries. A poison event among
+//! events that succeed is still dead-lettered at its last delivery. A
+//! [`Swap`] with a new component lifts the quarantine at once.
+//!
+//! **Reload.** A [`Swap`] left in the pipeline's [`SwapSlot`] is applied
+//! before the next batch: the batch in progress finishes on the old
+//! component, the next one runs on the new.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -33,12 +51,12 @@ use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use crate::bindings::{Event, Outcome};
-use crate::effects::{EffectRunner, Grants};
+use crate::effects::{EffectPolicy, EffectRunner};
 use crate::envelope::{self, EventMeta};
 use crate::filter::{Filter, Verdict};
 use crate::nats::{AppConsumer, Delivery, Inbound, Transport, TransportError};
 use crate::runtime::App;
-use crate::stats::AppStats;
+use crate::stats::{AppState, AppStats};
 
 /// Longest retry delay a handler may ask for: 1 hour.
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(3_600);
@@ -51,6 +69,93 @@ pub const FETCH_ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// most `max_ack_pending` can be outstanding, 256 by default).
 pub const MAX_REMEMBERED_NAKS: usize = 4_096;
 
+/// The first pause of a quarantined app: 1 s (doubling on every failed
+/// probe).
+pub const QUARANTINE_FIRST_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The longest pause of a quarantined app between probes: 5 minutes.
+pub const QUARANTINE_MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Most characters of a batch failure kept as an app's `last_error`: 512.
+pub const MAX_LAST_ERROR_CHARS: usize = 512;
+
+/// A new version of an app (a reload), applied by its running pipeline
+/// before its next batch.
+#[derive(Debug)]
+pub struct Swap {
+    /// The deployed component with its limits and spec.
+    pub app: App,
+    /// The pre-filter.
+    pub filter: Filter,
+    /// What its effects may do and when they run.
+    pub effects: EffectPolicy,
+    /// Its consumer settings (already updated on the server).
+    pub delivery: Delivery,
+    /// The component itself changed: lifts a quarantine at once.
+    pub new_component: bool,
+}
+
+/// Where a reload leaves the next [`Swap`] of one pipeline: the latest
+/// one wins.
+#[derive(Debug, Default)]
+pub struct SwapSlot {
+    next: std::sync::Mutex<Option<Swap>>,
+    ready: tokio::sync::Notify,
+}
+
+impl SwapSlot {
+    /// Leave `swap` for the pipeline (replacing one not yet applied) and wake
+    /// it if it is paused.
+    pub fn put(&self, swap: Swap) {
+        *self
+            .next
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(swap);
+        self.ready.notify_one();
+    }
+
+    fn take(&self) -> Option<Swap> {
+        self.next
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+}
+
+/// How the invocations of one fetched batch went.
+#[derive(Debug, Default)]
+struct Tally {
+    ok: u32,
+    failed: u32,
+    last_error: Option<String>,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.ok += other.ok;
+        self.failed += other.failed;
+        if other.last_error.is_some() {
+            self.last_error = other.last_error;
+        }
+    }
+
+    fn failure(error: &BatchFailure) -> Self {
+        Self {
+            ok: 0,
+            failed: 1,
+            last_error: Some(error.to_string()),
+        }
+    }
+}
+
+/// An app's quarantine: when its next probe batch is fetched and the pause
+/// after that one if it fails too.
+#[derive(Debug, Clone, Copy)]
+struct Quarantine {
+    until: tokio::time::Instant,
+    backoff: Duration,
+}
+
 /// Everything one app's worker needs: built with [`AppPipeline::new`], run
 /// with [`AppPipeline::run`].
 #[derive(Debug)]
@@ -60,11 +165,17 @@ pub struct AppPipeline {
     consumer: AppConsumer,
     transport: Transport,
     effects: Arc<EffectRunner>,
-    grants: Grants,
+    policy: EffectPolicy,
     delivery: Delivery,
     node: u32,
     max_payload_bytes: usize,
     stats: Arc<AppStats>,
+    swaps: Arc<SwapSlot>,
+    failed_in_row: u32,
+    quarantine: Option<Quarantine>,
+    /// Set for a batch whose failure quarantines (or keeps quarantined) the
+    /// app: its failures are excused, not counted against `max_deliver`.
+    excusing: bool,
 }
 
 impl AppPipeline {
@@ -87,17 +198,27 @@ impl AppPipeline {
             consumer,
             transport,
             effects,
-            grants: Grants::default(),
+            policy: EffectPolicy::default(),
             delivery: Delivery::default(),
             node,
             max_payload_bytes: envelope::DEFAULT_MAX_PAYLOAD_BYTES,
             stats,
+            swaps: Arc::default(),
+            failed_in_row: 0,
+            quarantine: None,
+            excusing: false,
         }
     }
 
-    /// What the app's effects may do.
-    pub fn with_grants(mut self, grants: Grants) -> Self {
-        self.grants = grants;
+    /// Where reloads leave this pipeline's [`Swap`]s.
+    pub fn with_swaps(mut self, swaps: Arc<SwapSlot>) -> Self {
+        self.swaps = swaps;
+        self
+    }
+
+    /// What the app's effects may do and when they run.
+    pub fn with_effects(mut self, policy: EffectPolicy) -> Self {
+        self.policy = policy;
         self
     }
 
@@ -166,6 +287,10 @@ enum BatchFailure {
 struct Naks {
     by_sequence: HashMap<u64, u32>,
     order: VecDeque<u64>,
+    /// Deliveries of each event spent on quarantine probes (not counted
+    /// against `max_deliver`), bounded by [`MAX_REMEMBERED_NAKS`] too.
+    excused: HashMap<u64, u32>,
+    excused_order: VecDeque<u64>,
 }
 
 impl Naks {
@@ -180,6 +305,28 @@ impl Naks {
         }
     }
 
+    /// Do not count this delivery of `sequence` against `max_deliver`.
+    fn excuse(&mut self, sequence: u64) {
+        let n = self.excused.entry(sequence).or_insert(0);
+        if *n == 0 {
+            self.excused_order.push_back(sequence);
+        }
+        *n += 1;
+        while self.excused_order.len() > MAX_REMEMBERED_NAKS {
+            if let Some(old) = self.excused_order.pop_front() {
+                self.excused.remove(&old);
+            }
+        }
+    }
+
+    /// The deliveries of `sequence` that count against `max_deliver`, of
+    /// `attempt` in all.
+    fn counted(&self, sequence: u64, attempt: u32) -> u32 {
+        attempt
+            .saturating_sub(self.excused.get(&sequence).copied().unwrap_or(0))
+            .max(1)
+    }
+
     /// Whether this redelivery (attempt > 1) was asked for by a nak of the
     /// previous attempt.
     fn requested(&mut self, sequence: u64, attempt: u32) -> bool {
@@ -191,31 +338,76 @@ impl Naks {
 }
 
 impl AppPipeline {
-    /// Run until `shutdown` turns true: fetch, process, repeat. A batch in
-    /// progress is finished before returning (drain); events delivered
-    /// ahead of their batch are handed back (nak without delay).
+    /// Run until `shutdown` turns true: apply a pending [`Swap`], wait out a
+    /// quarantine, fetch, process, repeat. A batch in progress is finished
+    /// before returning (drain); events delivered ahead of their batch are
+    /// handed back (nak without delay).
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let limits = self.app.limits().clone();
-        let linger = Duration::from_millis(limits.linger_ms);
         let naks = std::sync::Mutex::new(Naks::default());
         loop {
             if *shutdown.borrow() {
                 break;
             }
+            if let Some(swap) = self.swaps.take() {
+                self.apply(swap);
+            }
+            if let Some(q) = self.quarantine
+                && tokio::time::Instant::now() < q.until
+            {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => break,
+                    _ = self.swaps.ready.notified() => {}
+                    _ = tokio::time::sleep_until(q.until) => {}
+                }
+                continue;
+            }
+            let limits = self.app.limits().clone();
+            let linger = Duration::from_millis(limits.linger_ms);
+            self.stats.batch_deadline_ms.set(limits.deadline_ms);
             let fetched = tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
                 fetched = self.consumer.next_batch(limits.max_batch, linger) => fetched,
             };
             match fetched {
-                Ok(batch) if batch.is_empty() => {}
                 Ok(batch) => {
-                    let span =
-                        tracing::info_span!("batch", app = %self.app.name(), fetched = batch.len());
-                    self.process_with(batch, &naks).instrument(span).await;
+                    self.stats.fetch_failing_since_ms.set(0);
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    // A reload during the fetch: this batch has not started,
+                    // it runs on the new version.
+                    if let Some(swap) = self.swaps.take() {
+                        self.apply(swap);
+                    }
+                    let span = tracing::info_span!(
+                        "batch",
+                        node = self.node,
+                        app = %self.app.name(),
+                        fetched = batch.len(),
+                        first_sequence = batch[0].sequence
+                    );
+                    let quarantine_after = self.delivery.quarantine_after;
+                    self.excusing = self.quarantine.is_some()
+                        || (quarantine_after > 0 && self.failed_in_row + 1 >= quarantine_after);
+                    let tally = self.process_with(batch, &naks).instrument(span).await;
                     self.stats.consumer_lag.set(self.consumer.lag());
+                    let was_quarantined = self.quarantine.is_some();
+                    self.after_batch(tally);
+                    if !was_quarantined && self.quarantine.is_some() {
+                        // Nothing waits in the subscription through the
+                        // pause: what arrived is handed back at once.
+                        let released = self.consumer.release().await;
+                        self.stats.released.add(released as u64);
+                    }
                 }
                 Err(e) => {
+                    if self.stats.fetch_failing_since_ms.get() == 0 {
+                        self.stats
+                            .fetch_failing_since_ms
+                            .set(crate::stats::unix_ms());
+                    }
                     tracing::warn!(app = %self.app.name(), error = %e, "fetch failed; retrying");
                     tokio::time::sleep(FETCH_ERROR_PAUSE).await;
                 }
@@ -226,13 +418,71 @@ impl AppPipeline {
         tracing::info!(app = %self.app.name(), released, "pipeline stopped");
     }
 
+    /// Apply a reload's new version of the app.
+    fn apply(&mut self, swap: Swap) {
+        self.app = swap.app;
+        self.filter = swap.filter;
+        self.policy = swap.effects;
+        self.delivery = swap.delivery;
+        if swap.new_component {
+            self.failed_in_row = 0;
+            if self.quarantine.take().is_some() {
+                self.stats.set_state(AppState::Running);
+                tracing::info!(app = %self.app.name(), "quarantine lifted: new component");
+            }
+        }
+        tracing::debug!(app = %self.app.name(), new_component = swap.new_component, "reloaded");
+    }
+
+    /// Count a fetched batch towards (or out of) a quarantine.
+    fn after_batch(&mut self, tally: Tally) {
+        if tally.ok > 0 || tally.failed == 0 {
+            if tally.ok > 0 {
+                self.failed_in_row = 0;
+                if self.quarantine.take().is_some() {
+                    self.stats.set_state(AppState::Running);
+                    tracing::info!(app = %self.app.name(), "resumed: a probe batch succeeded");
+                }
+            }
+            return;
+        }
+        self.failed_in_row += 1;
+        let error = tally.last_error.unwrap_or_default();
+        let backoff = match self.quarantine {
+            Some(q) => (q.backoff * 2).min(QUARANTINE_MAX_BACKOFF),
+            None if self.delivery.quarantine_after > 0
+                && self.failed_in_row >= self.delivery.quarantine_after =>
+            {
+                self.stats.quarantines.add(1);
+                tracing::warn!(
+                    app = %self.app.name(),
+                    failed_in_row = self.failed_in_row,
+                    pause_s = QUARANTINE_FIRST_BACKOFF.as_secs_f64(),
+                    error = %error,
+                    "quarantined: batches keep failing; pulling paused, events stay in the stream"
+                );
+                QUARANTINE_FIRST_BACKOFF
+            }
+            None => return,
+        };
+        tracing::debug!(app = %self.app.name(), pause_s = backoff.as_secs_f64(), "quarantine probe failed");
+        self.quarantine = Some(Quarantine {
+            until: tokio::time::Instant::now() + backoff,
+            backoff,
+        });
+        self.stats.set_state(AppState::Quarantined {
+            until_ms: crate::stats::unix_ms() + backoff.as_millis() as u64,
+            last_error: error.chars().take(MAX_LAST_ERROR_CHARS).collect(),
+        });
+    }
+
     /// Process one fetched batch end to end.
     pub async fn process(&self, batch: Vec<Inbound>) {
         self.process_with(batch, &std::sync::Mutex::new(Naks::default()))
             .await;
     }
 
-    async fn process_with(&self, batch: Vec<Inbound>, naks: &std::sync::Mutex<Naks>) {
+    async fn process_with(&self, batch: Vec<Inbound>, naks: &std::sync::Mutex<Naks>) -> Tally {
         self.stats.received.add(batch.len() as u64);
         self.count_redeliveries(&batch, naks);
         let mut relevant: Vec<(Inbound, Event)> = Vec::with_capacity(batch.len());
@@ -254,20 +504,23 @@ impl AppPipeline {
                     self.settle(inbound.ack().await);
                     self.stats.settle_latency.record(inbound.age());
                 }
-                Verdict::Relevant(_) if inbound.attempt > self.delivery.max_deliver => {
+                Verdict::Relevant(_) if counted(naks, &inbound) > self.delivery.max_deliver => {
                     self.stats.dead_letters_out_of_deliveries.add(1);
                     let reason = format!(
                         "delivered {} times, more than max_deliver = {}: earlier deliveries were never settled (host stopped or killed mid-batch, ack lost)",
-                        inbound.attempt, self.delivery.max_deliver
+                        counted(naks, &inbound),
+                        self.delivery.max_deliver
                     );
                     self.dead_letter(&inbound, &reason, naks).await;
                 }
                 Verdict::Relevant(_) => relevant.push((inbound, event)),
             }
         }
+        let mut tally = Tally::default();
         for chunk in chunks_by_bytes(relevant, self.app.limits().max_batch_bytes) {
-            self.invoke(chunk, naks).await;
+            tally.add(self.invoke(chunk, naks).await);
         }
+        tally
     }
 
     /// Count redeliveries this process did not ask for.
@@ -316,25 +569,35 @@ impl AppPipeline {
     /// each event is run alone, so one poison event does not take its
     /// batch-mates down; only events that fail alone are retried or
     /// dead-lettered.
-    async fn invoke(&self, items: Vec<(Inbound, Event)>, naks: &std::sync::Mutex<Naks>) {
+    async fn invoke(&self, items: Vec<(Inbound, Event)>, naks: &std::sync::Mutex<Naks>) -> Tally {
         let (inbound, events): (Vec<Inbound>, Vec<Event>) = items.into_iter().unzip();
         let events: Arc<[Event]> = events.into();
         let Err(error) = self.run_batch(&inbound, events.clone(), naks).await else {
-            return;
+            return Tally {
+                ok: 1,
+                ..Tally::default()
+            };
         };
         if inbound.len() == 1 {
-            return self.fail(&inbound, &error, naks).await;
+            self.fail(&inbound, &error, naks).await;
+            return Tally::failure(&error);
         }
         tracing::debug!(error = %error, events = inbound.len(), "batch failed; isolating its events");
+        let mut tally = Tally::failure(&error);
         for (msg, event) in inbound.iter().zip(events.iter()) {
             let single: Arc<[Event]> = Arc::from([event.clone()]);
-            if let Err(error) = self
+            match self
                 .run_batch(std::slice::from_ref(msg), single, naks)
                 .await
             {
-                self.fail(std::slice::from_ref(msg), &error, naks).await;
+                Ok(()) => tally.ok += 1,
+                Err(error) => {
+                    self.fail(std::slice::from_ref(msg), &error, naks).await;
+                    tally.add(Tally::failure(&error));
+                }
             }
         }
+        tally
     }
 
     /// Invoke the handler on `events`, execute its effects and settle every
@@ -347,7 +610,9 @@ impl AppPipeline {
         naks: &std::sync::Mutex<Naks>,
     ) -> Result<(), BatchFailure> {
         tracing::debug!(ids = ?events.iter().map(|e| (&e.id, e.attempt)).collect::<Vec<_>>(), "invoking");
+        self.stats.batch_started_ms.set(crate::stats::unix_ms());
         let invocation = self.app.invoke(events.clone()).await;
+        self.stats.batch_started_ms.set(0);
         let s = &self.stats;
         s.batches.add(1);
         s.invoked_events.add(inbound.len() as u64);
@@ -356,6 +621,8 @@ impl AppPipeline {
             .raise(invocation.stats.memory_high_water as u64);
         s.effects_collapsed
             .add(invocation.stats.effects_collapsed as u64);
+        s.kv_calls.add(u64::from(invocation.stats.kv_calls));
+        s.kv_errors.add(u64::from(invocation.stats.kv_errors));
         let handled = match invocation.result {
             Ok(h) => h,
             Err(e) => {
@@ -369,7 +636,7 @@ impl AppPipeline {
             .effects
             .run(
                 self.app.name(),
-                &self.grants,
+                &self.policy,
                 &handled.effects,
                 &ids,
                 events.iter().any(|e| e.attempt > 1),
@@ -378,6 +645,9 @@ impl AppPipeline {
         s.effects_executed.add(report.executed);
         s.effects_collapsed.add(report.repeated);
         s.effects_refused.add(report.refused);
+        s.effects_debounced.add(report.debounced);
+        s.effects_deferred.add(report.limit_deferred);
+        s.effects_limited.add(report.limited);
         if !report.failed.is_empty() {
             s.effects_failed.add(report.failed.len() as u64);
             return Err(BatchFailure::Effects(report.failed));
@@ -391,7 +661,7 @@ impl AppPipeline {
                 }
                 Outcome::Retry(ms) => {
                     s.outcome_retry.add(1);
-                    if msg.attempt >= self.delivery.max_deliver {
+                    if counted(naks, msg) >= self.delivery.max_deliver {
                         // Its last delivery: decide now, never drop silently.
                         let reason =
                             format!("handler asked for a retry after {} deliveries", msg.attempt);
@@ -411,10 +681,17 @@ impl AppPipeline {
     }
 
     /// A failed batch: nak each event with backoff, or dead-letter it at its
-    /// last delivery.
+    /// last delivery. In a batch whose failure quarantines the app (or a
+    /// probe of a quarantined one), the delivery is excused and the event
+    /// nak'd without delay: it waits in the stream for the next probe.
     async fn fail(&self, inbound: &[Inbound], error: &BatchFailure, naks: &std::sync::Mutex<Naks>) {
         for msg in inbound {
-            if msg.attempt >= self.delivery.max_deliver {
+            if self.excusing {
+                naks.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .excuse(msg.sequence);
+                self.nak(msg, Duration::ZERO, naks).await;
+            } else if counted(naks, msg) >= self.delivery.max_deliver {
                 let reason = format!("failed after {} deliveries: {error}", msg.attempt);
                 self.dead_letter(msg, &reason, naks).await;
             } else {
@@ -465,6 +742,14 @@ impl AppPipeline {
     }
 }
 
+/// The deliveries of `msg` that count against `max_deliver` (those spent
+/// on quarantine probes do not).
+fn counted(naks: &std::sync::Mutex<Naks>, msg: &Inbound) -> u32 {
+    naks.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .counted(msg.sequence, msg.attempt)
+}
+
 /// Split `items` into chunks whose payloads add up to at most `max_bytes`
 /// (an event larger than that is a chunk of its own), in order.
 fn chunks_by_bytes(items: Vec<(Inbound, Event)>, max_bytes: usize) -> Vec<Vec<(Inbound, Event)>> {
@@ -510,6 +795,34 @@ mod tests {
             ..Delivery::default()
         };
         assert_eq!(nak_delay(&none, 1), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn excused_deliveries_do_not_count_against_max_deliver() {
+        let mut n = Naks::default();
+        assert_eq!(n.counted(7, 3), 3);
+        n.excuse(7);
+        n.excuse(7);
+        assert_eq!(n.counted(7, 3), 1, "two of three deliveries excused");
+        assert_eq!(n.counted(7, 2), 1, "never below 1");
+        assert_eq!(n.counted(8, 3), 3, "another event");
+        for seq in 100..(100 + MAX_REMEMBERED_NAKS as u64 + 1) {
+            n.excuse(seq);
+        }
+        assert_eq!(n.excused.len(), MAX_REMEMBERED_NAKS);
+        assert_eq!(n.counted(7, 3), 3, "oldest forgotten first");
+    }
+
+    #[test]
+    fn tallies_add_up_and_keep_the_last_error() {
+        let mut t = Tally::default();
+        t.add(Tally {
+            ok: 2,
+            ..Tally::default()
+        });
+        t.add(Tally::failure(&BatchFailure::Effects(vec!["boom".into()])));
+        assert_eq!((t.ok, t.failed), (2, 1));
+        assert_eq!(t.last_error.as_deref(), Some("effects failed: boom"));
     }
 
     #[test]

@@ -122,15 +122,27 @@ impl LatencyHistogram {
         self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
     }
 
+    /// Observations per bucket ([`LATENCY_BUCKETS`] of them), for
+    /// quantiles over a window: subtract an earlier copy, then
+    /// [`LatencyHistogram::quantiles_of`].
+    pub fn counts(&self) -> Vec<u64> {
+        self.buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect()
+    }
+
     /// The upper bound of the bucket holding each quantile `q` (0..=1);
     /// zero when empty.
     pub fn quantiles(&self, qs: &[f64]) -> Vec<std::time::Duration> {
-        let counts: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
+        Self::quantiles_of(&self.counts(), qs)
+    }
+
+    /// [`LatencyHistogram::quantiles`] of bucket `counts` (as
+    /// [`LatencyHistogram::counts`] returns them, or a difference of two).
+    pub fn quantiles_of(counts: &[u64], qs: &[f64]) -> Vec<std::time::Duration> {
         let total: u64 = counts.iter().sum();
+        let bound = |i: usize| std::time::Duration::from_secs_f64(Self::upper_bound_us(i) / 1e6);
         qs.iter()
             .map(|q| {
                 if total == 0 {
@@ -141,10 +153,10 @@ impl LatencyHistogram {
                 for (i, c) in counts.iter().enumerate() {
                     seen += c;
                     if seen >= rank {
-                        return std::time::Duration::from_secs_f64(Self::upper_bound_us(i) / 1e6);
+                        return bound(i);
                     }
                 }
-                std::time::Duration::from_secs_f64(Self::upper_bound_us(LATENCY_BUCKETS - 1) / 1e6)
+                bound(counts.len().saturating_sub(1))
             })
             .collect()
     }
@@ -196,17 +208,67 @@ pub struct AppStats {
     pub effects_refused: Count,
     /// Effects whose execution failed.
     pub effects_failed: Count,
+    /// Effects of this app pending now, waiting for their debounce window
+    /// to close (`[app.effects] debounce_ms`).
+    pub effects_pending: Count,
+    /// Effect requests that joined a pending effect's window instead of
+    /// running again.
+    pub effects_debounced: Count,
+    /// Effects over a rate limit deferred to its next window.
+    pub effects_deferred: Count,
+    /// Effects over a rate limit refused (`over = "refuse"`).
+    pub effects_limited: Count,
+    /// `weir:handler/kv` calls.
+    pub kv_calls: Count,
+    /// Of those, calls that returned an error.
+    pub kv_errors: Count,
     /// Highest fuel used by one batch.
     pub fuel_high_water: Count,
     /// Highest linear memory of one instance, in bytes.
     pub memory_high_water: Count,
     /// Events not yet delivered to the consumer (last reading).
     pub consumer_lag: Count,
+    /// Times the app was quarantined (see [`crate::pipeline`]).
+    pub quarantines: Count,
+    /// When the current batch's invocation started, in ms since the Unix
+    /// epoch; 0 while none runs (read by `/ready`).
+    pub batch_started_ms: Count,
+    /// The current batch deadline of the app, in ms (read by `/ready`).
+    pub batch_deadline_ms: Count,
+    /// When fetching started failing without a success since, in ms since
+    /// the Unix epoch; 0 while fetches succeed (read by `/ready`).
+    pub fetch_failing_since_ms: Count,
     /// Failed batches by [`crate::InvokeError::kind`].
     traps: Mutex<BTreeMap<&'static str, u64>>,
+    /// Running or quarantined, and the last batch failure.
+    state: Mutex<AppState>,
     /// Time from the stream's publish timestamp to the event being acked
     /// (done or skipped).
     pub settle_latency: LatencyHistogram,
+}
+
+/// Whether an app's pipeline pulls events, as `/stats` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum AppState {
+    /// Pulling and handling events.
+    #[default]
+    Running,
+    /// Paused after failed batches in a row: no pulls until `until_ms`
+    /// (ms since the Unix epoch), then one probe batch.
+    Quarantined {
+        /// When the next probe batch is fetched, ms since the Unix epoch.
+        until_ms: u64,
+        /// The failure of the last batch.
+        last_error: String,
+    },
+}
+
+/// Now, in ms since the Unix epoch.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A point-in-time copy of [`AppStats`], as `/stats` serves it.
@@ -244,6 +306,18 @@ pub struct AppStatsSnapshot {
     pub effects_refused: u64,
     /// See [`AppStats::effects_failed`].
     pub effects_failed: u64,
+    /// See [`AppStats::effects_pending`].
+    pub effects_pending: u64,
+    /// See [`AppStats::effects_debounced`].
+    pub effects_debounced: u64,
+    /// See [`AppStats::effects_deferred`].
+    pub effects_deferred: u64,
+    /// See [`AppStats::effects_limited`].
+    pub effects_limited: u64,
+    /// See [`AppStats::kv_calls`].
+    pub kv_calls: u64,
+    /// See [`AppStats::kv_errors`].
+    pub kv_errors: u64,
     /// Failed batches by kind.
     pub traps: BTreeMap<&'static str, u64>,
     /// See [`AppStats::fuel_high_water`].
@@ -252,6 +326,12 @@ pub struct AppStatsSnapshot {
     pub memory_high_water: u64,
     /// See [`AppStats::consumer_lag`].
     pub consumer_lag: u64,
+    /// Running or quarantined (flattened: `"state": "running"` or
+    /// `"state": "quarantined", "until_ms": .., "last_error": ".."`).
+    #[serde(flatten)]
+    pub state: AppState,
+    /// See [`AppStats::quarantines`].
+    pub quarantines: u64,
     /// Publish → acked latency, median, in ms (bucket upper bound).
     pub settle_latency_p50_ms: f64,
     /// Publish → acked latency, 99th percentile, in ms (bucket upper bound).
@@ -274,6 +354,22 @@ impl AppStats {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(kind)
             .or_default() += 1;
+    }
+
+    /// Set the app's state (see [`AppState`]).
+    pub fn set_state(&self, state: AppState) {
+        *self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = state;
+    }
+
+    /// The app's state.
+    pub fn state(&self) -> AppState {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// A snapshot for app `app`.
@@ -301,6 +397,12 @@ impl AppStats {
             effects_collapsed: get(&self.effects_collapsed),
             effects_refused: get(&self.effects_refused),
             effects_failed: get(&self.effects_failed),
+            effects_pending: get(&self.effects_pending),
+            effects_debounced: get(&self.effects_debounced),
+            effects_deferred: get(&self.effects_deferred),
+            effects_limited: get(&self.effects_limited),
+            kv_calls: get(&self.kv_calls),
+            kv_errors: get(&self.kv_errors),
             traps: self
                 .traps
                 .lock()
@@ -309,6 +411,8 @@ impl AppStats {
             fuel_high_water: get(&self.fuel_high_water),
             memory_high_water: get(&self.memory_high_water),
             consumer_lag: get(&self.consumer_lag),
+            state: self.state(),
+            quarantines: get(&self.quarantines),
             settle_latency_p50_ms: 0.0,
             settle_latency_p99_ms: 0.0,
             settle_latency: ExposedHistogram::default(),
@@ -335,7 +439,7 @@ type Field = fn(&AppStatsSnapshot) -> u64;
 
 /// Every per-app counter and gauge `/metrics` exposes: name (counters get
 /// `_total`), type, help, value.
-const FAMILIES: [(&str, MetricType, &str, Field); 18] = [
+const FAMILIES: [(&str, MetricType, &str, Field); 26] = [
     (
         "weir_events_received",
         MetricType::Counter,
@@ -421,6 +525,42 @@ const FAMILIES: [(&str, MetricType, &str, Field); 18] = [
         |s| s.effects_failed,
     ),
     (
+        "weir_effects_pending",
+        MetricType::Gauge,
+        "Effects waiting for their debounce window to close.",
+        |s| s.effects_pending,
+    ),
+    (
+        "weir_effects_debounced",
+        MetricType::Counter,
+        "Effect requests that joined a pending effect's window.",
+        |s| s.effects_debounced,
+    ),
+    (
+        "weir_effects_deferred",
+        MetricType::Counter,
+        "Effects over a rate limit deferred to its next window.",
+        |s| s.effects_deferred,
+    ),
+    (
+        "weir_effects_limited",
+        MetricType::Counter,
+        "Effects over a rate limit refused.",
+        |s| s.effects_limited,
+    ),
+    (
+        "weir_kv_calls",
+        MetricType::Counter,
+        "Key-value calls of the app's handlers.",
+        |s| s.kv_calls,
+    ),
+    (
+        "weir_kv_errors",
+        MetricType::Counter,
+        "Key-value calls that returned an error.",
+        |s| s.kv_errors,
+    ),
+    (
         "weir_fuel_high_water",
         MetricType::Gauge,
         "Most fuel used by one batch.",
@@ -437,6 +577,18 @@ const FAMILIES: [(&str, MetricType, &str, Field); 18] = [
         MetricType::Gauge,
         "Events not yet delivered to the app's consumer.",
         |s| s.consumer_lag,
+    ),
+    (
+        "weir_quarantines",
+        MetricType::Counter,
+        "Times the app was quarantined after failed batches in a row.",
+        |s| s.quarantines,
+    ),
+    (
+        "weir_app_quarantined",
+        MetricType::Gauge,
+        "1 while the app is quarantined, else 0.",
+        |s| u64::from(s.state != AppState::Running),
     ),
     (
         "weir_apps",

@@ -81,6 +81,49 @@ fn check_accepts_the_examples() {
 }
 
 #[test]
+fn check_says_a_kv_import_needs_a_grant() {
+    let out = weir(&["check", weir_test_artifacts::KV_PROBE]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("weir:handler/kv@0.2.0")
+            && stdout.contains("(deploys only for an app granted kv or kv_shared)"),
+        "{stdout}"
+    );
+    // `weir invoke` refuses it without `--kv`, and runs it with an
+    // in-memory bucket with it.
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(
+        &events,
+        "{\"name\":\"test\",\"source\":\"cluster\",\"payload\":\"incr:n\"}\n".repeat(3)
+            + "{\"name\":\"test\",\"source\":\"cluster\",\"payload\":\"big:70000\"}\n",
+    )
+    .unwrap();
+    let args = [
+        "invoke",
+        weir_test_artifacts::KV_PROBE,
+        "--events",
+        events.to_str().unwrap(),
+    ];
+    let refused = weir(&args);
+    assert_eq!(refused.status.code(), Some(65), "{}", text(&refused.stderr));
+    assert!(text(&refused.stderr).contains("granted no key-value bucket"));
+    let ran = weir(&[&args[..], &["--kv"]].concat());
+    let stdout = text(&ran.stdout);
+    assert_eq!(ran.status.code(), Some(0), "{stdout}{}", text(&ran.stderr));
+    assert!(
+        stdout.contains(
+            r#""outcomes":["done","done","done",{"reject":"kv: value larger than 65536 bytes"}]"#
+        ),
+        "{stdout}"
+    );
+    // Handlers that never call kv do not import it.
+    let mail = text(&weir(&["check", weir_test_artifacts::MAIL]).stdout);
+    assert!(!mail.contains("weir:handler/kv"), "{mail}");
+}
+
+#[test]
 fn check_refuses_the_unknown_import_and_names_it() {
     let out = weir(&["check", weir_test_artifacts::UNKNOWN_IMPORT]);
     assert_eq!(out.status.code(), Some(1));
@@ -190,7 +233,25 @@ impl Drop for RunningHost {
 }
 
 impl RunningHost {
+    /// Start `weir run` and wait until its consumer exists.
     fn start(nats_url: &str) -> Self {
+        let host = Self::start_unready(nats_url);
+        // Consumers start at `new`: publish only once the host's exists.
+        let ready = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(weir_test_support::nats::wait_consumer(
+                nats_url,
+                "weir_1_echo",
+                std::time::Duration::from_secs(30),
+            ));
+        assert!(ready, "weir run did not create its consumer within 30 s");
+        host
+    }
+
+    /// Start `weir run` without waiting for anything.
+    fn start_unready(nats_url: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("effects.log");
         let config = dir.path().join("weir.toml");
@@ -213,9 +274,12 @@ impl RunningHost {
         }
     }
 
+    /// `weir run` with its state directory (the default artifact
+    /// directory's parent) beside the config, not under `$HOME`.
     fn run(config: &std::path::Path) -> std::process::Child {
         Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(["run", "--config", config.to_str().unwrap()])
+            .env("XDG_STATE_HOME", config.with_file_name("state"))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -318,6 +382,24 @@ fn killed_host_restarts_and_misses_nothing() {
     host.wait_units(20);
     let expected: std::collections::BTreeSet<String> = (0..20).map(|i| format!("u{i}")).collect();
     assert_eq!(host.units(), expected);
+    // The restarted host read its component precompiled from the default
+    // artifact directory (the state directory's weir/artifacts), not
+    // compiled again.
+    let artifacts = host.config.with_file_name("state/weir/artifacts");
+    let cwasm = std::fs::read_dir(&artifacts)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+        })
+        .count();
+    assert_eq!(cwasm, 1, "{}", artifacts.display());
+    let mut host = host;
+    signal(&host.child, "TERM");
+    let (status, _) = wait_exit(&mut host.child, std::time::Duration::from_secs(20));
+    assert!(status.is_some_and(|s| s.success()));
+    let log = stderr_of(&mut host.child);
+    assert!(log.contains("compiled=0 precompiled=1 shared=0"), "{log}");
 }
 
 #[test]
@@ -423,7 +505,7 @@ fn sigterm_while_waiting_for_nats_at_start_exits_at_once() {
         .local_addr()
         .unwrap()
         .port();
-    let mut host = RunningHost::start(&format!("nats://127.0.0.1:{port}"));
+    let mut host = RunningHost::start_unready(&format!("nats://127.0.0.1:{port}"));
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert!(
         host.child.try_wait().unwrap().is_none(),

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use weir_host::envelope::{self, EventMeta};
 use weir_host::{App, AppSpec, EngineConfig, Event, Limits, Runtime};
@@ -143,4 +144,29 @@ pub fn marker_units(marker: &std::path::Path) -> std::collections::BTreeSet<Stri
         .lines()
         .map(str::to_owned)
         .collect()
+}
+
+/// A free loopback address (bound, then released).
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+}
+
+/// `GET path` on `addr`, blocking.
+pub fn get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?
+        .block_on(weir_test_support::http_get(addr, path))
+}
+
+/// Poll `cond` every 50 ms for at most `within`.
+pub fn wait(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

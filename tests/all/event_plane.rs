@@ -151,6 +151,10 @@ fn delivers_filters_and_settles_outcomes() {
             http_get(addr, "/health").await,
             Some((200, "ok: running\n".to_owned()))
         );
+        assert_eq!(
+            http_get(addr, "/ready").await,
+            Some((200, r#"{"ready":true,"reasons":[]}"#.to_owned()))
+        );
         assert!(
             http_get(addr, "/stats")
                 .await
@@ -371,6 +375,20 @@ fn the_example_node_config_is_valid() {
     assert!(
         config.nats.url.is_none(),
         "the example uses the embedded default"
+    );
+}
+
+#[test]
+fn the_example_cluster_config_is_valid() {
+    let path = crate::common::examples_dir().join("ns8/node1-cluster.toml");
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.nats.servers().map(|s| s.len()), Some(3));
+    assert_eq!(config.nats.replicas, 3);
+    assert!(config.nats.creds_file.is_some() && config.nats.tls.is_set());
+    // A creds user: `weir permissions` gives the nsc command for it.
+    assert_eq!(
+        weir_host::permissions::identity(&config.nats, "weir-node", "x").unwrap(),
+        None
     );
 }
 

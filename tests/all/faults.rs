@@ -299,11 +299,19 @@ fn deliveries_used_up_elsewhere_end_in_a_dead_letter_with_the_reason() {
     assert_eq!(delivery.max_deliver, 5, "the default");
     rt().block_on(async {
         let p = publisher(&server).await;
+        // The host's consumer, created first (it starts at `new`); five
+        // deliveries that never reach the handler.
+        let mut thief = p
+            .consumer(
+                &weir_host::nats::subjects::consumer_name(1, "echo"),
+                &["test"],
+                &delivery,
+            )
+            .await
+            .unwrap();
         p.publish_event("test", "cluster", Bytes::from_static(b"hello"), "stolen")
             .await
             .unwrap();
-        // Five deliveries that never reach the handler.
-        let mut thief = p.consumer(1, "echo", &["test"], &delivery).await.unwrap();
         for attempt in 1..=5 {
             let batch = thief.next_batch(1, Duration::ZERO).await.unwrap();
             assert_eq!(batch[0].attempt, attempt);

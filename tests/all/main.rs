@@ -10,23 +10,38 @@
 //! - `event_plane`: `weir run` (the `Daemon`) end to end against a real server;
 //! - `runtime`: deploy, cache, pool and isolation properties;
 //! - `cli`: the `weir` binary (`check`, `invoke`);
-//! - `python`: a componentize-py handler against the same WIT;
+//! - `scaffold`: `weir new` projects in Rust, Python and JavaScript build,
+//!   check and invoke out of the box;
+//! - `conformance`: the Rust, Python and JavaScript builds of the same
+//!   handlers agree on one table of cases (corpus, retry, reject, non-JSON,
+//!   publish);
 //! - `faults`: slow and poison events, a full stream, forged sources;
 //! - `permissions`: a host on exactly its least-privilege NATS permissions;
+//! - `auth`: mutual TLS with a TLS-first handshake, an nkey user, a JWT user
+//!   from a `.creds` file;
+//! - `cluster`: a 3-server cluster, R3 streams, servers SIGKILLed under load;
+//! - `operations`: reload under load, quarantine, `/ready`, SIGHUP,
+//!   `weir reload` and `weir stats`;
 //! - `table_bomb`: a table-growth bomb written in component text.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 #[macro_use]
 extern crate weir_test_support;
 
+mod auth;
 mod cli;
+mod cluster;
+mod cluster_state;
 mod common;
 mod components;
+mod conformance;
 mod corpus;
 mod event_plane;
 mod faults;
+mod kv;
 mod nats;
+mod operations;
 mod permissions;
-mod python;
 mod runtime;
+mod scaffold;
 mod table_bomb;

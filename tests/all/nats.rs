@@ -56,7 +56,11 @@ fn publish_fetch_ack_nak_term() {
             .await
             .expect("ensure_streams is idempotent");
         let mut consumer = t
-            .consumer(1, "mail1", &["user-domain-changed"], &Delivery::default())
+            .consumer(
+                &weir_host::nats::subjects::consumer_name(1, "mail1"),
+                &["user-domain-changed"],
+                &Delivery::default(),
+            )
             .await
             .unwrap();
         for i in 0..3 {
@@ -123,7 +127,11 @@ fn an_event_after_idle_heartbeats_arrives_on_its_first_delivery() {
     rt().block_on(async {
         let t = publisher(&server).await;
         let mut consumer = t
-            .consumer(1, "idle", &["late"], &Delivery::default())
+            .consumer(
+                &weir_host::nats::subjects::consumer_name(1, "idle"),
+                &["late"],
+                &Delivery::default(),
+            )
             .await
             .unwrap();
         let waiting = tokio::spawn(async move {
@@ -169,7 +177,11 @@ fn next_batch_is_cancel_safe_and_release_hands_events_back() {
     rt().block_on(async {
         let t = publisher(&server).await;
         let mut consumer = t
-            .consumer(1, "cancel", &["c"], &Delivery::default())
+            .consumer(
+                &weir_host::nats::subjects::consumer_name(1, "cancel"),
+                &["c"],
+                &Delivery::default(),
+            )
             .await
             .unwrap();
         for i in 0..2 {
@@ -197,7 +209,11 @@ fn next_batch_is_cancel_safe_and_release_hands_events_back() {
         assert_eq!(consumer.release().await, 1);
         drop(consumer);
         let mut next = t
-            .consumer(1, "cancel", &["c"], &Delivery::default())
+            .consumer(
+                &weir_host::nats::subjects::consumer_name(1, "cancel"),
+                &["c"],
+                &Delivery::default(),
+            )
             .await
             .unwrap();
         let back =
@@ -310,6 +326,87 @@ fn unreadable_metadata_is_reported_not_defaulted() {
         assert_eq!(
             (ok.attempt, ok.sequence, ok.id.as_str()),
             (3, 17, "WEIR_EVENTS:17")
+        );
+    });
+}
+
+/// `start` applies to a consumer created for the first time: `new` skips
+/// what the stream holds, `all` and a duration replay it; a consumer that
+/// exists resumes from its cursor whatever `start` says now.
+#[test]
+fn start_positions_apply_only_to_new_consumers() {
+    use weir_host::nats::Start;
+    let _heavy = crate::common::heavy();
+    let (server, _dir) = server();
+    rt().block_on(async {
+        let t = publisher(&server).await;
+        let publish = |id: &'static str| {
+            let t = t.clone();
+            async move {
+                t.publish_event("s", "cluster", Bytes::from_static(b"{}"), id)
+                    .await
+                    .unwrap();
+            }
+        };
+        let ids = |batch: &[weir_host::nats::Inbound]| {
+            batch.iter().map(|m| m.id.clone()).collect::<Vec<_>>()
+        };
+        let delivery = |start| Delivery {
+            start,
+            ..Delivery::default()
+        };
+        publish("old-1").await;
+        publish("old-2").await;
+        let mut fresh = t
+            .consumer(
+                &weir_host::nats::subjects::consumer_name(1, "fresh"),
+                &["s"],
+                &delivery(Start::New),
+            )
+            .await
+            .unwrap();
+        let mut all = t
+            .consumer(
+                &weir_host::nats::subjects::consumer_name(1, "all"),
+                &["s"],
+                &delivery(Start::All),
+            )
+            .await
+            .unwrap();
+        let mut hour = t
+            .consumer(
+                &weir_host::nats::subjects::consumer_name(1, "hour"),
+                &["s"],
+                &delivery(Start::Ago(Duration::from_secs(3600))),
+            )
+            .await
+            .unwrap();
+        publish("new-1").await;
+        let got = fresh.next_batch(10, Duration::ZERO).await.unwrap();
+        assert_eq!(ids(&got), ["new-1"], "start = new skips the history");
+        for m in &got {
+            m.ack().await.unwrap();
+        }
+        for c in [&mut all, &mut hour] {
+            let got = c.next_batch(10, Duration::ZERO).await.unwrap();
+            assert_eq!(ids(&got), ["old-1", "old-2", "new-1"]);
+        }
+        // The same consumer again, now asking for everything: it resumes.
+        drop(fresh);
+        let mut again = t
+            .consumer(
+                &weir_host::nats::subjects::consumer_name(1, "fresh"),
+                &["s"],
+                &delivery(Start::All),
+            )
+            .await
+            .unwrap();
+        publish("new-2").await;
+        let got = again.next_batch(10, Duration::ZERO).await.unwrap();
+        assert_eq!(
+            ids(&got),
+            ["new-2"],
+            "an existing consumer keeps its cursor"
         );
     });
 }

@@ -9,15 +9,18 @@ use weir_host::Daemon;
 use weir_host::config::Config;
 use weir_host::nats::NatsServer;
 use weir_host::nats::subjects::Subjects;
-use weir_host::nats::{ConnectAuth, Transport};
+use weir_host::nats::{ConnectAuth, Credentials, Transport};
 
 /// The marker-file host of `crate::common` as user `node1`, also granted
 /// `publish = ["echoed"]` and a second unit.
 fn host_config(url: &str, marker: &std::path::Path) -> Config {
+    // The password sits in a file next to the marker, never in the config.
+    let password_file = marker.with_file_name("node1.password");
+    std::fs::write(&password_file, "node1-secret\n").unwrap();
     let mut config = crate::common::marker_config(url, marker, 3)
         .nats(|n| {
             n.user = Some("node1".into());
-            n.password = Some("node1-secret".into());
+            n.password_file = Some(password_file);
         })
         .valid();
     config.apps[0].grants.publish = vec!["echoed".into()];
@@ -26,13 +29,17 @@ fn host_config(url: &str, marker: &std::path::Path) -> Config {
 
 async fn connect(url: &str, user: &str, password: &str, inbox: Option<String>) -> Transport {
     Transport::connect_with(
-        url,
+        &[url.to_owned()],
         user,
         Subjects::default(),
         "WEIR_EVENTS",
         ConnectAuth {
-            user_password: Some((user.into(), password.into())),
+            credentials: Credentials::UserPassword {
+                user: user.into(),
+                password: password.into(),
+            },
             inbox_prefix: inbox,
+            ..ConnectAuth::default()
         },
     )
     .await
@@ -67,10 +74,12 @@ fn host_runs_with_exactly_its_least_privilege_permissions() {
         .build()
         .unwrap();
     rt.block_on(async {
-        // The operator creates the streams and the effect-records bucket.
+        // The operator creates the streams and the buckets.
         let admin = connect(&server.url(), "admin", "admin-secret", None).await;
         admin.ensure_streams().await.unwrap();
         admin.effect_records(1).await.unwrap();
+        admin.pending_effects(1).await.unwrap();
+        admin.limit_windows(1).await.unwrap();
         let config = host_config(&server.url(), &marker);
         let host = Daemon::start(config.plan().expect("valid config"))
             .await
@@ -130,7 +139,11 @@ fn host_runs_with_exactly_its_least_privilege_permissions() {
             .await;
         assert!(forged.is_err(), "publish as module/other must be refused");
         let other_consumer = node1
-            .consumer(2, "mail2", &["test"], &weir_host::nats::Delivery::default())
+            .consumer(
+                &weir_host::nats::subjects::consumer_name(2, "mail2"),
+                &["test"],
+                &weir_host::nats::Delivery::default(),
+            )
             .await;
         assert!(other_consumer.is_err(), "node 2's consumer must be refused");
         host.shutdown().await.unwrap();

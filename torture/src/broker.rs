@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use weir_host::Daemon;
 use weir_host::nats::NatsServer;
 
-use crate::ledger::{self, Publisher, Scratch};
 use crate::report::Report;
 use crate::util::wait_for;
+use weir_test_support::ledger::{self, Publisher, Scratch};
 
 /// Publish rate: 200 events/s.
 const RATE: u32 = 200;
@@ -37,10 +37,16 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
     let scratch = Scratch::new()?;
     let server = NatsServer::start(&scratch.dir.path().join("js"))?;
     let url = server.url();
-    let plan = ledger::host_config(&url, &scratch.ledger, &scratch.cache, 2_000)
-        .build()
-        .plan()
-        .map_err(|p| anyhow::anyhow!("ledger config: {p:?}"))?;
+    let plan = ledger::host_config(
+        &url,
+        weir_test_artifacts::ECHO,
+        &scratch.ledger,
+        &scratch.cache,
+        2_000,
+    )
+    .build()
+    .plan()
+    .map_err(|p| anyhow::anyhow!("ledger config: {p:?}"))?;
     let host = Daemon::start(plan.clone()).await?;
     let publisher = Publisher::start(&url, RATE, "b").await?;
     let mut server = Some(server);

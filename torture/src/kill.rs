@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use weir_host::nats::NatsServer;
 
-use crate::ledger::{self, Publisher, Scratch};
 use crate::report::Report;
 use crate::util::{Rng, wait_for};
+use weir_test_support::ledger::{self, Publisher, Scratch};
 
 /// Publish rate during the scenario: 300 events/s.
 const RATE: u32 = 300;
@@ -60,7 +60,7 @@ pub fn host_main(args: &[String]) -> ExitCode {
 }
 
 /// Start a host process; its log goes to `host.log` next to `config`.
-fn spawn_host(config: &Path) -> anyhow::Result<Child> {
+pub(crate) fn spawn_host(config: &Path) -> anyhow::Result<Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -76,7 +76,7 @@ fn spawn_host(config: &Path) -> anyhow::Result<Child> {
 }
 
 /// The last lines of the hosts' log, for an error message.
-fn log_tail(config: &Path) -> String {
+pub(crate) fn log_tail(config: &Path) -> String {
     let text = std::fs::read_to_string(config.with_file_name("host.log")).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(5)..].join("\n")
@@ -87,7 +87,13 @@ pub async fn run(report: &mut Report, kills: u32, budget: Duration) -> anyhow::R
     let scratch = Scratch::new()?;
     let server = NatsServer::start(&scratch.dir.path().join("js"))?;
     let config = scratch.dir.path().join("weir.toml");
-    let host = ledger::host_config(&server.url(), &scratch.ledger, &scratch.cache, ACK_WAIT_MS);
+    let host = ledger::host_config(
+        &server.url(),
+        weir_test_artifacts::ECHO,
+        &scratch.ledger,
+        &scratch.cache,
+        ACK_WAIT_MS,
+    );
     let problems = host.clone().build().problems();
     anyhow::ensure!(problems.is_empty(), "ledger config: {problems:?}");
     host.write(&config)?;
@@ -169,7 +175,7 @@ pub async fn run(report: &mut Report, kills: u32, budget: Duration) -> anyhow::R
             "{} of {} acknowledged ({})",
             v.dead_lettered,
             v.acked,
-            crate::ledger::reasons(&dead)
+            weir_test_support::ledger::reasons(&dead)
                 .first()
                 .map_or("none".to_owned(), |(r, n)| format!("{n}× \"{r}\""))
         ),
@@ -183,17 +189,13 @@ pub async fn run(report: &mut Report, kills: u32, budget: Duration) -> anyhow::R
         "0",
         v.unexpected == 0,
     );
-    let duplicates = deliveries.saturating_sub(v.acked as u64);
-    let bound = u64::from(done) * IN_FLIGHT;
-    report.check(
+    report.duplicate_deliveries(
         "kill -9: duplicate deliveries",
         &injected,
-        format!(
-            "{duplicates} ({deliveries} deliveries of {} events)",
-            v.acked
-        ),
-        &format!("≤ kills × in-flight window = {bound}"),
-        duplicates <= bound,
+        deliveries,
+        v.acked,
+        u64::from(done),
+        IN_FLIGHT,
     );
     report.check(
         "kill -9: effects with unstable keys",

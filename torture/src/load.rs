@@ -6,9 +6,10 @@ use weir_host::Daemon;
 use weir_host::config::Config;
 use weir_host::nats::NatsServer;
 
-use crate::ledger::Publisher;
 use crate::report::Report;
+use weir_host::nats::Start;
 use weir_test_support::config::{AppBuilder, ConfigBuilder};
+use weir_test_support::ledger::Publisher;
 
 use crate::util::{mib, open_fds, rss_bytes};
 
@@ -27,13 +28,20 @@ const REFERENCE: usize = 50_000;
 /// buffers, allocator slack).
 const RSS_CONSTANT: u64 = 64 << 20;
 
+/// Node 1 on `url` with echo `apps` (name, event). Each consumer starts at
+/// `all`: the scenarios start a host on a backlog published before its
+/// consumer exists, standing for a host that was down.
 fn config(url: &str, apps: &[(&str, &str)], dir: &std::path::Path) -> Config {
     let cache = dir.join("cache");
     apps.iter()
         .fold(
             ConfigBuilder::new(1, url).engine(|e| e.cache_dir = Some(cache)),
             |host, (name, event)| {
-                host.app(AppBuilder::new(name, weir_test_artifacts::ECHO).events(&[event]))
+                host.app(
+                    AppBuilder::new(name, weir_test_artifacts::ECHO)
+                        .events(&[event])
+                        .delivery(|d| d.start = Start::All),
+                )
             },
         )
         .build()
@@ -279,7 +287,7 @@ pub async fn burst(report: &mut Report) -> anyhow::Result<()> {
         references.push(rate);
         total += REFERENCE as u64 + steady_events;
     }
-    let deliveries = crate::ledger::deliveries(&url, "burst").await?;
+    let deliveries = weir_test_support::ledger::deliveries(&url, "burst").await?;
     let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     let (rate, reference) = (best(&bursts), best(&references));
     let list = |v: &[f64]| {

@@ -7,19 +7,23 @@
 //! weir-torture [--budget-secs N] [--kills N] [--only NAME[,NAME]]
 //! ```
 //!
-//! Scenarios, in order: `hostile`, `scale`, `kill9`, `broker`, `load`,
-//! `burst`. The
+//! Scenarios, in order: `hostile`, `scale`, `kill9`, `broker`, `cluster`,
+//! `singleton`, `debounce`, `reload`, `load`, `burst`. The
 //! budget (default 1,500 s) is shared: `kill9` stops early when its share
 //! runs out, and later scenarios are skipped (and reported as skipped) when
-//! the budget is spent. Every scenario starts its own nats-server.
+//! the budget is spent. Every scenario starts its own nats-server (three,
+//! clustered, for `cluster`).
 
 mod broker;
+mod cluster;
+mod debounce;
 mod hostile;
 mod kill;
-mod ledger;
 mod load;
+mod reload;
 mod report;
 mod scale;
+mod singleton;
 mod util;
 
 use std::process::ExitCode;
@@ -35,7 +39,18 @@ const DEFAULT_BUDGET: Duration = Duration::from_secs(1_500);
 const DEFAULT_KILLS: u32 = 100;
 
 /// Every scenario, in run order.
-const SCENARIOS: [&str; 6] = ["hostile", "scale", "kill9", "broker", "load", "burst"];
+const SCENARIOS: [&str; 10] = [
+    "hostile",
+    "scale",
+    "kill9",
+    "broker",
+    "cluster",
+    "singleton",
+    "debounce",
+    "reload",
+    "load",
+    "burst",
+];
 
 struct Options {
     budget: Duration,
@@ -133,6 +148,10 @@ fn main() -> ExitCode {
             "scale" => rt.block_on(scale::run(&mut report)),
             "kill9" => rt.block_on(kill::run(&mut report, options.kills, left / 2)),
             "broker" => rt.block_on(broker::run(&mut report)),
+            "cluster" => rt.block_on(cluster::run(&mut report)),
+            "singleton" => rt.block_on(singleton::run(&mut report)),
+            "debounce" => rt.block_on(debounce::run(&mut report)),
+            "reload" => rt.block_on(reload::run(&mut report)),
             "load" => rt.block_on(load::sustained(&mut report)),
             "burst" => rt.block_on(load::burst(&mut report)),
             _ => unreachable!("checked against SCENARIOS"),

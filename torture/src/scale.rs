@@ -97,7 +97,7 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
     let pid = child.id();
     let mut healthy = false;
     while started.elapsed() < Duration::from_secs(120) && !healthy {
-        healthy = matches!(http_get(http, "/health").await, Some((200, _)));
+        healthy = matches!(http_get(http, "/ready").await, Some((200, _)));
         if child.try_wait()?.is_some() {
             anyhow::bail!("scale host exited: {}", std::fs::read_to_string(&log_path)?);
         }

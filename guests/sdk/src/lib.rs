@@ -16,6 +16,8 @@
 //! - [`EventExt`]: typed access to an event (payload as JSON, locality,
 //!   domain relevance);
 //! - [`node`] and [`domains`]: this host's identity and the app's domains;
+//! - [`kv`]: cluster state in a JetStream key-value bucket ([`kv::Bucket`],
+//!   for apps granted `kv` or `kv_shared`);
 //! - [`trace!`], [`debug!`], [`info!`], [`warn!`], [`error!`]: logging into the
 //!   host's log, under the app's log budget.
 //!
@@ -52,8 +54,10 @@
 //!
 //! ## Contract
 //!
-//! The WIT package is `weir:handler@0.1.0` (`wit/handler.wit` in the weir
-//! repository); the types below are generated from it. Every event of the
+//! The WIT package is `weir:handler@0.2.0` (`wit/handler.wit` in the weir
+//! repository), world `stateful-handler`; the types below are generated from
+//! it. A handler that never calls [`kv`] does not import it (the linker
+//! drops unused imports), so it deploys without a key-value grant. Every event of the
 //! batch gets exactly one outcome; [`Batch`] starts each at
 //! [`Outcome::Done`].
 
@@ -65,7 +69,7 @@ extern crate self as weir_guest;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "weir:handler/handler",
+        world: "weir:handler/stateful-handler",
         pub_export_macro: true,
         export_macro_name: "__export_handler_world",
         default_bindings_module: "weir_guest::bindings",
@@ -76,6 +80,8 @@ pub mod bindings {
 
 pub use bindings::weir::handler::types::{BatchResult, Effect, Event, Message, Outcome};
 pub use bindings::weir::handler::{domains, log::Level, node};
+
+pub mod kv;
 
 #[doc(hidden)]
 pub mod __private {

@@ -1,29 +1,47 @@
 //! The NATS JetStream edge: the only part of weir that imports `async_nats`.
 //!
-//! - [`Transport::connect`]: one connection per process, retrying the initial
-//!   connect, reconnecting forever, pinging every [`PING_INTERVAL`] so a dead
-//!   server is noticed in seconds;
+//! - [`Transport::connect_with`]: one connection per process to a seed list
+//!   of servers ([`connect`]: credentials and TLS as async-nats options),
+//!   retrying the initial connect, reconnecting forever to any server of the
+//!   cluster, pinging every [`PING_INTERVAL`] so a dead server is noticed in
+//!   seconds;
 //! - [`Transport::ensure_streams`]: the events stream (`<prefix>.events.>`) and
-//!   the dead-letter stream (`<prefix>.dead.>`), created or verified (a
-//!   conflicting existing stream is reported, never changed);
+//!   the dead-letter stream (`<prefix>.dead.>`), created with
+//!   [`Transport::with_replicas`] replicas or verified (a conflicting
+//!   existing stream is an error, one with fewer replicas a warning; neither
+//!   is changed);
 //! - [`consumer`]: [`Transport::consumer`], one durable pull consumer per
 //!   (node, app) with the app's event names as filter subjects, explicit ack
-//!   and bounded `max_ack_pending` and `ack_wait` ([`Delivery`]);
+//!   and bounded `max_ack_pending` and `ack_wait` ([`Delivery`]), starting
+//!   at [`Start`] when created;
 //!   [`AppConsumer::next_batch`] pulls only what can start, cancel safe;
 //!   [`Inbound`] is one delivered event with ack / nak(delay) / term;
 //! - [`records`]: [`EffectRecords`], effect idempotency records in a
 //!   key-value bucket;
+//! - [`buckets`]: handlers' key-value buckets ([`buckets::AppBuckets`], the backend
+//!   of the `weir:handler/kv` import);
+//! - [`limits`]: [`LimitStore`], effect rate-limit windows in a key-value
+//!   bucket;
+//! - [`pending`]: [`PendingStore`], debounced effects waiting for their
+//!   window to close, in a key-value bucket;
 //! - [`subjects`]: every subject, stream, bucket, consumer and header name;
 //! - [`server`]: a private nats-server process (the embedded default, tests);
 //! - publishing events (with `Nats-Msg-Id`) and dead letters, each awaited
 //!   until JetStream acknowledges it.
 
+pub mod buckets;
+pub mod connect;
 pub mod consumer;
+pub mod limits;
+pub mod pending;
 pub mod records;
 pub mod server;
 pub mod subjects;
 
-pub use consumer::{AppConsumer, Delivery, Inbound};
+pub use connect::{ConnectAuth, Credentials, CredentialsError, TlsConfig};
+pub use consumer::{AppConsumer, Delivery, Inbound, Start};
+pub use limits::LimitStore;
+pub use pending::PendingStore;
 pub use records::EffectRecords;
 pub use server::NatsServer;
 pub use subjects::{
@@ -35,8 +53,8 @@ pub use subjects::{
 use std::path::PathBuf;
 use std::time::Duration;
 
+use async_nats::HeaderMap;
 use async_nats::jetstream::{self, kv, stream};
-use async_nats::{ConnectOptions, HeaderMap};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -61,6 +79,13 @@ pub const LONG_POLL: Duration = Duration::from_secs(30);
 /// Idle heartbeat of a long poll: 5 s. Two missed heartbeats (10 s) end the
 /// wait and a new request is made.
 pub const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// Idle heartbeat of a long poll made after a reconnection or a missed
+/// heartbeat, until the consumer answers: 500 ms. A request sent while the
+/// consumer had no leader (its server was killed; the election takes a few
+/// seconds) is lost without a reply; with this heartbeat it is reissued
+/// after 1 s instead of after two [`PULL_HEARTBEAT`]s (10 s).
+pub const RECOVERY_HEARTBEAT: Duration = Duration::from_millis(500);
 
 /// Shortest linger worth a waiting pull: 1 ms (below it, take what is ready).
 pub const MIN_LINGER_PULL: Duration = Duration::from_millis(1);
@@ -117,13 +142,26 @@ pub const DEFAULT_STREAM_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Window in which JetStream drops a repeated `Nats-Msg-Id`: 2 minutes.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
+/// Most replicas of a stream or bucket: 5 (JetStream's own limit).
+pub const MAX_REPLICAS: usize = 5;
+
 /// `[nats]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
-    /// Server URL; `None` starts a private nats-server on loopback (the
+    /// One server URL (`nats://host:port`, `tls://host:port`); with neither
+    /// `url` nor `urls`, weir starts a private nats-server on loopback (the
     /// embedded default).
     pub url: Option<String>,
+    /// A seed list of servers, tried in the order given (put the node's own
+    /// server first); the client also reconnects to the servers the cluster
+    /// tells it about. Give `url` or `urls`, not both.
+    pub urls: Option<Vec<String>>,
+    /// Replicas of the streams and the effect-records bucket weir creates
+    /// (consumers inherit them), 1 to [`MAX_REPLICAS`]. Default 1 (the
+    /// embedded server is one server); a cluster wants 3. An existing stream
+    /// with fewer is reported at start, never changed.
+    pub replicas: usize,
     /// Subject prefix. Default [`DEFAULT_PREFIX`].
     pub prefix: String,
     /// Events stream name. Default [`DEFAULT_STREAM`].
@@ -132,11 +170,23 @@ pub struct NatsConfig {
     /// [`server::default_store_dir`] (`~/.local/state/weir/nats`). Created
     /// with mode 0700; an existing one must be this user's with mode 0700.
     pub state_dir: Option<PathBuf>,
-    /// User name, if the server requires one (with `password`). See
-    /// `RELIABILITY.md` for the least-privilege permissions a host needs.
+    /// User name, if the server requires one; the password comes from
+    /// `password_file` or [`connect::PASSWORD_ENV`]. `weir permissions`
+    /// prints the least-privilege entry a host needs.
     pub user: Option<String>,
-    /// Password of `user`.
+    /// Refused: a password never sits in the config (use `password_file`
+    /// or [`connect::PASSWORD_ENV`]). Kept only to say so.
     pub password: Option<String>,
+    /// File holding the password of `user`.
+    pub password_file: Option<PathBuf>,
+    /// File holding a token (or [`connect::TOKEN_ENV`]).
+    pub token_file: Option<PathBuf>,
+    /// File holding an nkey seed (`SU...`).
+    pub nkey_seed_file: Option<PathBuf>,
+    /// A `.creds` file (user JWT and nkey seed, as `nsc` writes it).
+    pub creds_file: Option<PathBuf>,
+    /// `[nats.tls]`.
+    pub tls: TlsConfig,
     /// Inbox prefix for replies; default `_INBOX`. Give each host its own
     /// (e.g. `_INBOX_weir_node1`) so permissions can keep hosts from reading
     /// each other's replies.
@@ -162,6 +212,11 @@ pub struct NatsConfig {
     /// Age in seconds after which JetStream removes a dead letter. Default
     /// [`DEFAULT_DEAD_MAX_AGE`] (30 days).
     pub dead_max_age_s: u64,
+    /// When a reload removes an app, delete its durable consumer too (its
+    /// cursor is lost: re-adding the app starts at `delivery.start`).
+    /// Default `false`: the consumer is kept and a re-added app resumes
+    /// where it stopped. The one `[nats]` setting a reload applies.
+    pub delete_consumer: bool,
 }
 
 impl NatsConfig {
@@ -188,11 +243,19 @@ impl Default for NatsConfig {
     fn default() -> Self {
         Self {
             url: None,
+            urls: None,
+            replicas: 1,
             prefix: DEFAULT_PREFIX.into(),
             stream: DEFAULT_STREAM.into(),
             state_dir: None,
             user: None,
             password: None,
+            password_file: None,
+            token_file: None,
+            nkey_seed_file: None,
+            creds_file: None,
+            delete_consumer: false,
+            tls: TlsConfig::default(),
             inbox_prefix: None,
             stream_max_bytes: DEFAULT_STREAM_MAX_BYTES,
             stream_max_msgs: -1,
@@ -205,14 +268,86 @@ impl Default for NatsConfig {
 }
 
 impl NatsConfig {
+    /// The servers to connect to: `urls`, else `url`; `None` for the
+    /// embedded server.
+    pub fn servers(&self) -> Option<Vec<String>> {
+        match (&self.urls, &self.url) {
+            (Some(urls), _) => Some(urls.clone()),
+            (None, Some(url)) => Some(vec![url.clone()]),
+            (None, None) => None,
+        }
+    }
+
+    /// The credential fields.
+    pub fn auth_fields(&self) -> connect::AuthFields<'_> {
+        connect::AuthFields {
+            user: self.user.as_deref(),
+            password_file: self.password_file.as_deref(),
+            token_file: self.token_file.as_deref(),
+            nkey_seed_file: self.nkey_seed_file.as_deref(),
+            creds_file: self.creds_file.as_deref(),
+        }
+    }
+
+    /// How to connect: the credential (read now from its file or the
+    /// environment), TLS, and the inbox prefix `inbox_prefix` or
+    /// `default_inbox`.
+    ///
+    /// # Errors
+    ///
+    /// [`CredentialsError`] if a secret cannot be read.
+    pub fn auth(&self, default_inbox: String) -> Result<ConnectAuth, CredentialsError> {
+        Ok(ConnectAuth {
+            credentials: self.auth_fields().read()?,
+            tls: self.tls.clone(),
+            inbox_prefix: Some(self.inbox_prefix.clone().unwrap_or(default_inbox)),
+        })
+    }
+
     /// Every problem with this section (empty if valid), unprefixed.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         if let Err(e) = Subjects::new(&self.prefix) {
             p.push(format!("prefix: {e}"));
         }
-        if let Err(e) = subjects::check_token("stream", &self.stream) {
+        if let Err(e) = subjects::check_stream_name(&self.stream) {
             p.push(e.to_string());
+        }
+        if self.url.is_some() && self.urls.is_some() {
+            p.push("give url or urls, not both".to_owned());
+        }
+        let servers = self.servers();
+        if let Some(servers) = &servers {
+            p.extend(connect::server_problems(servers));
+        }
+        if !(1..=MAX_REPLICAS).contains(&self.replicas) {
+            p.push(format!(
+                "replicas = {} must be 1 to {MAX_REPLICAS}",
+                self.replicas
+            ));
+        }
+        if self.password.is_some() {
+            p.push(format!(
+                "password is refused in the config file: use password_file or {}",
+                connect::PASSWORD_ENV
+            ));
+        }
+        let auth = self.auth_fields();
+        p.extend(auth.problems());
+        p.extend(self.tls.problems());
+        if servers.is_none() {
+            if self.replicas > 1 {
+                p.push(format!(
+                    "replicas = {} needs a cluster: the embedded server (no url or urls) is one server",
+                    self.replicas
+                ));
+            }
+            if auth.is_set() || self.tls.is_set() {
+                p.push(
+                    "credentials and tls need url or urls (the embedded server uses neither)"
+                        .to_owned(),
+                );
+            }
         }
         for (name, value) in [
             ("stream_max_age_s", self.stream_max_age_s),
@@ -282,10 +417,26 @@ pub struct Transport {
     subjects: Subjects,
     stream: String,
     dead_stream: String,
+    records_bucket: String,
+    pending_bucket: String,
+    limits_bucket: String,
+    replicas: usize,
     limits: StreamLimits,
     dead_limits: StreamLimits,
     /// Counts (re)connections.
     connections: tokio::sync::watch::Receiver<u64>,
+}
+
+/// An existing stream with fewer replicas than configured (reported at
+/// start, never changed by weir).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaShortfall {
+    /// The stream (`KV_<bucket>` for a key-value bucket).
+    pub stream: String,
+    /// Its replicas.
+    pub replicas: usize,
+    /// `nats.replicas`.
+    pub configured: usize,
 }
 
 /// What JetStream answered to a publish.
@@ -336,16 +487,6 @@ impl Default for StreamLimits {
     }
 }
 
-/// How to authenticate and where replies go.
-#[derive(Debug, Clone, Default)]
-pub struct ConnectAuth {
-    /// User and password, if the server requires them.
-    pub user_password: Option<(String, String)>,
-    /// Inbox prefix for replies (default `_INBOX`); a per-host prefix lets
-    /// the server's permissions keep hosts from reading each other's replies.
-    pub inbox_prefix: Option<String>,
-}
-
 impl Transport {
     /// Connect to `url` as client `name` without credentials.
     ///
@@ -358,36 +499,53 @@ impl Transport {
         subjects: Subjects,
         stream: &str,
     ) -> Result<Self, TransportError> {
-        Self::connect_with(url, name, subjects, stream, ConnectAuth::default()).await
+        Self::connect_with(
+            &[url.to_owned()],
+            name,
+            subjects,
+            stream,
+            ConnectAuth::default(),
+        )
+        .await
     }
 
-    /// Connect to `url` as client `name` with `auth`.
+    /// Connect to one of `servers` (a seed list, tried in order; the client
+    /// also learns the cluster's other servers and reconnects to any of
+    /// them, forever) as client `name` with `auth`. The dead-letter stream
+    /// and the effect-records bucket are named after `stream`
+    /// ([`subjects::dead_letter_stream`], [`subjects::effect_records_bucket`]).
     ///
     /// # Errors
     ///
-    /// [`TransportError::Connect`] if the options are invalid; an unreachable
-    /// server is retried in the background, not an error.
+    /// [`TransportError::Connect`] if the options are invalid (a bad URL, a
+    /// creds file that cannot be read); an unreachable server is retried in
+    /// the background, not an error.
     pub async fn connect_with(
-        url: &str,
+        servers: &[String],
         name: &str,
         subjects: Subjects,
         stream: &str,
         auth: ConnectAuth,
     ) -> Result<Self, TransportError> {
-        let mut options = ConnectOptions::new();
-        if let Some((user, password)) = auth.user_password {
-            options = options.user_and_password(user, password);
-        }
-        if let Some(prefix) = auth.inbox_prefix {
-            options = options.custom_inbox_prefix(prefix);
-        }
+        let url = servers.join(",");
+        let options = connect::options(auth)
+            .await
+            .map_err(|e| TransportError::Connect {
+                url: url.clone(),
+                source: e.into(),
+            })?;
         let (connected_tx, connections) = tokio::sync::watch::channel(0u64);
         let connected_tx = std::sync::Arc::new(connected_tx);
-        options = options.event_callback(move |event| {
+        let options = options.event_callback(move |event| {
             let tx = connected_tx.clone();
             async move {
-                if matches!(event, async_nats::Event::Connected) {
-                    tx.send_modify(|n| *n += 1);
+                match event {
+                    async_nats::Event::Connected => {
+                        tx.send_modify(|n| *n += 1);
+                        tracing::info!("NATS connected");
+                    }
+                    async_nats::Event::Disconnected => tracing::warn!("NATS disconnected"),
+                    other => tracing::debug!(event = %other, "NATS client event"),
                 }
             }
         });
@@ -395,26 +553,42 @@ impl Transport {
             .name(name)
             .retry_on_initial_connect()
             .max_reconnects(None)
+            // The first server is the node's own: try it first.
+            .retain_servers_order()
             .ping_interval(PING_INTERVAL)
             .connection_timeout(CONNECT_TIMEOUT)
             .subscription_capacity(SUBSCRIPTION_CAPACITY)
-            .connect(url)
+            .connect(servers)
             .await
-            .map_err(|source| TransportError::Connect {
-                url: url.to_owned(),
-                source,
-            })?;
+            .map_err(|source| TransportError::Connect { url, source })?;
         let js = jetstream::new(client.clone());
         Ok(Self {
             client,
             js,
             subjects,
             stream: stream.to_owned(),
-            dead_stream: DEFAULT_DEAD_STREAM.to_owned(),
+            dead_stream: subjects::dead_letter_stream(stream),
+            records_bucket: subjects::effect_records_bucket(stream),
+            pending_bucket: subjects::pending_effects_bucket(stream),
+            limits_bucket: subjects::limits_bucket(stream),
+            replicas: 1,
             limits: StreamLimits::EVENTS,
             dead_limits: StreamLimits::DEAD_LETTERS,
             connections,
         })
+    }
+
+    /// Create streams and the effect-records bucket with `replicas`
+    /// replicas (default 1; consumers inherit the stream's).
+    #[must_use]
+    pub fn with_replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas.max(1);
+        self
+    }
+
+    /// The dead-letter stream's name.
+    pub fn dead_letter_stream(&self) -> &str {
+        &self.dead_stream
     }
 
     /// Wait until the client is connected, logging every
@@ -427,10 +601,21 @@ impl Transport {
         let started = std::time::Instant::now();
         let mut connections = self.connections.clone();
         while self.client.connection_state() != async_nats::connection::State::Connected {
-            tracing::warn!(waited_s = started.elapsed().as_secs(), "waiting for NATS");
             // Woken by a (re)connection; the timeout only paces the warning.
-            let _ = tokio::time::timeout(CONNECT_WAIT_LOG, connections.changed()).await;
+            if tokio::time::timeout(CONNECT_WAIT_LOG, connections.changed())
+                .await
+                .is_err()
+            {
+                tracing::warn!(waited_s = started.elapsed().as_secs(), "waiting for NATS");
+            }
         }
+    }
+
+    /// The server the client is connected to now (or was last), as it
+    /// announced itself: `(server name, client port)`.
+    pub fn connected_server(&self) -> (String, u16) {
+        let info = self.client.server_info();
+        (info.server_name, info.port)
     }
 
     /// Whether the client is connected right now.
@@ -454,33 +639,136 @@ impl Transport {
         self
     }
 
-    /// The effect idempotency records of `node`, in the
-    /// [`EFFECT_RECORDS_BUCKET`] bucket (looked up, else created).
+    /// The effect idempotency records of `node`, in the bucket named after
+    /// the events stream ([`subjects::effect_records_bucket`], default
+    /// [`EFFECT_RECORDS_BUCKET`]; looked up, else created with the
+    /// configured replicas).
     ///
     /// # Errors
     ///
     /// [`TransportError::JetStream`] if the bucket can be neither found nor
     /// created.
     pub async fn effect_records(&self, node: u32) -> Result<EffectRecords, TransportError> {
-        let store = match self.js.get_key_value(EFFECT_RECORDS_BUCKET).await {
-            Ok(store) => store,
-            Err(_) => self
-                .js
-                .create_key_value(kv::Config {
-                    bucket: EFFECT_RECORDS_BUCKET.to_owned(),
-                    description: "weir effect idempotency records".to_owned(),
-                    history: 1,
-                    max_age: EFFECT_RECORD_TTL,
-                    max_bytes: EFFECT_RECORDS_MAX_BYTES,
-                    storage: stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| js_err("effect records bucket")(e))?,
-        };
+        let store = self
+            .bucket(
+                &self.records_bucket,
+                "weir effect idempotency records",
+                EFFECT_RECORD_TTL,
+                EFFECT_RECORDS_MAX_BYTES,
+            )
+            .await?;
         Ok(EffectRecords {
             store,
             prefix: format!("n{node}"),
+        })
+    }
+
+    /// The pending (debounced) effects of `node`, in the bucket named after
+    /// the events stream ([`subjects::pending_effects_bucket`], default
+    /// `WEIR_PENDING`; looked up, else created with the configured
+    /// replicas, [`pending::PENDING_TTL`] and [`pending::PENDING_MAX_BYTES`]).
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::JetStream`] if the bucket can be neither found nor
+    /// created.
+    pub async fn pending_effects(&self, node: u32) -> Result<PendingStore, TransportError> {
+        let store = self
+            .bucket(
+                &self.pending_bucket,
+                "weir pending (debounced) effects",
+                pending::PENDING_TTL,
+                pending::PENDING_MAX_BYTES,
+            )
+            .await?;
+        Ok(PendingStore {
+            store,
+            prefix: format!("n{node}"),
+        })
+    }
+
+    /// The effect rate-limit windows of `node` (and of the cluster), in the
+    /// bucket named after the events stream ([`subjects::limits_bucket`],
+    /// default `WEIR_LIMITS`; looked up, else created with the configured
+    /// replicas, [`limits::LIMITS_TTL`] and [`limits::LIMITS_MAX_BYTES`]).
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::JetStream`] if the bucket can be neither found nor
+    /// created.
+    pub async fn limit_windows(&self, node: u32) -> Result<LimitStore, TransportError> {
+        let store = self
+            .bucket(
+                &self.limits_bucket,
+                "weir effect rate-limit windows",
+                limits::LIMITS_TTL,
+                limits::LIMITS_MAX_BYTES,
+            )
+            .await?;
+        Ok(LimitStore { store, node })
+    }
+
+    /// The key-value bucket `name`: looked up (and its replicas checked,
+    /// [`Transport::report_replicas`]), else created with the configured
+    /// replicas, one revision per key, keys removed after `max_age` (zero:
+    /// never) and at most `max_bytes`, on file storage. A bucket another host
+    /// created meanwhile is looked up again.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::JetStream`] if the bucket can be neither found nor
+    /// created.
+    pub(crate) async fn bucket(
+        &self,
+        name: &str,
+        description: &str,
+        max_age: Duration,
+        max_bytes: i64,
+    ) -> Result<kv::Store, TransportError> {
+        if let Ok(store) = self.js.get_key_value(name).await {
+            self.report_replicas(&format!("KV_{name}")).await;
+            return Ok(store);
+        }
+        let created = self
+            .js
+            .create_key_value(kv::Config {
+                bucket: name.to_owned(),
+                description: description.to_owned(),
+                history: 1,
+                max_age,
+                max_bytes,
+                storage: stream::StorageType::File,
+                num_replicas: self.replicas,
+                ..Default::default()
+            })
+            .await;
+        match created {
+            Ok(store) => Ok(store),
+            Err(e) => self
+                .js
+                .get_key_value(name)
+                .await
+                .map_err(|_| js_err("key-value bucket")(e)),
+        }
+    }
+
+    /// Warn if stream `name` has fewer replicas than configured (weir never
+    /// changes an existing stream); the shortfall, if any.
+    async fn report_replicas(&self, name: &str) -> Option<ReplicaShortfall> {
+        let mut stream = self.js.get_stream(name).await.ok()?;
+        let replicas = stream.info().await.ok()?.config.num_replicas;
+        (replicas < self.replicas).then(|| {
+            tracing::warn!(
+                stream = %name,
+                replicas,
+                configured = self.replicas,
+                "stream has fewer replicas than configured; weir does not change it (raise it with `nats stream edit --replicas`)"
+            );
+            ReplicaShortfall {
+                stream: name.to_owned(),
+                replicas,
+                configured: self.replicas,
+            }
         })
     }
 
@@ -489,14 +777,17 @@ impl Transport {
         &self.subjects
     }
 
-    /// Create the events and dead-letter streams, or verify existing ones
-    /// capture the right subjects.
+    /// Create the events and dead-letter streams (with the configured
+    /// replicas), or verify existing ones capture the right subjects; returns
+    /// the existing streams with fewer replicas than configured (each also
+    /// logged as a warning; weir never changes them).
     ///
     /// # Errors
     ///
     /// [`TransportError::StreamConflict`] if a stream exists without the
     /// subjects weir needs; [`TransportError::JetStream`] otherwise.
-    pub async fn ensure_streams(&self) -> Result<(), TransportError> {
+    pub async fn ensure_streams(&self) -> Result<Vec<ReplicaShortfall>, TransportError> {
+        let mut shortfalls = Vec::new();
         let streams = [
             (self.stream.clone(), self.subjects.all_events(), self.limits),
             (
@@ -521,6 +812,7 @@ impl Transport {
                             ),
                         });
                     }
+                    shortfalls.extend(self.report_replicas(&name).await);
                 }
                 Err(_) => {
                     let config = stream::Config {
@@ -532,17 +824,18 @@ impl Transport {
                         max_age: limits.max_age,
                         duplicate_window: DUPLICATE_WINDOW,
                         discard: stream::DiscardPolicy::New,
+                        num_replicas: self.replicas,
                         ..Default::default()
                     };
                     self.js
                         .create_stream(config)
                         .await
                         .map_err(|e| js_err("stream create")(e))?;
-                    tracing::info!(stream = %name, "stream created");
+                    tracing::info!(stream = %name, replicas = self.replicas, "stream created");
                 }
             }
         }
-        Ok(())
+        Ok(shortfalls)
     }
 
     /// Publish event `name` from `source` with `payload` and id `msg_id`;
@@ -636,5 +929,71 @@ impl Transport {
     /// If the connection is gone.
     pub async fn flush(&self) -> Result<(), TransportError> {
         self.client.flush().await.map_err(|e| js_err("flush")(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nats(toml: &str) -> NatsConfig {
+        toml::from_str(toml).expect("parses")
+    }
+
+    #[test]
+    fn cluster_settings_are_checked_together() {
+        let ok = nats(
+            r#"
+            urls = ["nats://a:4222", "tls://b:4222"]
+            replicas = 3
+            creds_file = "node1.creds"
+            [tls]
+            ca_file = "ca.pem"
+            first = true
+            "#,
+        );
+        assert!(ok.problems().is_empty(), "{:?}", ok.problems());
+        assert_eq!(ok.servers().unwrap().len(), 2);
+        let problems = nats(
+            r#"
+            url = "nats://a:4222"
+            urls = ["nats://a:4222,nats://b:4222"]
+            replicas = 6
+            user = "n1"
+            password = "plain"
+            token_file = "t"
+            "#,
+        )
+        .problems();
+        for expected in [
+            "give url or urls, not both",
+            "url \"nats://a:4222,nats://b:4222\"",
+            "replicas = 6 must be 1 to 5",
+            "password is refused in the config file",
+            "give one way to authenticate, not 2 (user, token_file)",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(expected)),
+                "{expected:?} not in {problems:?}"
+            );
+        }
+        let embedded = nats("replicas = 3\nnkey_seed_file = \"s.nk\"").problems();
+        assert_eq!(embedded.len(), 2, "{embedded:?}");
+        assert!(embedded[0].contains("needs a cluster"), "{embedded:?}");
+    }
+
+    #[test]
+    fn start_is_new_all_or_a_duration() {
+        use consumer::Start;
+        let parse = |s: &str| Start::try_from(s.to_owned());
+        assert_eq!(Delivery::default().start, Start::New);
+        assert_eq!(parse("all"), Ok(Start::All));
+        assert_eq!(parse("24h"), Ok(Start::Ago(Duration::from_secs(86_400))));
+        assert!(
+            parse("yesterday")
+                .unwrap_err()
+                .contains("expected \"new\", \"all\"")
+        );
+        assert_eq!(String::from(Start::Ago(Duration::from_secs(90))), "1m 30s");
     }
 }

@@ -7,7 +7,8 @@ use bytes::Bytes;
 
 use super::{TransportError, js_err};
 
-/// Effect idempotency records of one node: keys `n<node>.<app>.<digest>` in
+/// Effect idempotency records of one node (or of the cluster,
+/// [`EffectRecords::cluster`]): keys `n<node>.<app>.<digest>` (`cluster.<app>.<digest>`) in
 /// the [`EFFECT_RECORDS_BUCKET`](super::EFFECT_RECORDS_BUCKET) bucket, where the digest is the SHA-256 of
 /// (app, event id, effect) in hex, first 32 characters.
 #[derive(Clone)]
@@ -25,6 +26,17 @@ impl std::fmt::Debug for EffectRecords {
 }
 
 impl EffectRecords {
+    /// The same bucket under the cluster's prefix, `cluster`: the records of
+    /// `scope = "cluster"` apps, whose events any node may handle (a
+    /// redelivery to another node finds the record of the first).
+    #[must_use]
+    pub fn cluster(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            prefix: "cluster".to_owned(),
+        }
+    }
+
     fn key(&self, app: &str, digest: &str) -> String {
         format!("{}.{app}.{digest}", self.prefix)
     }

@@ -40,6 +40,26 @@ impl Hasher for ShaHasher {
     }
 }
 
+/// The artifact directory `weir run` uses when `[engine] cache_dir` is not
+/// set and `disk_cache` is on: `$XDG_STATE_HOME/weir/artifacts`, else
+/// `$HOME/.local/state/weir/artifacts`, else `weir-artifacts-<uid>` under the
+/// temporary directory (beside the embedded nats-server's store). It is held
+/// to the same rules as any `cache_dir`: this user's, mode 0700, created so
+/// when missing.
+pub fn default_cache_dir() -> PathBuf {
+    let non_empty = |v: std::ffi::OsString| (!v.is_empty()).then(|| PathBuf::from(v));
+    if let Some(state) = std::env::var_os("XDG_STATE_HOME").and_then(non_empty) {
+        return state.join("weir/artifacts");
+    }
+    if let Some(home) = std::env::var_os("HOME").and_then(non_empty) {
+        return home.join(".local/state/weir/artifacts");
+    }
+    std::env::temp_dir().join(format!(
+        "weir-artifacts-{}",
+        rustix::process::geteuid().as_raw()
+    ))
+}
+
 /// Artifact cache (see module docs).
 #[derive(Debug)]
 pub(crate) struct ArtifactCache {

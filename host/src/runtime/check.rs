@@ -50,7 +50,8 @@ pub fn classify(name: &str) -> Grant {
         "weir:handler/node"
         | "weir:handler/domains"
         | "weir:handler/log"
-        | "weir:handler/types" => {
+        | "weir:handler/types"
+        | "weir:handler/kv" => {
             return Grant::Provided;
         }
         "wasi:cli/stdout" | "wasi:cli/stderr" => return Grant::Provided,
@@ -79,7 +80,7 @@ pub fn classify(name: &str) -> Grant {
     match package {
         "wasi:io" | "wasi:clocks" | "wasi:random" => Grant::Provided,
         "wasi:http" => {
-            Grant::Refused("weir provides no HTTP: handlers return effects instead".into())
+            Grant::Refused("weir provides no HTTP: handlers return effects instead (componentize-js: build with `--disable http fetch-event`)".into())
         }
         _ if package.starts_with("weir:") => Grant::Refused("not part of weir:handler@0.1".into()),
         _ => Grant::Refused("weir does not provide this interface".into()),
@@ -170,6 +171,7 @@ mod tests {
     #[test]
     fn classification_table() {
         assert_eq!(classify("weir:handler/log@0.1.0"), Grant::Provided);
+        assert_eq!(classify("weir:handler/kv@0.2.0"), Grant::Provided);
         assert_eq!(classify("wasi:io/streams@0.2.6"), Grant::Provided);
         assert_eq!(classify("wasi:clocks/wall-clock@0.2.0"), Grant::Provided);
         assert_eq!(classify("wasi:cli/stderr@0.2.6"), Grant::Provided);
@@ -181,7 +183,7 @@ mod tests {
             "refused"
         );
         assert_eq!(classify("acme:vault/secrets@1.0.0").label(), "refused");
-        assert_eq!(classify("weir:handler/kv@0.2.0").label(), "refused");
+        assert_eq!(classify("weir:handler/secrets@0.2.0").label(), "refused");
         assert_eq!(classify("plain-name").label(), "refused");
     }
 }

@@ -14,6 +14,11 @@ use super::invoke::{App, AppInner};
 use super::limits::Limits;
 use super::state::{AppIdentity, HostState};
 use crate::bindings::HandlerPre;
+use crate::runtime::kv::{KvAccess, KvGrant};
+
+/// The key-value interface's name without its version: imported only by
+/// apps granted a bucket.
+pub const KV_INTERFACE: &str = "weir:handler/kv@";
 use crate::domain::DomainSet;
 
 /// Everything needed to deploy one app on this node.
@@ -34,6 +39,9 @@ pub struct AppSpec {
     /// the Unix epoch and the monotonic clock reads 0, so a handler cannot
     /// time the host or other apps.
     pub clocks: bool,
+    /// The key-value buckets it may use (`grants.kv`, `grants.kv_shared`).
+    /// Default none: a component importing `weir:handler/kv` is refused.
+    pub kv: KvGrant,
 }
 
 impl AppSpec {
@@ -46,6 +54,7 @@ impl AppSpec {
             domains: Vec::new(),
             limits: Limits::default(),
             clocks: false,
+            kv: KvGrant::default(),
         }
     }
 }
@@ -98,7 +107,7 @@ impl Runtime {
                 Ok(instance_pre) => match HandlerPre::new(instance_pre) {
                     Ok(p) => pre = Some(p),
                     Err(e) => problems.push(format!(
-                        "export `handle` does not match weir:handler@0.1.0: {e:#}"
+                        "export `handle` does not match weir:handler (0.1.0 or 0.2.0): {e:#}"
                     )),
                 },
             }
@@ -146,6 +155,18 @@ impl Runtime {
             return Err(DeployError::Config(problems));
         }
         let (report, pre) = self.check_component(bytes)?;
+        let mut report = report;
+        if !spec.kv.any()
+            && let Some(kv) = report
+                .imports
+                .iter()
+                .find(|i| i.name.starts_with(KV_INTERFACE))
+        {
+            report.problems.push(format!(
+                "imports {} but the app is granted no key-value bucket (set [app.grants] kv = true or kv_shared = [\"name\"])",
+                kv.name
+            ));
+        }
         let pre = match pre {
             Some(pre) if report.deployable() => pre,
             _ => return Err(DeployError::Refused(report.problems)),
@@ -156,6 +177,7 @@ impl Runtime {
             node_name: spec.node_name,
             domains,
             clocks: spec.clocks,
+            kv: Arc::new(KvAccess::new(spec.kv.clone())),
         });
         tracing::info!(
             app = %spec.name,

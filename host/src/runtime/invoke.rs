@@ -69,6 +69,11 @@ pub struct InvokeStats {
     pub log: LogCounts,
     /// Effects removed because an identical one was already in the batch.
     pub effects_collapsed: usize,
+    /// `weir:handler/kv` calls the batch made.
+    pub kv_calls: u32,
+    /// Of those, calls that returned an error (denied, invalid key, too
+    /// large, over budget, conflict, unavailable).
+    pub kv_errors: u32,
 }
 
 /// The handler's answer to one batch, validated: one outcome per event,
@@ -105,6 +110,18 @@ pub(super) fn truncate(mut s: String, max: usize) -> String {
 }
 
 impl App {
+    /// Give the app's batches their key-value store (the `kv` import; its
+    /// grant was fixed at deploy). Only the first call counts. Until then a
+    /// `kv` call answers `unavailable`.
+    pub fn attach_kv(&self, backend: std::sync::Arc<dyn crate::runtime::kv::KvBackend>) {
+        self.inner.identity.kv.attach(backend);
+    }
+
+    /// The buckets the app may use.
+    pub fn kv_grant(&self) -> &crate::runtime::kv::KvGrant {
+        self.inner.identity.kv.grant()
+    }
+
     /// The app's name.
     pub fn name(&self) -> &str {
         &self.inner.identity.app
@@ -222,6 +239,8 @@ impl App {
             Err(e) => Err(InvokeError::classify(&e, store.data(), limits)),
         };
         stats.log = store.data().log.finish();
+        stats.kv_calls = store.data().kv_budget.calls;
+        stats.kv_errors = store.data().kv_budget.errors;
         let ran_long =
             store.data().demoted || start.elapsed() >= EPOCH_TICK * LONG_BATCH_TICKS as u32;
         inner.long_running.store(ran_long, Ordering::Relaxed);

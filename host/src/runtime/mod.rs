@@ -30,10 +30,12 @@ pub mod deploy;
 pub mod error;
 pub mod guest_log;
 pub mod invoke;
+pub mod kv;
 pub mod limits;
 pub mod threads;
 
 pub(crate) mod cache;
+pub use cache::default_cache_dir;
 pub(crate) mod priority;
 pub(crate) mod state;
 
@@ -121,9 +123,21 @@ pub struct EngineConfig {
     pub max_component_bytes: usize,
     /// Compile timeout in milliseconds. Default [`DEFAULT_COMPILE_TIMEOUT`].
     pub compile_timeout_ms: u64,
-    /// Directory for precompiled artifacts; `None` keeps them in memory only.
+    /// Directory for precompiled artifacts; `None` keeps them in memory only
+    /// (in-process use), unless the host resolves [`EngineConfig::disk_cache`].
     /// Default `None`.
     pub cache_dir: Option<PathBuf>,
+    /// Keep precompiled artifacts on disk in the host's state directory when
+    /// `cache_dir` is not set: `weir run` (the daemon) then uses
+    /// [`default_cache_dir`], so a restart deserializes instead of
+    /// compiling (a Python or JavaScript component costs seconds to
+    /// compile, see the README's per-language table). `false` keeps them in
+    /// memory only. A [`Runtime`] built directly ignores it. Default `true`.
+    pub disk_cache: bool,
+    /// `weir run` reloads by itself when the config file or a component
+    /// file changes on disk (debounced; see the binary's `watch` module).
+    /// Default `false` (reload with SIGHUP or `weir reload`).
+    pub watch: bool,
 }
 
 impl Default for EngineConfig {
@@ -136,11 +150,23 @@ impl Default for EngineConfig {
             max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
             compile_timeout_ms: DEFAULT_COMPILE_TIMEOUT.as_millis() as u64,
             cache_dir: None,
+            disk_cache: true,
+            watch: false,
         }
     }
 }
 
 impl EngineConfig {
+    /// This configuration as the daemon runs it: with `disk_cache` and no
+    /// `cache_dir`, the cache directory is [`default_cache_dir`].
+    pub fn for_host(&self) -> Self {
+        let mut config = self.clone();
+        if config.disk_cache && config.cache_dir.is_none() {
+            config.cache_dir = Some(cache::default_cache_dir());
+        }
+        config
+    }
+
     /// Every problem with this configuration (empty if valid).
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
@@ -317,8 +343,14 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| DeployError::Config(vec![format!("failed to link WASI: {e}")]))?;
-        crate::bindings::Handler::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)
-            .map_err(|e| DeployError::Config(vec![format!("failed to link weir:handler: {e}")]))?;
+        crate::bindings::StatefulHandler::add_to_linker::<_, HasSelf<HostState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| DeployError::Config(vec![format!("failed to link weir:handler: {e}")]))?;
+        link_v0_1(&mut linker).map_err(|e| {
+            DeployError::Config(vec![format!("failed to link weir:handler@0.1.0: {e}")])
+        })?;
         crate::runtime::state::bound_blocking_waits(&mut linker).map_err(|e| {
             DeployError::Config(vec![format!(
                 "failed to link the bounded wasi:io/poll: {e}"
@@ -437,6 +469,15 @@ fn spawn_epoch_ticker(engine: &Engine) {
         // Without the ticker deadlines never fire; fuel still bounds guests.
         tracing::error!(error = %e, "failed to start the epoch ticker: deadlines disabled");
     }
+}
+
+/// Link `weir:handler@0.1.0`'s imports (see [`crate::bindings`]).
+fn link_v0_1(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    use crate::bindings::v0_1::weir::handler::{domains, log, node};
+    node::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
+    domains::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
+    log::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -28,6 +28,8 @@ pub struct AppIdentity {
     pub domains: DomainSet,
     /// Whether the app is granted the real clocks (else frozen ones).
     pub clocks: bool,
+    /// Its key-value grant and store (the `kv` import).
+    pub kv: Arc<crate::runtime::kv::KvAccess>,
 }
 
 /// The clock an app without the `clocks` grant sees: always the Unix epoch
@@ -193,8 +195,10 @@ pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) limiter: InstanceLimiter,
-    identity: Arc<AppIdentity>,
+    pub(crate) identity: Arc<AppIdentity>,
     pub(crate) log: LogSink,
+    /// What this batch's `kv` calls used.
+    pub(crate) kv_budget: crate::runtime::kv::KvBudget,
     /// Whether this batch's thread was demoted (see
     /// [`crate::runtime::limits::LONG_BATCH_TICKS`]).
     pub(crate) demoted: bool,
@@ -235,6 +239,7 @@ impl HostState {
             },
             identity,
             log,
+            kv_budget: crate::runtime::kv::KvBudget::default(),
             demoted: false,
             deadline: std::time::Instant::now()
                 + std::time::Duration::from_millis(limits.deadline_ms),
@@ -282,3 +287,50 @@ impl log::Host for HostState {
 }
 
 impl crate::bindings::weir::handler::types::Host for HostState {}
+
+/// `weir:handler@0.1.0`'s imports answer exactly as 0.2.0's.
+mod v0_1 {
+    use super::HostState;
+    use crate::bindings::v0_1::weir::handler::{domains, log, node, types};
+    use crate::bindings::weir::handler as current;
+
+    impl node::Host for HostState {
+        fn id(&mut self) -> u32 {
+            current::node::Host::id(self)
+        }
+
+        fn name(&mut self) -> String {
+            current::node::Host::name(self)
+        }
+
+        fn is_local(&mut self, origin: Option<u32>) -> bool {
+            current::node::Host::is_local(self, origin)
+        }
+    }
+
+    impl domains::Host for HostState {
+        fn mine(&mut self) -> Vec<String> {
+            current::domains::Host::mine(self)
+        }
+
+        fn is_mine(&mut self, domain: String) -> bool {
+            current::domains::Host::is_mine(self, domain)
+        }
+    }
+
+    impl log::Host for HostState {
+        fn log(&mut self, level: log::Level, message: String) {
+            use current::log::Level as L;
+            let level = match level {
+                log::Level::Trace => L::Trace,
+                log::Level::Debug => L::Debug,
+                log::Level::Info => L::Info,
+                log::Level::Warn => L::Warn,
+                log::Level::Error => L::Error,
+            };
+            current::log::Host::log(self, level, message);
+        }
+    }
+
+    impl types::Host for HostState {}
+}

@@ -14,8 +14,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use weir_host::config::{AppConfig, Config, HttpConfig, NodeConfig};
-use weir_host::effects::{EffectsConfig, Executor, Grants};
+use weir_host::effects::{AppEffects, EffectsConfig, Executor, Grants};
 use weir_host::filter::RuleConfig;
+use weir_host::nats::subjects::Scope;
 use weir_host::nats::{Delivery, NatsConfig};
 use weir_host::{EngineConfig, Limits};
 
@@ -27,8 +28,15 @@ pub struct ConfigBuilder {
 }
 
 impl ConfigBuilder {
-    /// Node `id` (named `node<id>`) on the NATS server at `nats_url`.
+    /// Node `id` (named `node<id>`) on the NATS server at `nats_url`, or on
+    /// a seed list (`nats.urls`) if it holds several URLs separated by commas.
     pub fn new(id: u32, nats_url: &str) -> Self {
+        let servers = crate::nats::seed_list(nats_url);
+        let (url, urls) = if servers.len() > 1 {
+            (None, Some(servers))
+        } else {
+            (Some(nats_url.to_owned()), None)
+        };
         Self {
             config: Config {
                 node: NodeConfig {
@@ -36,7 +44,8 @@ impl ConfigBuilder {
                     name: format!("node{id}"),
                 },
                 nats: NatsConfig {
-                    url: Some(nats_url.to_owned()),
+                    url,
+                    urls,
                     ..NatsConfig::default()
                 },
                 http: HttpConfig {
@@ -136,6 +145,8 @@ impl AppBuilder {
                 domains: Vec::new(),
                 rule: Vec::new(),
                 grants: Grants::default(),
+                effects: AppEffects::default(),
+                scope: Scope::Node,
                 limits: Limits::default(),
                 delivery: Delivery::default(),
             },
@@ -172,6 +183,30 @@ impl AppBuilder {
     /// Event names the app may publish.
     pub fn publish(mut self, names: &[&str]) -> Self {
         self.app.grants.publish = names.iter().map(|n| (*n).to_owned()).collect();
+        self
+    }
+
+    /// Change the app's grants (e.g. `|g| g.kv = true`).
+    pub fn grants(mut self, change: impl FnOnce(&mut Grants)) -> Self {
+        change(&mut self.app.grants);
+        self
+    }
+
+    /// Debounce the app's effects: `[app.effects] debounce_ms = ms`.
+    pub fn debounce_ms(mut self, ms: u64) -> Self {
+        self.app.effects.debounce_ms = ms;
+        self
+    }
+
+    /// Change the app's `[app.effects]` (e.g. add a rate limit).
+    pub fn effects(mut self, change: impl FnOnce(&mut AppEffects)) -> Self {
+        change(&mut self.app.effects);
+        self
+    }
+
+    /// The app's scope (`scope = "cluster"`: one consumer for all nodes).
+    pub fn scope(mut self, scope: Scope) -> Self {
+        self.app.scope = scope;
         self
     }
 

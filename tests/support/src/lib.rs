@@ -4,14 +4,21 @@
 //! - [`config`]: a typed `weir.toml` builder ([`config::ConfigBuilder`]),
 //!   which gives a [`weir_host::config::Config`] or its TOML text (for a
 //!   `weir run` child process);
-//! - [`nats`]: a private nats-server per test, a publisher, the dead letters
-//!   of an app;
+//! - [`nats`]: a private nats-server per test, a 3-server cluster, a
+//!   publisher, the dead letters of an app;
+//! - [`ledger`]: a Jepsen-style ledger (a publisher recording what was
+//!   acknowledged, an effect log of what was handled, a checker: lost,
+//!   unexpected, re-executed);
+//! - [`languages`]: the Python and JavaScript handlers built into
+//!   components (componentize-py, componentize-js);
 //! - [`rss_bytes`]: a process's resident set size;
 //! - [`assert_eventually!`] and [`eventually`]: poll a condition with a
 //!   bound;
 //! - [`http_get`]: a minimal HTTP/1.0 GET for the daemon's endpoints.
 
 pub mod config;
+pub mod languages;
+pub mod ledger;
 pub mod nats;
 
 use std::net::SocketAddr;
@@ -80,11 +87,19 @@ macro_rules! assert_eventually {
 /// `GET path` over HTTP/1.0: the status code and body, `None` if the
 /// connection or the reply fails.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    http_request(addr, "GET", path).await
+}
+
+/// `method path` (no body) over HTTP/1.0: the status code and body, `None`
+/// if the connection or the reply fails.
+pub async fn http_request(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: weir\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
+    s.write_all(
+        format!("{method} {path} HTTP/1.0\r\nHost: weir\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+    )
+    .await
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).await.ok()?;
     let code = out.split_whitespace().nth(1)?.parse().ok()?;

@@ -7,7 +7,7 @@ wit_bindgen::generate!({
     inline: r#"
         package test:unknown-import;
         world probe {
-            include weir:handler/handler@0.1.0;
+            include weir:handler/handler@0.2.0;
             import acme:vault/secrets@1.0.0;
         }
     "#,

@@ -49,6 +49,13 @@ fn print_report(path: &Path, report: &CheckReport) -> std::io::Result<()> {
         .unwrap_or(0);
     for import in &report.imports {
         let why = match &import.grant {
+            Grant::Provided
+                if import
+                    .name
+                    .starts_with(weir_host::runtime::deploy::KV_INTERFACE) =>
+            {
+                "  (deploys only for an app granted kv or kv_shared)".to_owned()
+            }
             Grant::Provided => String::new(),
             Grant::Denied(why) => format!("  ({why})"),
             Grant::Refused(why) => format!("  ({why})"),

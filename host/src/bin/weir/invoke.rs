@@ -48,6 +48,13 @@ pub struct InvokeArgs {
     /// Per-app limits as a TOML file (fields of `weir_host::Limits`).
     #[arg(long)]
     limits: Option<PathBuf>,
+    /// Grant the app its own key-value bucket, kept in memory for this run
+    /// (for components that import `weir:handler/kv`).
+    #[arg(long)]
+    kv: bool,
+    /// Grant a shared key-value bucket by name, in memory (repeatable).
+    #[arg(long = "kv-shared")]
+    kv_shared: Vec<String>,
 }
 
 fn outcome_json(o: &Outcome) -> Value {
@@ -94,7 +101,16 @@ pub fn run(args: InvokeArgs) -> Result<ExitCode, Failure> {
     );
     spec.domains = args.domains.clone();
     spec.limits = limits;
+    spec.kv = weir_host::runtime::kv::KvGrant {
+        own: args.kv,
+        shared: args.kv_shared.clone(),
+    };
     let app = rt.deploy_file(spec, &args.component).code(exit::DATA)?;
+    if app.kv_grant().any() {
+        app.attach_kv(std::sync::Arc::new(
+            weir_host::runtime::kv::MemoryKv::default(),
+        ));
+    }
 
     let reader: Box<dyn BufRead> = if args.events.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())

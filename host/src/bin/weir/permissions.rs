@@ -1,32 +1,42 @@
 //! `weir permissions --config weir.toml`: the least-privilege NATS
 //! permissions of the host a config describes, as a nats-server `users`
-//! entry.
+//! entry for the identity the config authenticates as (its `user`, or its
+//! nkey's public key), or as the `nsc` command for a JWT (`creds_file`) user.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use weir_host::config::Config;
+use weir_host::permissions::{self, Identity};
 
 use crate::exit::{self, Code as _, Failure};
 
 /// `weir permissions`.
 #[derive(clap::Args)]
 pub struct PermissionsArgs {
-    /// The configuration file.
-    #[arg(long, default_value = "weir.toml")]
-    config: PathBuf,
-    /// User name to put in the entry.
+    #[command(flatten)]
+    config: crate::ConfigArg,
+    /// User name to put in the entry when the config names none
+    /// (`nats.user`), and the JWT user's name for `nsc`.
     #[arg(long, default_value = "weir-node")]
     user: String,
-    /// Password to put in the entry.
+    /// Password to put in a user entry (the host reads its own from
+    /// `nats.password_file` or `WEIR_NATS_PASSWORD`).
     #[arg(long, default_value = "CHANGE-ME")]
     password: String,
 }
 
 /// Print the entry; 78 if the config cannot be used.
 pub fn run(args: PermissionsArgs) -> Result<ExitCode, Failure> {
-    let config = Config::load(&args.config).code(exit::CONFIG)?;
-    let permissions = weir_host::permissions::for_host(&config).code(exit::CONFIG)?;
-    println!("{}", permissions.server_user(&args.user, &args.password));
+    let config = Config::load(&args.config.path()).code(exit::CONFIG)?;
+    let allowed = permissions::for_host(&config).code(exit::CONFIG)?;
+    match permissions::identity(&config.nats, &args.user, &args.password).code(exit::CONFIG)? {
+        Some(identity @ (Identity::User { .. } | Identity::Nkey(_))) => {
+            println!("{}", allowed.server_entry(&identity));
+        }
+        None => {
+            let user = config.nats.user.as_deref().unwrap_or(&args.user);
+            println!("{}", allowed.nsc_command(user));
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

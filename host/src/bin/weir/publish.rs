@@ -6,20 +6,63 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use weir_host::config::Config;
 use weir_host::corpus::{self, CorpusEvent};
-use weir_host::nats::{DEFAULT_PREFIX, DEFAULT_STREAM, Subjects, Transport};
+use weir_host::nats::{DEFAULT_PREFIX, DEFAULT_STREAM, NatsConfig, Subjects, TlsConfig, Transport};
 
 use crate::exit::{self, Code as _, Failure};
 
 /// `weir publish`.
 #[derive(clap::Args)]
 pub struct PublishArgs {
-    /// NATS server URL.
-    #[arg(long, env = "WEIR_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    url: String,
+    /// Take the servers, credentials, TLS, prefix, stream and replicas from
+    /// this config's `[nats]` section (instead of the flags below).
+    #[arg(long, conflicts_with_all = ["url", "prefix", "stream", "replicas", "user", "password_file", "token_file", "nkey_seed_file", "creds_file", "tls_ca_file", "tls_cert_file", "tls_key_file", "tls_first"])]
+    config: Option<PathBuf>,
+    /// NATS server URL; repeat it (or separate with commas) for a seed list.
+    #[arg(
+        long,
+        env = "WEIR_NATS_URL",
+        value_delimiter = ',',
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    url: Vec<String>,
     /// Subject prefix.
     #[arg(long, default_value = DEFAULT_PREFIX)]
     prefix: String,
+    /// Events stream (created if missing, with `--replicas`).
+    #[arg(long, default_value = DEFAULT_STREAM)]
+    stream: String,
+    /// Replicas of the streams if this command creates them (1 to 5).
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+    /// User (the password from `--password-file` or `WEIR_NATS_PASSWORD`).
+    #[arg(long)]
+    user: Option<String>,
+    /// File holding the password of `--user`.
+    #[arg(long, requires = "user")]
+    password_file: Option<PathBuf>,
+    /// File holding a token (or `WEIR_NATS_TOKEN`).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// File holding an nkey seed.
+    #[arg(long)]
+    nkey_seed_file: Option<PathBuf>,
+    /// A `.creds` file (user JWT and seed).
+    #[arg(long)]
+    creds_file: Option<PathBuf>,
+    /// CA certificates (PEM) that sign the servers' certificates.
+    #[arg(long)]
+    tls_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS, with `--tls-key-file`.
+    #[arg(long, requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of `--tls-cert-file`.
+    #[arg(long, requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
+    /// TLS-first handshake.
+    #[arg(long)]
+    tls_first: bool,
     /// Event name (single event).
     #[arg(long, conflicts_with = "replay", requires = "source")]
     name: Option<String>,
@@ -47,10 +90,50 @@ pub struct PublishArgs {
     batch_domains: bool,
 }
 
+impl PublishArgs {
+    /// The `[nats]` section to publish with: the config's, or the flags'.
+    fn nats(&self) -> Result<NatsConfig, Failure> {
+        let nats = match &self.config {
+            Some(path) => Config::read(path).code(exit::CONFIG)?.nats,
+            None => NatsConfig {
+                url: None,
+                urls: Some(self.url.clone()),
+                replicas: self.replicas,
+                prefix: self.prefix.clone(),
+                stream: self.stream.clone(),
+                user: self.user.clone(),
+                password_file: self.password_file.clone(),
+                token_file: self.token_file.clone(),
+                nkey_seed_file: self.nkey_seed_file.clone(),
+                creds_file: self.creds_file.clone(),
+                tls: TlsConfig {
+                    ca_file: self.tls_ca_file.clone(),
+                    cert_file: self.tls_cert_file.clone(),
+                    key_file: self.tls_key_file.clone(),
+                    first: self.tls_first,
+                },
+                ..NatsConfig::default()
+            },
+        };
+        let problems = nats.problems();
+        if !problems.is_empty() {
+            return Err(anyhow::anyhow!("nats: {}", problems.join("; nats: "))).code(exit::CONFIG);
+        }
+        if nats.servers().is_none() {
+            return Err(anyhow::anyhow!(
+                "the config names no NATS server (nats.url or nats.urls): nothing to publish to"
+            ))
+            .code(exit::CONFIG);
+        }
+        Ok(nats)
+    }
+}
+
 /// Publish; prints how many events were stored and how many were
 /// duplicates (an id JetStream already holds within its duplicate window,
 /// nothing new stored). 64 without `--name`/`--source` or `--replay`, 65 for
-/// a corpus that cannot be read, 69 if NATS refuses or is unreachable.
+/// a corpus that cannot be read, 69 if NATS refuses or is unreachable, 78
+/// for a bad `[nats]` section or credentials that cannot be read.
 pub fn run(args: PublishArgs) -> Result<ExitCode, Failure> {
     let events: Vec<CorpusEvent> = match (&args.replay, &args.name, &args.source) {
         (Some(path), _, _) => {
@@ -89,11 +172,16 @@ pub fn run(args: PublishArgs) -> Result<ExitCode, Failure> {
             || "publish".to_owned(),
             |s| s.to_string_lossy().into_owned(),
         );
-    let subjects = Subjects::new(&args.prefix).code(exit::USAGE)?;
+    let nats = args.nats()?;
+    let subjects = Subjects::new(&nats.prefix).code(exit::CONFIG)?;
+    let auth = nats.auth("_INBOX".to_owned()).code(exit::CONFIG)?;
+    let servers = nats.servers().unwrap_or_default();
     crate::tokio_runtime()?.block_on(async {
-        let transport = Transport::connect(&args.url, "weir-publish", subjects, DEFAULT_STREAM)
-            .await
-            .code(exit::UNAVAILABLE)?;
+        let transport =
+            Transport::connect_with(&servers, "weir-publish", subjects, &nats.stream, auth)
+                .await
+                .code(exit::UNAVAILABLE)?
+                .with_replicas(nats.replicas);
         transport.ensure_streams().await.code(exit::UNAVAILABLE)?;
         let start = Instant::now();
         let (mut stored, mut duplicates) = (0usize, 0usize);

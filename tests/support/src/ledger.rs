@@ -24,36 +24,65 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use weir_host::nats::Transport;
-use weir_host::nats::subjects::Subjects;
-use weir_test_support::config::{AppBuilder, ConfigBuilder};
+use weir_host::nats::subjects::{Scope, Subjects};
+use weir_host::nats::{ConnectAuth, DEFAULT_STREAM, Start, Transport};
+
+use crate::config::{AppBuilder, ConfigBuilder};
+use crate::nats::seed_list;
 
 /// The event every ledger app handles.
 pub const EVENT: &str = "work";
 /// The unit every event asks to restart.
 pub const UNIT: &str = "ledger.service";
 
-/// `weir.toml` for node 1 with one app, `ledger` (the echo component), whose
-/// effects append to `ledger`. `ack_wait_ms` is short so a killed host's
+/// `weir.toml` for node 1 on `url` (one server, or a comma-separated seed
+/// list, see [`crate::nats::seed_list`]) with one app, `ledger`, running
+/// `component` (the echo fixture: `restart:<unit>` asks for a restart),
+/// whose effects append to `ledger`. Its consumer starts at `all` (see the
+/// delivery settings); everything else is at its default. `ack_wait_ms` is short so a killed host's
 /// in-flight events come back quickly; `max_deliver` is the default (5): an
 /// event whose deliveries the faults use up is dead-lettered, and the
 /// checker counts it as decided, not lost.
-pub fn host_config(nats_url: &str, ledger: &Path, cache: &Path, ack_wait_ms: u64) -> ConfigBuilder {
+pub fn host_config(
+    url: &str,
+    component: &str,
+    ledger: &Path,
+    cache: &Path,
+    ack_wait_ms: u64,
+) -> ConfigBuilder {
+    node_config(1, Scope::Node, url, component, ledger, cache, ack_wait_ms)
+}
+
+/// [`host_config`] for node `node`, the app in `scope` (`Scope::Cluster`:
+/// every node's host shares one consumer, as in the singleton scenarios).
+pub fn node_config(
+    node: u32,
+    scope: Scope,
+    url: &str,
+    component: &str,
+    ledger: &Path,
+    cache: &Path,
+    ack_wait_ms: u64,
+) -> ConfigBuilder {
     let cache = cache.to_owned();
-    ConfigBuilder::new(1, nats_url)
+    ConfigBuilder::new(node, url)
         .engine(|e| e.cache_dir = Some(cache))
         .shell_executor(&format!(
             "printf '%s|%s\\n' \"$WEIR_EFFECT_KEYS\" \"$WEIR_EVENT_IDS\" >> {}",
             ledger.display()
         ))
         .app(
-            AppBuilder::new("ledger", weir_test_artifacts::ECHO)
+            AppBuilder::new("ledger", component)
                 .events(&[EVENT])
                 .restart(&[UNIT])
+                .scope(scope)
                 .limits(|l| l.deadline_ms = 400)
                 .delivery(|d| {
                     d.backoff_ms = vec![100];
                     d.ack_wait_ms = ack_wait_ms;
+                    // The checker counts every acknowledged event as the
+                    // app's, published before its consumer existed or not.
+                    d.start = Start::All;
                 }),
         )
 }
@@ -80,7 +109,7 @@ pub struct Publisher {
 
 impl Publisher {
     /// Start publishing `EVENT` (payload `restart:UNIT`) at `per_second` to
-    /// `url`, ids `<prefix><n>`.
+    /// `url` (one server or a comma-separated seed list), ids `<prefix><n>`.
     pub async fn start(url: &str, per_second: u32, prefix: &str) -> anyhow::Result<Self> {
         Self::start_with(
             url,
@@ -105,8 +134,14 @@ impl Publisher {
         keep_ids: bool,
     ) -> anyhow::Result<Self> {
         let (event, payload) = (event.to_owned(), Bytes::from(payload));
-        let t =
-            Transport::connect(url, "ledger-publisher", Subjects::default(), "WEIR_EVENTS").await?;
+        let t = Transport::connect_with(
+            &seed_list(url),
+            "ledger-publisher",
+            Subjects::default(),
+            DEFAULT_STREAM,
+            ConnectAuth::default(),
+        )
+        .await?;
         t.wait_connected().await;
         t.ensure_streams().await?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -288,9 +323,25 @@ pub async fn drain(
     }
 }
 
+/// Stop `publisher` and [`drain`] `app` on `url` for at most `within`:
+/// what was published, whether every acknowledged event was decided, and
+/// how long after the last publish the drain ended.
+pub async fn finish_and_drain(
+    publisher: Publisher,
+    ledger: &Path,
+    url: &str,
+    app: &str,
+    within: Duration,
+) -> (Published, bool, Duration) {
+    let published = publisher.finish().await;
+    let last_publish = std::time::Instant::now();
+    let drained = drain(&published, ledger, url, app, within).await;
+    (published, drained, last_publish.elapsed())
+}
+
 /// The dead letters of node 1's `app`: original event id → reason.
 pub async fn dead_letters(url: &str, app: &str) -> anyhow::Result<HashMap<String, String>> {
-    Ok(weir_test_support::nats::dead_letters(url, app)
+    Ok(crate::nats::dead_letters(url, app)
         .await?
         .into_iter()
         .map(|(id, d)| (id, d.reason))
@@ -315,15 +366,67 @@ pub fn reasons(dead: &HashMap<String, String>) -> Vec<(String, usize)> {
 
 /// Total deliveries (including redeliveries) of node 1's `app` consumer.
 pub async fn deliveries(url: &str, app: &str) -> anyhow::Result<u64> {
-    let client = async_nats::connect(url).await?;
+    let client = async_nats::connect(seed_list(url)).await?;
     let js = async_nats::jetstream::new(client);
     let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
-        .get_stream("WEIR_EVENTS")
+        .get_stream(DEFAULT_STREAM)
         .await?
         .get_consumer(&weir_host::nats::subjects::consumer_name(1, app))
         .await
         .map_err(|e| anyhow::anyhow!("consumer lookup: {e}"))?;
     Ok(consumer.info().await?.delivered.consumer_sequence)
+}
+
+/// The unit version 2 of echo restarts (`echo-v2` asks for `v2-<unit>`).
+pub fn unit_v2() -> String {
+    format!("v2-{UNIT}")
+}
+
+/// `weir.toml` for node 1 on `url` with one app per `(name, component)`,
+/// each handling [`EVENT`] at default settings and granted [`UNIT`] and
+/// [`unit_v2`]; every effect is appended to `ledger` as `app|effect|event
+/// ids` (read with [`read_by_app`]), so the ledger tells which app and which
+/// version handled each event.
+pub fn apps_config(url: &str, ledger: &Path, apps: &[(&str, &str)]) -> ConfigBuilder {
+    let mut c = ConfigBuilder::new(1, url).shell_executor(&format!(
+        "printf '%s|%s|%s\\n' \"$WEIR_APP\" \"$WEIR_EFFECT\" \"$WEIR_EVENT_IDS\" >> {}",
+        ledger.display()
+    ));
+    for (name, component) in apps {
+        c = c.app(
+            AppBuilder::new(name, *component)
+                .events(&[EVENT])
+                .restart(&[UNIT, &unit_v2()]),
+        );
+    }
+    c
+}
+
+/// A ledger written by [`apps_config`]'s executor: per app, every
+/// `(effect, event id)` in order.
+pub fn read_by_app(ledger: &Path) -> HashMap<String, Vec<(String, String)>> {
+    let mut by_app: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    for line in std::fs::read_to_string(ledger).unwrap_or_default().lines() {
+        let mut parts = line.splitn(3, '|');
+        let (Some(app), Some(effect), Some(ids)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let entries = by_app.entry(app.to_owned()).or_default();
+        for id in ids.split_whitespace() {
+            entries.push((effect.to_owned(), id.to_owned()));
+        }
+    }
+    by_app
+}
+
+/// How many times each event id occurs in one app's [`read_by_app`] entries.
+pub fn times_handled(handled: &[(String, String)]) -> HashMap<&str, usize> {
+    let mut c = HashMap::new();
+    for (_, id) in handled {
+        *c.entry(id.as_str()).or_default() += 1;
+    }
+    c
 }
 
 /// A scratch directory with the ledger and the artifact cache.

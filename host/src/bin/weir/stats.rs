@@ -1,0 +1,206 @@
+//! `weir stats --config weir.toml`: a running host's `/stats` as a table,
+//! one row per app; `--json` for the raw object, `--watch` to refresh.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::admin::{self, STATS_TIMEOUT};
+use crate::exit::{self, Code as _, Failure};
+
+/// `weir stats`.
+#[derive(clap::Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    config: crate::ConfigArg,
+    /// Print `/stats` as it is (JSON).
+    #[arg(long)]
+    json: bool,
+    /// Refresh every SECONDS (default 2) until interrupted.
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
+    watch: Option<u64>,
+}
+
+/// How one cell is read from an app's object.
+type Cell = fn(&Value) -> String;
+
+/// The columns of the table: header and how to read it from one app.
+const COLUMNS: [(&str, Cell); 14] = [
+    ("APP", |a| text(&a["app"])),
+    ("STATE", state),
+    ("RECEIVED", |a| text(&a["received"])),
+    ("SKIPPED", |a| text(&a["skipped"])),
+    ("INVOKED", |a| text(&a["invoked_events"])),
+    ("BATCHES", |a| text(&a["batches"])),
+    ("DONE/RETRY/REJECT", |a| {
+        let o = &a["outcomes"];
+        format!(
+            "{}/{}/{}",
+            text(&o["done"]),
+            text(&o["retry"]),
+            text(&o["reject"])
+        )
+    }),
+    ("DEAD", |a| text(&a["dead_letters"])),
+    ("EFFECTS", |a| text(&a["effects_executed"])),
+    ("PENDING", |a| text(&a["effects_pending"])),
+    ("TRAPS", |a| {
+        let n: u64 = a["traps"]
+            .as_object()
+            .map(|t| t.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0);
+        n.to_string()
+    }),
+    ("QUARANTINES", |a| text(&a["quarantines"])),
+    ("LAG", |a| text(&a["consumer_lag"])),
+    ("P99_MS", |a| {
+        a["settle_latency_p99_ms"]
+            .as_f64()
+            .map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"))
+    }),
+];
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+fn state(app: &Value) -> String {
+    match app["state"].as_str() {
+        Some("quarantined") => {
+            let left_s = app["until_ms"]
+                .as_u64()
+                .map(|until| until.saturating_sub(now_ms()) / 1_000)
+                .unwrap_or(0);
+            format!("quarantined ({left_s} s)")
+        }
+        Some(s) => s.to_owned(),
+        None => "-".to_owned(),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `/stats` as a table: a header line, one line per app, then the last
+/// errors of quarantined apps and the last reload.
+pub fn table(stats: &Value) -> String {
+    let apps = stats["apps"].as_array().cloned().unwrap_or_default();
+    let rows: Vec<Vec<String>> = apps
+        .iter()
+        .map(|a| COLUMNS.iter().map(|(_, f)| f(a)).collect())
+        .collect();
+    let widths: Vec<usize> = COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(i, (h, _))| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([h.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let mut out = format!("node {}\n", text(&stats["node"]));
+    out += &line(COLUMNS.iter().map(|(h, _)| (*h).to_owned()).collect());
+    out.push('\n');
+    for row in rows {
+        out += &line(row);
+        out.push('\n');
+    }
+    for a in &apps {
+        if let Some(e) = a["last_error"].as_str() {
+            out += &format!("{}: last error: {e}\n", text(&a["app"]));
+        }
+    }
+    let last = &stats["reload"]["last"];
+    if last.is_object() {
+        let what = if last["ok"].as_bool() == Some(true) {
+            "applied".to_owned()
+        } else {
+            format!("refused: {}", text(&last["problems"]))
+        };
+        out += &format!("last reload {what}\n");
+    }
+    out
+}
+
+/// Print once, or every `--watch` seconds until interrupted; 69 if no host
+/// answers.
+pub fn run(args: StatsArgs) -> Result<ExitCode, Failure> {
+    let addr = admin::host_addr(&args.config)?;
+    loop {
+        let (status, body) = admin::request(addr, "GET", "/stats", STATS_TIMEOUT)?;
+        if status != 200 {
+            return Err(anyhow::anyhow!("/stats answered HTTP {status}: {body}"))
+                .code(exit::UNAVAILABLE);
+        }
+        if args.json {
+            println!("{}", body.trim());
+        } else {
+            let stats: Value = serde_json::from_str(&body)
+                .map_err(|e| anyhow::anyhow!("/stats is not JSON: {e}"))
+                .code(exit::UNAVAILABLE)?;
+            if args.watch.is_some() {
+                // Clear the screen and go home, as watch(1) does.
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", table(&stats));
+        }
+        let Some(every) = args.watch else {
+            return Ok(ExitCode::SUCCESS);
+        };
+        std::thread::sleep(Duration::from_secs(every.max(1)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_row_per_app_with_state_and_last_error() {
+        let stats = serde_json::json!({
+            "node": 1,
+            "apps": [
+                {"app": "mail", "state": "running", "received": 10, "skipped": 4,
+                 "invoked_events": 6, "batches": 2, "outcomes": {"done": 6, "retry": 0, "reject": 0},
+                 "dead_letters": 0, "effects_executed": 1, "traps": {}, "quarantines": 0,
+                 "consumer_lag": 0, "settle_latency_p99_ms": 21.04},
+                {"app": "bad", "state": "quarantined", "until_ms": 0, "last_error": "trap: unreachable",
+                 "received": 5, "skipped": 0, "invoked_events": 5, "batches": 5,
+                 "outcomes": {"done": 0, "retry": 0, "reject": 0}, "dead_letters": 0,
+                 "effects_executed": 0, "traps": {"trap": 5}, "quarantines": 1,
+                 "consumer_lag": 3, "settle_latency_p99_ms": 0.0}
+            ],
+            "reload": {"applied": 0, "refused": 1, "last": {"ok": false, "problems": ["x"]}}
+        });
+        let t = table(&stats);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "node 1");
+        assert!(lines[1].starts_with("APP   STATE"), "{t}");
+        assert!(lines[2].starts_with("mail  running"), "{t}");
+        assert!(lines[2].ends_with("21.0"), "{t}");
+        assert!(lines[3].starts_with("bad   quarantined (0 s)"), "{t}");
+        assert!(lines[3].contains(" 5  "), "traps summed: {t}");
+        assert_eq!(lines[4], "bad: last error: trap: unreachable");
+        assert_eq!(lines[5], "last reload refused: [\"x\"]");
+    }
+}
