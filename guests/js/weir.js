@@ -115,11 +115,15 @@ export class Batch {
    * Redeliver event `index` after `delayMs` ms (the host caps the delay).
    * @param {number} index
    * @param {number} delayMs
-   * @throws {RangeError} if `index` is out of bounds
+   * @throws {RangeError} if `index` is out of bounds or `delayMs` is not an
+   *   integer from 0 to 2^32 - 1 (the WIT type is `u32`)
    */
   retry(index, delayMs) {
     this.#check(index);
-    this.outcomes[index] = { tag: 'retry', val: delayMs >>> 0 };
+    if (!Number.isInteger(delayMs) || delayMs < 0 || delayMs > 0xffffffff) {
+      throw new RangeError(`retry delay ${delayMs} is not a u32 of milliseconds`);
+    }
+    this.outcomes[index] = { tag: 'retry', val: delayMs };
   }
 
   /**

@@ -126,9 +126,13 @@ class Batch:
 
     def retry(self, index: int, delay_ms: int) -> None:
         """Redeliver event ``index`` after ``delay_ms`` milliseconds (the host
-        caps the delay). Raises ``IndexError`` if out of bounds."""
+        caps the delay). Raises ``IndexError`` if ``index`` is out of bounds,
+        ``ValueError`` if ``delay_ms`` is not an integer from 0 to 2**32 - 1
+        (the WIT type is ``u32``)."""
         self._check(index)
-        self._outcomes[index] = _types.Outcome_Retry(int(delay_ms) & 0xFFFFFFFF)
+        if not isinstance(delay_ms, int) or not 0 <= delay_ms <= 0xFFFFFFFF:
+            raise ValueError(f"retry delay {delay_ms!r} is not a u32 of milliseconds")
+        self._outcomes[index] = _types.Outcome_Retry(delay_ms)
 
     def reject(self, index: int, reason: str) -> None:
         """Reject event ``index`` for good: the host dead-letters it with

@@ -10,7 +10,7 @@
 //! |---|---|---|---|
 //! | rust | `weir-guest/` (and weir's `Cargo.lock`) | `cargo build --release --target wasm32-wasip2` | `target/wasm32-wasip2/release/<name>.wasm` (`-` becomes `_`) |
 //! | python | `weir_sdk/` | `componentize-py -d wit -w handler componentize app -p . -o <name>.wasm` | `<name>.wasm` |
-//! | js | `weir.js` | `npm install && npm run build` (componentize-js pinned in `package.json`) | `<name>.wasm` |
+//! | js | `weir.js` | `npm install && npm run build` (componentize-js pinned in `package.json`, every package in `package-lock.json`) | `<name>.wasm` |
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -23,6 +23,11 @@ use crate::exit::{self, Code as _, Failure};
 /// The componentize-js version a JavaScript project pins (npm), the one
 /// `guests/js/package.json` is built and tested with.
 pub const COMPONENTIZE_JS_VERSION: &str = "0.23.0";
+
+/// The `@bytecodealliance/preview2-shim` version a JavaScript project pins:
+/// componentize-js imports it at build time, but npm does not install it by
+/// itself (an optional peer), so `npm ci` on a lock without it fails.
+pub const PREVIEW2_SHIM_VERSION: &str = "0.25.0";
 
 /// The componentize-py version a Python project is documented with (PyPI),
 /// the one `.ci/run` installs.
@@ -68,6 +73,12 @@ type File = (&'static str, String);
 /// exists and is not empty or cannot be written.
 pub fn run(args: NewArgs) -> Result<ExitCode, Failure> {
     check_name(&args.name).code(exit::USAGE)?;
+    if matches!(args.lang, Lang::Rust) && args.name == "weir-guest" {
+        return Err(anyhow::anyhow!(
+            "invalid project name \"weir-guest\": it is the vendored SDK's package name"
+        ))
+        .code(exit::USAGE);
+    }
     let dir = args.dir.unwrap_or_else(|| PathBuf::from(&args.name));
     let files = project(args.lang, &args.name);
     write_all(&dir, &files).code(exit::CANT_CREATE)?;
@@ -142,6 +153,7 @@ fn fill(template: &str, lang: Lang, name: &str) -> String {
         .replace("{{sdk_version}}", SDK_VERSION)
         .replace("{{weir_version}}", env!("CARGO_PKG_VERSION"))
         .replace("{{componentize_js}}", COMPONENTIZE_JS_VERSION)
+        .replace("{{preview2_shim}}", PREVIEW2_SHIM_VERSION)
         .replace("{{build}}", &build)
         .replace("{{needs}}", &needs)
         .replace("{{wasm}}", &wasm)
@@ -214,6 +226,7 @@ fn project(lang: Lang, name: &str) -> Vec<File> {
                 "package.json",
                 t(include_str!("../../../templates/js/package.json")),
             ),
+            ("package-lock.json", js_lock(name)),
             (".gitignore", "node_modules/\n*.wasm\n".into()),
             (
                 "weir.js",
@@ -222,6 +235,25 @@ fn project(lang: Lang, name: &str) -> Vec<File> {
         ]),
     }
     files
+}
+
+/// `guests/js/package-lock.json` (the versions weir's JavaScript SDK is
+/// built and tested with) renamed for project `name`, so `npm install`
+/// installs exactly those.
+fn js_lock(name: &str) -> String {
+    let mut lock: serde_json::Value =
+        serde_json::from_str(include_str!("../../../../guests/js/package-lock.json"))
+            .expect("guests/js/package-lock.json is JSON");
+    lock["name"] = name.into();
+    lock["version"] = "0.1.0".into();
+    if let Some(root) = lock["packages"][""].as_object_mut() {
+        root.insert("name".into(), name.into());
+        root.insert("version".into(), "0.1.0".into());
+        root.remove("license");
+    }
+    let mut text = serde_json::to_string_pretty(&lock).expect("a JSON value serializes");
+    text.push('\n');
+    text
 }
 
 /// Write `files` under `dir`, which must not exist or be empty.
@@ -278,6 +310,18 @@ mod tests {
                 );
             }
         }
+        // The JavaScript lock pins what package.json asks for.
+        let js = project(Lang::Js, "demo-app");
+        let file =
+            |files: &[File], path: &str| files.iter().find(|(p, _)| *p == path).unwrap().1.clone();
+        let package: serde_json::Value = serde_json::from_str(&file(&js, "package.json")).unwrap();
+        let lock: serde_json::Value =
+            serde_json::from_str(&file(&js, "package-lock.json")).unwrap();
+        assert_eq!(lock["packages"][""]["name"], "demo-app");
+        assert_eq!(
+            lock["packages"][""]["devDependencies"],
+            package["devDependencies"]
+        );
         let rust = project(Lang::Rust, "demo-app");
         let sdk = &rust
             .iter()
