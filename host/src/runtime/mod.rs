@@ -497,6 +497,26 @@ mod tests {
     }
 
     #[test]
+    fn the_host_keeps_artifacts_on_disk_unless_told_not_to() {
+        let default = EngineConfig::default();
+        assert!(default.disk_cache);
+        assert_eq!(default.for_host().cache_dir, Some(default_cache_dir()));
+        let memory_only = EngineConfig {
+            disk_cache: false,
+            ..EngineConfig::default()
+        };
+        assert_eq!(memory_only.for_host().cache_dir, None);
+        let chosen = EngineConfig {
+            cache_dir: Some("/srv/weir/artifacts".into()),
+            ..EngineConfig::default()
+        };
+        assert_eq!(
+            chosen.for_host().cache_dir,
+            Some(PathBuf::from("/srv/weir/artifacts"))
+        );
+    }
+
+    #[test]
     fn config_problems_all_at_once() {
         let c = EngineConfig {
             pool_instances: 0,
