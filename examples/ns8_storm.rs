@@ -17,8 +17,17 @@
 //! by `--speed`, same order and relative gaps). Run with:
 //!
 //! ```text
-//! cargo run --release -p weir-host --example ns8-storm [-- --burst | --realtime] [--speed N]
+//! cargo run --release -p weir-host --example ns8-storm [-- --burst | --realtime] [--speed N] [--via-redis]
 //! ```
+//!
+//! `--via-redis` replays each event as NS8 emits it, `PUBLISH` on its
+//! channel (`cluster/event/<name>`, `module/<id>/event/<name>`) of a
+//! private redis-server primary (Debian's `redis-server`), with one replica
+//! per node and one bridge per node ([`weir_host::bridge`]) subscribed to
+//! it, all five publishing to JetStream; the table adds the duplicates
+//! JetStream dropped, and the demo checks the stream held each event once.
+//! The folded rows fold in the bridges (`fold_domains_ms`) instead of the
+//! publisher.
 //!
 //! The topology, counts and NS8 figures printed come from the corpus files
 //! (`summary.json`, `topology.json`, `events.jsonl`, `deliveries.jsonl`).
@@ -164,11 +173,30 @@ struct Scenario {
     fold: bool,
     /// `None`: a burst; `Some(speed)`: at `t_ms / speed`.
     realtime: Option<u64>,
+    /// Published on NS8's Redis channels and bridged (`--via-redis`), the
+    /// fold done by the bridges (`fold_domains_ms`).
+    via_redis: bool,
+}
+
+/// `fold_domains_ms` of the bridges in the folded `--via-redis` rows: 200
+/// (a legacy burst of one source arrives within milliseconds).
+const BRIDGE_FOLD_MS: u64 = 200;
+
+/// What the bridges did in a `--via-redis` row.
+#[derive(Default, Debug)]
+struct Bridged {
+    /// Events in the stream afterwards.
+    stored: usize,
+    /// Publishes JetStream recognised as already stored, all bridges.
+    duplicates: u64,
+    /// Events folded into domains lists (counted once, by the first bridge).
+    folded: u64,
 }
 
 struct Row {
     label: String,
     published: usize,
+    bridged: Option<Bridged>,
     ns8_runs: usize,
     ns8_udc_runs: usize,
     ns8_restarts: usize,
@@ -224,41 +252,13 @@ fn run_scenario(exe: &Path, s: &Scenario, nodes: &[u32], topology: &Topology, ru
         .filter(|e| e.name == "user-domain-changed")
         .map(|e| e.seq)
         .collect();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let t = Transport::connect(
-            &server.url(),
-            "ns8-storm",
-            Subjects::default(),
-            DEFAULT_STREAM,
-        )
-        .await
-        .unwrap();
-        t.ensure_streams().await.unwrap();
-        let start = Instant::now();
-        for e in &published {
-            if let Some(speed) = s.realtime {
-                let at = Duration::from_millis(e.t_ms / speed.max(1));
-                if let Some(wait) = at.checked_sub(start.elapsed()) {
-                    tokio::time::sleep(wait).await;
-                }
-            }
-            let id =
-                e.id.clone()
-                    .unwrap_or_else(|| format!("{}:{}", s.name, e.seq));
-            t.publish_event(
-                &e.name,
-                &e.source,
-                bytes::Bytes::from(e.payload.clone()),
-                &id,
-            )
-            .await
-            .unwrap();
-        }
-    });
+    let (published, bridged) = if s.via_redis {
+        let (stored, bridged) = replay_via_redis(s, &events, nodes, &server.url());
+        (stored, Some(bridged))
+    } else {
+        replay_to_nats(s, &published, &server.url());
+        (published, None)
+    };
     // Each event reaches every consumer filtered to its name: node agents
     // subscribe to their rule's event names, apps to user-domain-changed.
     let node_names = node_event_names(rules);
@@ -298,14 +298,24 @@ fn run_scenario(exe: &Path, s: &Scenario, nodes: &[u32], topology: &Topology, ru
         None => "burst".to_owned(),
         Some(speed) => format!("real time /{speed}"),
     };
-    let label = if s.fold {
-        format!("{} --batch-domains ({mode})", s.name)
-    } else {
-        format!("{} ({mode})", s.name)
+    let label = match (s.fold, s.via_redis) {
+        (true, false) => format!("{} --batch-domains ({mode})", s.name),
+        (true, true) => format!("{} fold_domains_ms ({mode}, Redis)", s.name),
+        (false, true) => format!("{} ({mode}, Redis)", s.name),
+        (false, false) => format!("{} ({mode})", s.name),
     };
+    if let Some(b) = &bridged {
+        let ids: std::collections::BTreeSet<&Option<String>> =
+            published.iter().map(|e| &e.id).collect();
+        assert_eq!(ids.len(), b.stored, "the stream holds an event twice");
+        if !s.fold {
+            assert_eq!(b.stored, events.len(), "the stream holds each event once");
+        }
+    }
     Row {
         label,
         published: published.len(),
+        bridged,
         ns8_runs: deliveries.iter().filter(|d| d.handler_runs).count(),
         ns8_udc_runs: deliveries
             .iter()
@@ -321,6 +331,142 @@ fn run_scenario(exe: &Path, s: &Scenario, nodes: &[u32], topology: &Topology, ru
             .count(),
         weir,
     }
+}
+
+/// Publish `events` straight to JetStream, as `weir publish --replay` does.
+fn replay_to_nats(s: &Scenario, published: &[CorpusEvent], url: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let t = Transport::connect(url, "ns8-storm", Subjects::default(), DEFAULT_STREAM)
+            .await
+            .unwrap();
+        t.ensure_streams().await.unwrap();
+        let start = Instant::now();
+        for e in published {
+            if let Some(speed) = s.realtime {
+                let at = Duration::from_millis(e.t_ms / speed.max(1));
+                if let Some(wait) = at.checked_sub(start.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            let id =
+                e.id.clone()
+                    .unwrap_or_else(|| format!("{}:{}", s.name, e.seq));
+            t.publish_event(
+                &e.name,
+                &e.source,
+                bytes::Bytes::from(e.payload.clone()),
+                &id,
+            )
+            .await
+            .unwrap();
+        }
+    });
+}
+
+/// Publish `events` as NS8 does, `PUBLISH <channel> <payload>` on the
+/// cluster's Redis primary, with one bridge per node subscribed to that
+/// node's replica, all publishing to JetStream; returns the events the
+/// stream holds afterwards (as corpus events, for the expected counts) and
+/// what the bridges did.
+fn replay_via_redis(
+    s: &Scenario,
+    events: &[CorpusEvent],
+    nodes: &[u32],
+    nats_url: &str,
+) -> (Vec<CorpusEvent>, Bridged) {
+    use weir_host::bridge::{Bridge, BridgeConfig};
+    use weir_test_support::redis::{RedisPublisher, RedisServer};
+    let primary = RedisServer::start();
+    let replicas: Vec<RedisServer> = nodes
+        .iter()
+        .map(|_| RedisServer::start_replica(Some(primary.port())))
+        .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let nats = weir_host::nats::NatsConfig {
+            url: Some(nats_url.to_owned()),
+            ..Default::default()
+        };
+        let mut bridges = Vec::new();
+        for (node, replica) in nodes.iter().zip(&replicas) {
+            let mut config = BridgeConfig::new(&replica.url());
+            config.fold_domains_ms = if s.fold { BRIDGE_FOLD_MS } else { 0 };
+            bridges.push(Bridge::start(*node, &nats, &config, false).await.unwrap());
+        }
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        while bridges.iter().any(|b| !b.stats().redis_connected) {
+            assert!(Instant::now() < deadline, "bridges did not subscribe");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut publisher = RedisPublisher::connect(&primary.url()).await.unwrap();
+        let start = Instant::now();
+        for e in events {
+            if let Some(speed) = s.realtime {
+                let at = Duration::from_millis(e.t_ms / speed.max(1));
+                if let Some(wait) = at.checked_sub(start.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            let channel = format!("{}/event/{}", e.source, e.name);
+            publisher
+                .publish(&channel, e.payload.as_bytes())
+                .await
+                .unwrap();
+        }
+        // Every bridge received every event and holds nothing back.
+        loop {
+            let settled = bridges.iter().all(|b| {
+                let st = b.stats();
+                st.received == events.len() as u64
+                    && st.buffered == 0
+                    && st.published + st.duplicates + st.dead_lettered + st.dropped + st.folded
+                        - st.folds
+                        == st.received
+            });
+            if settled {
+                break;
+            }
+            assert!(Instant::now() < deadline, "bridges did not settle");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut bridged = Bridged::default();
+        for (i, b) in bridges.into_iter().enumerate() {
+            let st = b.shutdown().await;
+            assert_eq!(st.dropped + st.dead_lettered, 0, "{st:?}");
+            bridged.duplicates += st.duplicates;
+            if i == 0 {
+                bridged.folded = st.folded;
+            }
+        }
+        let subjects = Subjects::default();
+        let stored: Vec<CorpusEvent> = weir_test_support::nats::stored(nats_url, DEFAULT_STREAM)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| {
+                let (name, source) = subjects.parse_event(&m.subject).unwrap();
+                CorpusEvent {
+                    seq: 0,
+                    t_ms: 0,
+                    source,
+                    name: name.to_owned(),
+                    payload: String::from_utf8_lossy(&m.payload).into_owned(),
+                    id: m.msg_id,
+                    attempt: 1,
+                }
+            })
+            .collect();
+        bridged.stored = stored.len();
+        (stored, bridged)
+    })
 }
 
 fn host_mode(config: &Path) {
@@ -411,6 +557,12 @@ fn main() {
         topology.apps.len()
     );
     let modes = replays(&args);
+    let via_redis = args.iter().any(|a| a == "--via-redis");
+    if via_redis {
+        println!(
+            "via Redis: each event PUBLISHed on its NS8 channel of a redis-server primary; one replica and one `weir bridge` per node, all publishing"
+        );
+    }
     let scenarios: Vec<Scenario> = modes
         .iter()
         .flat_map(|&realtime| {
@@ -424,6 +576,7 @@ fn main() {
                 name,
                 fold,
                 realtime,
+                via_redis,
             })
         })
         .collect();
@@ -451,6 +604,7 @@ fn main() {
         "handler invocations",
         "weir restarts",
         "max per service per node",
+        "bridge duplicates dropped",
     ];
     let mut table: BTreeMap<usize, Vec<String>> = BTreeMap::new();
     table.insert(0, header.iter().map(|h| h.to_string()).collect());
@@ -473,6 +627,9 @@ fn main() {
                 // Each restart run restarts the app's two services.
                 (w.effects_executed / 2).to_string(),
                 (w.max_app_effects / 2).to_string(),
+                r.bridged
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |b| b.duplicates.to_string()),
             ],
         );
     }
@@ -493,6 +650,15 @@ fn main() {
             })
             .collect();
         println!("{}", cells.join("  "));
+    }
+    if via_redis {
+        println!(
+            "\nvia Redis: {} bridges each published every event; JetStream kept one copy (events = what the stream held,",
+            nodes.len()
+        );
+        println!(
+            "each once), the other copies are the duplicates dropped. Folded rows: the bridges' fold_domains_ms = {BRIDGE_FOLD_MS}."
+        );
     }
     println!(
         "\nburst: every event published back to back; real time /N: each event at its corpus t_ms / N"

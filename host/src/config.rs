@@ -76,6 +76,10 @@ pub struct Config {
     /// The apps on this node (`[[app]]`).
     #[serde(default, rename = "app")]
     pub apps: Vec<AppConfig>,
+    /// `weir bridge`'s settings (NS8's Redis events into NATS); `weir run`
+    /// checks the section but does not use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<crate::bridge::BridgeConfig>,
 }
 
 /// `[node]`.
@@ -203,6 +207,21 @@ impl Config {
                 app.component = base.join(&app.component);
             }
         }
+        if let Some(bridge) = &mut config.bridge {
+            for file in [
+                &mut bridge.password_file,
+                &mut bridge.tls_ca_file,
+                &mut bridge.tls_cert_file,
+                &mut bridge.tls_key_file,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if file.is_relative() {
+                    *file = base.join(&*file);
+                }
+            }
+        }
         Ok(config)
     }
 
@@ -254,6 +273,9 @@ impl Config {
         prefixed(&mut p, "nats.", self.nats.problems());
         prefixed(&mut p, "engine: ", self.engine.problems());
         prefixed(&mut p, "effects.", self.effects.problems());
+        if let Some(bridge) = &self.bridge {
+            prefixed(&mut p, "bridge.", bridge.problems());
+        }
         if self.apps.is_empty() {
             p.push("no [[app]]: nothing to run".to_owned());
         }

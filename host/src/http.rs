@@ -257,13 +257,34 @@ pub(crate) async fn serve(
     listen: SocketAddr,
     node: u32,
     health: Arc<Health>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
+    serve_router(
+        listen,
+        router(node, health),
+        stop,
+        "/health, /ready, /stats, /metrics, POST /reload",
+    )
+    .await
+}
+
+/// Bind `listen` and serve `router` until `stop` turns true (the host's
+/// endpoints, the bridge's); logs `what` it serves. Returns the task and
+/// the address bound (port 0 resolved).
+///
+/// # Errors
+///
+/// The address cannot be bound (taken, not local).
+pub(crate) async fn serve_router(
+    listen: SocketAddr,
+    router: axum::Router,
     mut stop: watch::Receiver<bool>,
+    what: &'static str,
 ) -> anyhow::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("failed to listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    let router = router(node, health);
     let task = tokio::spawn(async move {
         let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -272,7 +293,7 @@ pub(crate) async fn serve(
             tracing::warn!(error = %e, "HTTP server stopped");
         }
     });
-    tracing::info!(addr = %addr, "serving /health, /ready, /stats, /metrics, POST /reload");
+    tracing::info!(addr = %addr, serving = what, "HTTP endpoints");
     Ok((task, addr))
 }
 

@@ -54,6 +54,7 @@
 //! ```
 
 mod bindings;
+pub mod bridge;
 pub mod config;
 pub mod corpus;
 pub mod daemon;

@@ -642,7 +642,9 @@ impl AppPipeline {
                 events.iter().any(|e| e.attempt > 1),
             )
             .await;
-        s.effects_executed.add(report.executed);
+        for effect in &report.executed_effects {
+            s.effect_executed(effect);
+        }
         s.effects_collapsed.add(report.repeated);
         s.effects_refused.add(report.refused);
         s.effects_debounced.add(report.debounced);

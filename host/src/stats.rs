@@ -240,6 +240,9 @@ pub struct AppStats {
     pub fetch_failing_since_ms: Count,
     /// Failed batches by [`crate::InvokeError::kind`].
     traps: Mutex<BTreeMap<&'static str, u64>>,
+    /// Effects executed (or logged, with `executor = "log"`) by effect,
+    /// e.g. `restart:dovecot.service`.
+    effects: Mutex<BTreeMap<String, u64>>,
     /// Running or quarantined, and the last batch failure.
     state: Mutex<AppState>,
     /// Time from the stream's publish timestamp to the event being acked
@@ -320,6 +323,9 @@ pub struct AppStatsSnapshot {
     pub kv_errors: u64,
     /// Failed batches by kind.
     pub traps: BTreeMap<&'static str, u64>,
+    /// Effects executed (or logged, with `executor = "log"`: what shadow
+    /// mode reports) by effect, e.g. `{"restart:dovecot.service": 2}`.
+    pub effects: BTreeMap<String, u64>,
     /// See [`AppStats::fuel_high_water`].
     pub fuel_high_water: u64,
     /// See [`AppStats::memory_high_water`].
@@ -353,6 +359,19 @@ impl AppStats {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(kind)
+            .or_default() += 1;
+    }
+
+    /// Count one executed (or logged) `effect` (its display form, e.g.
+    /// `restart:dovecot.service`): one more in [`AppStats::effects_executed`]
+    /// and in the snapshot's `effects`.
+    pub fn effect_executed(&self, effect: &str) {
+        self.effects_executed.add(1);
+        *self
+            .effects
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(effect.to_owned())
             .or_default() += 1;
     }
 
@@ -405,6 +424,11 @@ impl AppStats {
             kv_errors: get(&self.kv_errors),
             traps: self
                 .traps
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+            effects: self
+                .effects
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone(),

@@ -123,6 +123,19 @@ fn delivers_filters_and_settles_outcomes() {
             (26, 25, 1)
         );
         assert_eq!(mail.effects_executed, 2, "dovecot + postfix, once");
+        // Shadow mode's view (`weir stats --shadow`): the effects by name.
+        assert_eq!(
+            mail.effects
+                .iter()
+                .map(|(k, v)| (k.as_str(), *v))
+                .collect::<Vec<_>>(),
+            [
+                ("restart:dovecot.service", 1),
+                ("restart:postfix.service", 1)
+            ],
+            "{:?}",
+            mail.effects
+        );
         let echo = app(&s, "echo");
         assert_eq!(echo.effects_executed, 1);
         assert_eq!(echo.effects_refused, 1);

@@ -17,6 +17,8 @@
 //!   publish);
 //! - `faults`: slow and poison events, a full stream, forged sources;
 //! - `permissions`: a host on exactly its least-privilege NATS permissions;
+//! - `bridge`: `weir bridge` with real redis-server and nats-server
+//!   (mapping, N bridges, Redis restarted, NATS down, folding);
 //! - `auth`: mutual TLS with a TLS-first handshake, an nkey user, a JWT user
 //!   from a `.creds` file;
 //! - `cluster`: a 3-server cluster, R3 streams, servers SIGKILLed under load;
@@ -29,6 +31,7 @@
 extern crate weir_test_support;
 
 mod auth;
+mod bridge;
 mod cli;
 mod cluster;
 mod cluster_state;

@@ -242,6 +242,9 @@ pub enum EffectFailure {
 pub struct EffectReport {
     /// Executed now.
     pub executed: u64,
+    /// What was executed now, one display form each (`restart
+    /// dovecot.service`).
+    pub executed_effects: Vec<String>,
     /// Skipped: already executed for all of these events.
     pub repeated: u64,
     /// Refused: not granted.
@@ -524,6 +527,7 @@ impl EffectRunner {
             match self.execute(app, effect, &ids, &pending_keys).await {
                 Ok(()) => {
                     report.executed += 1;
+                    report.executed_effects.push(name.to_string());
                     self.record(app, policy.scope, &name, &pending_keys).await;
                 }
                 Err(e) => {
@@ -754,7 +758,7 @@ impl EffectRunner {
             match self.execute(app, &effect, &ids, &todo_keys).await {
                 Ok(()) => {
                     if let Some(s) = &stats {
-                        s.effects_executed.add(1);
+                        s.effect_executed(&name.to_string());
                     }
                     tracing::info!(app, effect = %name, requests = p.requests, events = p.event_ids.len(), waited_ms = now - p.first_ms, "pending effect executed");
                     self.record(app, scope, &name, &todo_keys).await;

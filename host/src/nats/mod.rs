@@ -912,6 +912,55 @@ impl Transport {
         .map(|_| ())
     }
 
+    /// Store `payload` as a dead letter of `app` on `node` that never was an
+    /// event (the bridge's: a Redis message on another channel shape),
+    /// with `reason` and the subject or channel it came on
+    /// (`original`), under `msg_id`; awaits JetStream's ack.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::JetStream`] if the stream refuses it or is down.
+    pub async fn publish_raw_dead_letter(
+        &self,
+        node: u32,
+        app: &str,
+        original: &str,
+        payload: Bytes,
+        reason: &str,
+        msg_id: &str,
+    ) -> Result<Published, TransportError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(DEAD_REASON_HEADER, reason.replace(['\r', '\n'], " "));
+        headers.insert(DEAD_SUBJECT_HEADER, original.replace(['\r', '\n'], " "));
+        headers.insert(DEAD_ATTEMPTS_HEADER, "0");
+        headers.insert(DEAD_ID_HEADER, msg_id);
+        headers.insert(MSG_ID_HEADER, format!("dead:{node}:{app}:{msg_id}"));
+        let subject = self.subjects.dead_letter(node, app);
+        self.publish_acked(subject, headers, payload, "dead-letter publish")
+            .await
+    }
+
+    /// The events stream's duplicate window, as the server has it.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::JetStream`] if the stream cannot be read.
+    pub async fn duplicate_window(&self) -> Result<Duration, TransportError> {
+        let mut stream = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| js_err("stream info")(e))?;
+        let info = stream.info().await.map_err(|e| js_err("stream info")(e))?;
+        Ok(info.config.duplicate_window)
+    }
+
+    /// The largest message the server takes, in bytes (its `max_payload`,
+    /// 1 MiB by default; what the last server announced).
+    pub fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
+    }
+
     /// Flush, then close the connection (before stopping a private server, so
     /// the client does not report a lost server).
     ///

@@ -55,6 +55,7 @@ impl ConfigBuilder {
                 effects: EffectsConfig::default(),
                 engine: EngineConfig::default(),
                 apps: Vec::new(),
+                bridge: None,
             },
         }
     }

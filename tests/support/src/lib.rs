@@ -9,6 +9,8 @@
 //! - [`ledger`]: a Jepsen-style ledger (a publisher recording what was
 //!   acknowledged, an effect log of what was handled, a checker: lost,
 //!   unexpected, re-executed);
+//! - [`redis`]: a private redis-server (or a primary and replicas) and an
+//!   NS8-style publisher, for `weir bridge`;
 //! - [`languages`]: the Python and JavaScript handlers built into
 //!   components (componentize-py, componentize-js);
 //! - [`rss_bytes`]: a process's resident set size;
@@ -20,6 +22,7 @@ pub mod config;
 pub mod languages;
 pub mod ledger;
 pub mod nats;
+pub mod redis;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

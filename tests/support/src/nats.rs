@@ -322,3 +322,55 @@ impl Cluster {
         name.strip_prefix('n')?.parse().ok()
     }
 }
+
+/// One message of a stream, as stored.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// Its subject.
+    pub subject: String,
+    /// Its payload.
+    pub payload: bytes::Bytes,
+    /// Its `Nats-Msg-Id`, if any.
+    pub msg_id: Option<String>,
+    /// Its headers, as `name: value` pairs.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Every message stored in `stream` on the server at `url`, in stream
+/// order (empty if the stream does not exist).
+///
+/// # Errors
+///
+/// The connection or a read failed.
+pub async fn stored(url: &str, stream: &str) -> anyhow::Result<Vec<Stored>> {
+    let client = async_nats::connect(seed_list(url).join(",")).await?;
+    let js = async_nats::jetstream::new(client);
+    let Ok(mut s) = js.get_stream(stream).await else {
+        return Ok(Vec::new());
+    };
+    let state = s.info().await?.state.clone();
+    let mut out = Vec::new();
+    for seq in state.first_sequence..=state.last_sequence {
+        if state.messages == 0 {
+            break;
+        }
+        let Ok(m) = s.get_raw_message(seq).await else {
+            continue;
+        };
+        let headers: Vec<(String, String)> = m
+            .headers
+            .iter()
+            .flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), v.to_string())))
+            .collect();
+        out.push(Stored {
+            subject: m.subject.to_string(),
+            payload: m.payload,
+            msg_id: m
+                .headers
+                .get(weir_host::nats::subjects::MSG_ID_HEADER)
+                .map(|v| v.to_string()),
+            headers,
+        });
+    }
+    Ok(out)
+}

@@ -2,6 +2,7 @@
 //! command:
 //!
 //! - `weir run` ([`run`]): the daemon;
+//! - `weir bridge` ([`bridge`]): NS8's Redis events into NATS;
 //! - `weir check` ([`check`]): can this component be deployed;
 //! - `weir invoke` ([`invoke`]): run a handler on a JSON Lines events file;
 //! - `weir new` ([`new`]): write a handler project in Rust, Python or
@@ -16,6 +17,7 @@
 //! Exit codes are listed in [`exit`] and in `--help`.
 
 mod admin;
+mod bridge;
 mod check;
 mod docs;
 mod exit;
@@ -112,6 +114,11 @@ enum Command {
     /// SIGTERM or SIGINT drains in-flight batches and exits 0 within 15 s,
     /// NATS reachable or not; a second signal exits at once (130).
     Run(run::RunArgs),
+    /// Bridge NS8's Redis pub/sub events (`cluster/event/*`,
+    /// `node/*/event/*`, `module/*/event/*`) into the events stream, with
+    /// deterministic message ids so one bridge per node stores each event
+    /// once (`[bridge]` in weir.toml). SIGTERM drains within 5 s.
+    Bridge(bridge::BridgeArgs),
     /// Publish events: one (`--name`, `--source`, `--payload`) or a replay of a
     /// JSON Lines corpus (`--replay`). Each is awaited until JetStream stores
     /// it; `Nats-Msg-Id` makes republishing idempotent.
@@ -152,6 +159,7 @@ fn main() -> ExitCode {
         Command::Invoke(args) => invoke::run(args),
         Command::New(args) => new::run(args),
         Command::Run(args) => run::run(args),
+        Command::Bridge(args) => bridge::run(args),
         Command::Publish(args) => publish::run(*args),
         Command::Permissions(args) => permissions::run(args),
         Command::Reload(args) => reload::run(args),
@@ -165,7 +173,7 @@ fn main() -> ExitCode {
 /// else info for the long-running host and warnings only for tools.
 fn init_logs(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
-    let default_filter = if matches!(cli.command, Command::Run(_)) {
+    let default_filter = if matches!(cli.command, Command::Run(_) | Command::Bridge(_)) {
         "info"
     } else {
         "warn"

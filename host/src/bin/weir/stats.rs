@@ -1,5 +1,8 @@
 //! `weir stats --config weir.toml`: a running host's `/stats` as a table,
-//! one row per app; `--json` for the raw object, `--watch` to refresh.
+//! one row per app; `--json` for the raw object, `--watch` to refresh;
+//! `--shadow` for the shadow-mode report (what NS8's handler scripts would
+//! have been run for beside what weir invoked and the effects it would
+//! execute).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -17,6 +20,11 @@ pub struct StatsArgs {
     /// Print `/stats` as it is (JSON).
     #[arg(long)]
     json: bool,
+    /// Shadow-mode report: per app, the deliveries NS8 would have run its
+    /// handler script for, weir's invocations, and the effects weir
+    /// executed (with `[effects] executor = "log"`: would have executed).
+    #[arg(long, conflicts_with = "json")]
+    shadow: bool,
     /// Refresh every SECONDS (default 2) until interrupted.
     #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
     watch: Option<u64>,
@@ -89,15 +97,13 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// `/stats` as a table: a header line, one line per app, then the last
-/// errors of quarantined apps and the last reload.
-pub fn table(stats: &Value) -> String {
-    let apps = stats["apps"].as_array().cloned().unwrap_or_default();
+/// `columns` of `apps` as left-aligned text columns, a header line first.
+fn grid(columns: &[(&str, Cell)], apps: &[Value]) -> String {
     let rows: Vec<Vec<String>> = apps
         .iter()
-        .map(|a| COLUMNS.iter().map(|(_, f)| f(a)).collect())
+        .map(|a| columns.iter().map(|(_, f)| f(a)).collect())
         .collect();
-    let widths: Vec<usize> = COLUMNS
+    let widths: Vec<usize> = columns
         .iter()
         .enumerate()
         .map(|(i, (h, _))| {
@@ -118,13 +124,21 @@ pub fn table(stats: &Value) -> String {
             .trim_end()
             .to_owned()
     };
-    let mut out = format!("node {}\n", text(&stats["node"]));
-    out += &line(COLUMNS.iter().map(|(h, _)| (*h).to_owned()).collect());
+    let mut out = line(columns.iter().map(|(h, _)| (*h).to_owned()).collect());
     out.push('\n');
     for row in rows {
         out += &line(row);
         out.push('\n');
     }
+    out
+}
+
+/// `/stats` as a table: a header line, one line per app, then the last
+/// errors of quarantined apps and the last reload.
+pub fn table(stats: &Value) -> String {
+    let apps = stats["apps"].as_array().cloned().unwrap_or_default();
+    let mut out = format!("node {}\n", text(&stats["node"]));
+    out += &grid(&COLUMNS, &apps);
     for a in &apps {
         if let Some(e) = a["last_error"].as_str() {
             out += &format!("{}: last error: {e}\n", text(&a["app"]));
@@ -142,10 +156,72 @@ pub fn table(stats: &Value) -> String {
     out
 }
 
+/// The shadow report's columns: NS8's handler runs (one per delivery:
+/// NS8 runs an app's handler script for every event of a name it has a
+/// handler for), weir's invocations and events, and the effects.
+const SHADOW_COLUMNS: [(&str, Cell); 7] = [
+    ("APP", |a| text(&a["app"])),
+    ("NS8 RUNS", |a| text(&a["received"])),
+    ("WEIR INVOCATIONS", |a| text(&a["batches"])),
+    ("EVENTS INVOKED", |a| text(&a["invoked_events"])),
+    ("SKIPPED", |a| text(&a["skipped"])),
+    ("EFFECTS", |a| {
+        let pending = a["effects_pending"].as_u64().unwrap_or(0);
+        let done = text(&a["effects_executed"]);
+        if pending > 0 {
+            format!("{done} (+{pending} pending)")
+        } else {
+            done
+        }
+    }),
+    ("WHICH", |a| {
+        let list: Vec<String> = a["effects"]
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| format!("{k} x{}", text(v))).collect())
+            .unwrap_or_default();
+        if list.is_empty() {
+            "-".to_owned()
+        } else {
+            list.join(", ")
+        }
+    }),
+];
+
+/// The shadow-mode report of `/stats`: one row per app and a summary;
+/// `dry_run` (`executor = "log"`) says the effects were only logged.
+pub fn shadow(stats: &Value, dry_run: bool) -> String {
+    let apps = stats["apps"].as_array().cloned().unwrap_or_default();
+    let sum = |k: &str| -> u64 { apps.iter().filter_map(|a| a[k].as_u64()).sum() };
+    let (runs, invocations, effects) = (sum("received"), sum("batches"), sum("effects_executed"));
+    let mode = if dry_run {
+        "executor = \"log\": effects are logged, none executed"
+    } else {
+        "executor = \"command\": effects are executed"
+    };
+    let mut out = format!("shadow report, node {} ({mode})\n", text(&stats["node"]));
+    out += &grid(&SHADOW_COLUMNS, &apps);
+    let ratio = if invocations > 0 {
+        format!("{:.1}x fewer", runs as f64 / invocations as f64)
+    } else {
+        "none".to_owned()
+    };
+    let verb = if dry_run {
+        "would have executed"
+    } else {
+        "executed"
+    };
+    out += &format!(
+        "NS8 would have run {runs} handler processes; weir ran {invocations} sandboxes ({ratio}) and {verb} {effects} effects\n"
+    );
+    out
+}
+
 /// Print once, or every `--watch` seconds until interrupted; 69 if no host
 /// answers.
 pub fn run(args: StatsArgs) -> Result<ExitCode, Failure> {
     let addr = admin::host_addr(&args.config)?;
+    let dry_run = weir_host::config::Config::read(&args.config.path())
+        .is_ok_and(|c| matches!(c.effects.executor, weir_host::effects::Executor::Log));
     loop {
         let (status, body) = admin::request(addr, "GET", "/stats", STATS_TIMEOUT)?;
         if status != 200 {
@@ -162,7 +238,11 @@ pub fn run(args: StatsArgs) -> Result<ExitCode, Failure> {
                 // Clear the screen and go home, as watch(1) does.
                 print!("\x1b[2J\x1b[H");
             }
-            print!("{}", table(&stats));
+            if args.shadow {
+                print!("{}", shadow(&stats, dry_run));
+            } else {
+                print!("{}", table(&stats));
+            }
         }
         let Some(every) = args.watch else {
             return Ok(ExitCode::SUCCESS);
@@ -202,5 +282,42 @@ mod tests {
         assert!(lines[3].contains(" 5  "), "traps summed: {t}");
         assert_eq!(lines[4], "bad: last error: trap: unreachable");
         assert_eq!(lines[5], "last reload refused: [\"x\"]");
+    }
+
+    #[test]
+    fn shadow_puts_ns8_runs_beside_weir_invocations_and_effects() {
+        let stats = serde_json::json!({
+            "node": 4,
+            "apps": [
+                {"app": "mail1", "received": 25, "batches": 1, "invoked_events": 1, "skipped": 24,
+                 "effects_executed": 2, "effects_pending": 0,
+                 "effects": {"restart:dovecot.service": 1, "restart:postfix.service": 1}},
+                {"app": "mail2", "received": 25, "batches": 0, "invoked_events": 0, "skipped": 25,
+                 "effects_executed": 0, "effects_pending": 1, "effects": {}}
+            ]
+        });
+        let t = shadow(&stats, true);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(
+            lines[0].contains("node 4") && lines[0].contains("none executed"),
+            "{t}"
+        );
+        assert!(
+            lines[1].starts_with("APP    NS8 RUNS  WEIR INVOCATIONS"),
+            "{t}"
+        );
+        assert!(lines[2].starts_with("mail1  25        1"), "{t}");
+        assert!(
+            lines[2].ends_with("restart:dovecot.service x1, restart:postfix.service x1"),
+            "{t}"
+        );
+        assert!(
+            lines[3].contains("0 (+1 pending)") && lines[3].ends_with('-'),
+            "{t}"
+        );
+        assert_eq!(
+            lines[4],
+            "NS8 would have run 50 handler processes; weir ran 1 sandboxes (50.0x fewer) and would have executed 2 effects"
+        );
     }
 }
