@@ -1,4 +1,5 @@
-//! The least-privilege NATS permissions of one host, derived from its config.
+//! The least-privilege NATS permissions of one host, derived from its config
+//! ([`for_host`]), and of its node's `weir bridge` ([`for_bridge`]).
 //!
 //! A host needs (with prefix `weir`, events stream `WEIR_EVENTS`, node `N`,
 //! and for each app `A` its durable consumer `weir_N_A`, or `weir_cluster_A`
@@ -144,6 +145,44 @@ pub fn for_host(config: &Config) -> Result<Permissions, subjects::SubjectError> 
         .unwrap_or_else(|| default_inbox_prefix(node));
     Ok(Permissions {
         publish,
+        subscribe: vec![format!("{inbox}.>")],
+    })
+}
+
+/// The least-privilege permissions of `weir bridge` for the node `config`
+/// describes (`weir permissions --bridge`):
+///
+/// | direction | subject | why |
+/// |---|---|---|
+/// | publish | `$JS.API.STREAM.INFO.WEIR_EVENTS`, `…INFO.WEIR_DEAD` | verify the streams exist and read the duplicate window |
+/// | publish | `weir.events.>` | every NS8 event, under the source of its Redis channel (the bridge publishes for every source: Redis ACLs decide who may publish on which channel) |
+/// | publish | `weir.dead.N.bridge` | messages that are not events |
+/// | subscribe | `<inbox>.>` | publish acks and JetStream API replies |
+///
+/// No stream creation: an operator creates the streams once.
+///
+/// # Errors
+///
+/// If the configured subject prefix is invalid.
+pub fn for_bridge(config: &Config) -> Result<Permissions, subjects::SubjectError> {
+    let s = Subjects::new(&config.nats.prefix)?;
+    let node = config.node.id;
+    let stream = &config.nats.stream;
+    let inbox = config
+        .nats
+        .inbox_prefix
+        .clone()
+        .unwrap_or_else(|| default_inbox_prefix(node));
+    Ok(Permissions {
+        publish: vec![
+            format!("$JS.API.STREAM.INFO.{stream}"),
+            format!(
+                "$JS.API.STREAM.INFO.{}",
+                subjects::dead_letter_stream(stream)
+            ),
+            s.all_events(),
+            s.dead_letter(node, crate::bridge::DEAD_LETTER_APP),
+        ],
         subscribe: vec![format!("{inbox}.>")],
     })
 }

@@ -457,3 +457,160 @@ fn weir_bridge_serves_until_sigterm_and_refuses_bad_configs() {
     };
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn tls_with_a_client_certificate_and_an_acl_user_from_a_password_file() {
+    let _heavy = crate::common::heavy();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = crate::auth::pki(dir.path());
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let (ca, cert, key) = (path(&pki.ca), path(&pki.server_cert), path(&pki.server_key));
+    // TLS only, client certificates required, the default user off: only
+    // `weir` with its password gets in.
+    let redis = RedisServer::start_with(
+        &[
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "yes",
+            "--user",
+            "default",
+            "off",
+            "--user",
+            "weir",
+            "on",
+            ">s3cret",
+            "allchannels",
+            "+@all",
+        ],
+        true,
+    );
+    let password = dir.path().join("redis-password");
+    std::fs::write(&password, "s3cret\n").unwrap();
+    let config = |password_file: &std::path::Path| {
+        let mut c = BridgeConfig::new(&format!("rediss://127.0.0.1:{}", redis.port()));
+        c.user = Some("weir".into());
+        c.password_file = Some(password_file.to_owned());
+        c.tls_ca_file = Some(pki.ca.clone());
+        c.tls_cert_file = Some(pki.client_cert.clone());
+        c.tls_key_file = Some(pki.client_key.clone());
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        c
+    };
+    let good = config(&password);
+    let wrong = dir.path().join("wrong-password");
+    std::fs::write(&wrong, "nope").unwrap();
+    let (nats_server, _dir) = server();
+    rt().block_on(async {
+        let bridge = Bridge::start(1, &nats(&nats_server.url()), &good, false)
+            .await
+            .unwrap();
+        let refused = Bridge::start(2, &nats(&nats_server.url()), &config(&wrong), false)
+            .await
+            .unwrap();
+        assert_eventually!(Duration::from_secs(15), "subscribed over TLS", {
+            bridge.stats().redis_connected
+        });
+        let mut p = RedisPublisher::with_client(good.redis_client().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            p.publish("cluster/event/acl-changed", b"cluster/acls")
+                .await
+                .unwrap(),
+            1
+        );
+        settled(std::slice::from_ref(&bridge), 1).await;
+        let events = stored(&nats_server.url(), DEFAULT_STREAM).await.unwrap();
+        assert_eq!(events.len(), 1);
+        let s = refused.stats();
+        assert!(
+            !s.redis_connected && s.received == 0 && s.redis_connects == 0,
+            "{s:?}"
+        );
+        bridge.shutdown().await;
+        refused.shutdown().await;
+    });
+}
+
+#[test]
+fn a_bridge_runs_with_exactly_its_least_privilege_permissions() {
+    let _heavy = crate::common::heavy();
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start();
+    let password_file = dir.path().join("bridge.password");
+    std::fs::write(&password_file, "bridge-secret\n").unwrap();
+    let mut config = weir_test_support::config::ConfigBuilder::new(3, "nats://127.0.0.1:4222")
+        .nats(|n| {
+            n.user = Some("bridge3".into());
+            n.password_file = Some(password_file.clone());
+        })
+        .build();
+    config.bridge = Some(BridgeConfig::new(&redis.url()));
+    let allowed = weir_host::permissions::for_bridge(&config).unwrap();
+    let server_conf = dir.path().join("server.conf");
+    std::fs::write(
+        &server_conf,
+        format!(
+            "accounts {{ WEIR {{ jetstream: enabled, users: [ {{ user: admin, password: admin-secret }}, {} ] }} }}\n",
+            allowed.server_user("bridge3", "bridge-secret")
+        ),
+    )
+    .unwrap();
+    let nats_server =
+        weir_host::nats::NatsServer::start_with_config(&dir.path().join("js"), &server_conf)
+            .unwrap_or_else(|e| panic!("{e}"));
+    rt().block_on(async {
+        // The operator creates the streams.
+        let admin = weir_host::nats::Transport::connect_with(
+            &[nats_server.url()],
+            "admin",
+            weir_host::nats::Subjects::default(),
+            DEFAULT_STREAM,
+            weir_host::nats::ConnectAuth {
+                credentials: weir_host::nats::Credentials::UserPassword {
+                    user: "admin".into(),
+                    password: "admin-secret".into(),
+                },
+                ..weir_host::nats::ConnectAuth::default()
+            },
+        )
+        .await
+        .unwrap();
+        admin.ensure_streams().await.unwrap();
+        config.nats.url = Some(nats_server.url());
+        let bridge = Bridge::start(3, &config.nats, config.bridge.as_ref().unwrap(), false)
+            .await
+            .unwrap();
+        subscribed(&redis.url(), 1).await;
+        let mut p = RedisPublisher::connect(&redis.url()).await.unwrap();
+        p.publish("module/ldapproxy4/event/user-domain-changed", b"{}")
+            .await
+            .unwrap();
+        p.publish("module/x/event/a.b", b"dead").await.unwrap();
+        settled(std::slice::from_ref(&bridge), 2).await;
+        let s = bridge.stats();
+        assert_eq!(
+            (s.published, s.dead_lettered, s.publish_failures),
+            (1, 1, 0),
+            "{s:?}"
+        );
+        bridge.shutdown().await;
+        let client = async_nats::ConnectOptions::with_user_and_password(
+            "admin".into(),
+            "admin-secret".into(),
+        )
+        .connect(nats_server.url())
+        .await
+        .unwrap();
+        let mut stream = async_nats::jetstream::new(client)
+            .get_stream(DEFAULT_STREAM)
+            .await
+            .unwrap();
+        assert_eq!(stream.info().await.unwrap().state.messages, 1);
+    });
+}

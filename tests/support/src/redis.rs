@@ -20,6 +20,9 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     replica_of: Option<u16>,
+    /// Extra arguments (TLS, ACL users); with them, readiness is the port
+    /// accepting connections (the check cannot authenticate).
+    extra: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -46,20 +49,46 @@ impl RedisServer {
             port: free_port(),
             dir: tempfile::tempdir().expect("temporary directory"),
             replica_of: primary,
+            extra: Vec::new(),
+        };
+        s.spawn();
+        s
+    }
+
+    /// Start one with `args` added to its command line, each config line's
+    /// words as separate arguments (`["--user", "weir", "on", ">pw",
+    /// "allchannels", "+@all"]`). With `tls`, the port is a TLS port
+    /// (`--tls-port`; the plain port is off): give the `--tls-*` files in
+    /// `args`.
+    pub fn start_with(args: &[&str], tls: bool) -> Self {
+        let port = free_port();
+        let mut extra: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        if tls {
+            extra.extend(["--tls-port".to_owned(), port.to_string()]);
+        }
+        let mut s = Self {
+            child: None,
+            port,
+            dir: tempfile::tempdir().expect("temporary directory"),
+            replica_of: None,
+            extra,
         };
         s.spawn();
         s
     }
 
     fn spawn(&mut self) {
+        let tls = self.extra.iter().any(|a| a == "--tls-port");
+        let plain_port = if tls { 0 } else { self.port };
         let mut cmd = Command::new(binary());
-        cmd.args(["--port", &self.port.to_string()])
+        cmd.args(["--port", &plain_port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path());
         if let Some(primary) = self.replica_of {
             cmd.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
         }
+        cmd.args(&self.extra);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -74,9 +103,13 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            let up = self.info("replication").is_some_and(|info| {
-                self.replica_of.is_none() || info.contains("master_link_status:up")
-            });
+            let up = if self.extra.is_empty() {
+                self.info("replication").is_some_and(|info| {
+                    self.replica_of.is_none() || info.contains("master_link_status:up")
+                })
+            } else {
+                std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            };
             if up {
                 return;
             }
@@ -135,6 +168,18 @@ pub struct RedisPublisher {
 }
 
 impl RedisPublisher {
+    /// Connect with `client` (credentials and TLS already set, e.g. from
+    /// `weir_host::bridge::BridgeConfig::redis_client`).
+    ///
+    /// # Errors
+    ///
+    /// Redis does not answer or refuses the credentials.
+    pub async fn with_client(client: redis::Client) -> anyhow::Result<Self> {
+        Ok(Self {
+            conn: client.get_multiplexed_async_connection().await?,
+        })
+    }
+
     /// Connect to `url`.
     ///
     /// # Errors

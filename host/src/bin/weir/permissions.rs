@@ -23,12 +23,23 @@ pub struct PermissionsArgs {
     /// `nats.password_file` or `WEIR_NATS_PASSWORD`).
     #[arg(long, default_value = "CHANGE-ME")]
     password: String,
+    /// The permissions of `weir bridge` on this node instead of the host's
+    /// (publish every event subject, the bridge's dead letters).
+    #[arg(long)]
+    bridge: bool,
 }
 
 /// Print the entry; 78 if the config cannot be used.
 pub fn run(args: PermissionsArgs) -> Result<ExitCode, Failure> {
-    let config = Config::load(&args.config.path()).code(exit::CONFIG)?;
-    let allowed = permissions::for_host(&config).code(exit::CONFIG)?;
+    let allowed = if args.bridge {
+        // A bridge-only file need not have apps.
+        let config = Config::read(&args.config.path()).code(exit::CONFIG)?;
+        permissions::for_bridge(&config).code(exit::CONFIG)?
+    } else {
+        let config = Config::load(&args.config.path()).code(exit::CONFIG)?;
+        permissions::for_host(&config).code(exit::CONFIG)?
+    };
+    let config = Config::read(&args.config.path()).code(exit::CONFIG)?;
     match permissions::identity(&config.nats, &args.user, &args.password).code(exit::CONFIG)? {
         Some(identity @ (Identity::User { .. } | Identity::Nkey(_))) => {
             println!("{}", allowed.server_entry(&identity));
