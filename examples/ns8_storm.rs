@@ -633,7 +633,14 @@ fn main() {
             ],
         );
     }
-    let widths: Vec<usize> = (0..header.len())
+    if !via_redis {
+        // The bridge column only means something through Redis.
+        for row in table.values_mut() {
+            row.pop();
+        }
+    }
+    let columns = header.len() - usize::from(!via_redis);
+    let widths: Vec<usize> = (0..columns)
         .map(|c| table.values().map(|r| r[c].len()).max().unwrap())
         .collect();
     println!();

@@ -368,7 +368,7 @@ impl AppPipeline {
             let fetched = tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
-                fetched = self.consumer.next_batch(limits.max_batch, linger) => fetched,
+                fetched = self.consumer.next_batch(limits.max_batch, linger, limits.linger_adaptive) => fetched,
             };
             match fetched {
                 Ok(batch) => {

@@ -313,7 +313,7 @@ fn deliveries_used_up_elsewhere_end_in_a_dead_letter_with_the_reason() {
             .await
             .unwrap();
         for attempt in 1..=5 {
-            let batch = thief.next_batch(1, Duration::ZERO).await.unwrap();
+            let batch = thief.next_batch(1, Duration::ZERO, false).await.unwrap();
             assert_eq!(batch[0].attempt, attempt);
             batch[0].nak(Duration::ZERO).await.unwrap();
         }

@@ -82,7 +82,7 @@ fn publish_fetch_ack_nak_term() {
         .await
         .unwrap();
         let batch = consumer
-            .next_batch(10, Duration::from_millis(100))
+            .next_batch(10, Duration::from_millis(100), false)
             .await
             .unwrap();
         assert_eq!(batch.len(), 3, "only the filtered event name arrives");
@@ -99,7 +99,7 @@ fn publish_fetch_ack_nak_term() {
         batch[1].nak(Duration::from_millis(50)).await.unwrap();
         batch[2].term().await.unwrap();
         let again = consumer
-            .next_batch(10, Duration::from_millis(100))
+            .next_batch(10, Duration::from_millis(100), false)
             .await
             .unwrap();
         assert_eq!(again.len(), 1);
@@ -108,7 +108,7 @@ fn publish_fetch_ack_nak_term() {
         t.flush().await.unwrap();
         let none = tokio::time::timeout(
             Duration::from_millis(300),
-            consumer.next_batch(10, Duration::ZERO),
+            consumer.next_batch(10, Duration::ZERO, false),
         )
         .await;
         assert!(none.is_err(), "nothing left: {none:?}");
@@ -135,7 +135,7 @@ fn an_event_after_idle_heartbeats_arrives_on_its_first_delivery() {
             .await
             .unwrap();
         let waiting = tokio::spawn(async move {
-            let batch = consumer.next_batch(10, Duration::ZERO).await;
+            let batch = consumer.next_batch(10, Duration::ZERO, false).await;
             (batch, consumer)
         });
         // Longer than a pull heartbeat interval: heartbeats have arrived.
@@ -160,7 +160,7 @@ fn an_event_after_idle_heartbeats_arrives_on_its_first_delivery() {
 async fn take_then_cancel(consumer: &mut weir_host::nats::AppConsumer) {
     let cancelled = tokio::time::timeout(
         Duration::from_millis(300),
-        consumer.next_batch(10, Duration::from_secs(60)),
+        consumer.next_batch(10, Duration::from_secs(60), false),
     )
     .await;
     assert!(cancelled.is_err(), "cancelled mid-batch");
@@ -190,7 +190,10 @@ fn next_batch_is_cancel_safe_and_release_hands_events_back() {
                 .unwrap();
         }
         take_then_cancel(&mut consumer).await;
-        let batch = consumer.next_batch(10, Duration::ZERO).await.unwrap();
+        let batch = consumer
+            .next_batch(10, Duration::ZERO, false)
+            .await
+            .unwrap();
         assert_eq!(
             batch
                 .iter()
@@ -216,11 +219,13 @@ fn next_batch_is_cancel_safe_and_release_hands_events_back() {
             )
             .await
             .unwrap();
-        let back =
-            tokio::time::timeout(Duration::from_secs(5), next.next_batch(10, Duration::ZERO))
-                .await
-                .expect("a released event comes back at once, not after the 30 s ack wait")
-                .unwrap();
+        let back = tokio::time::timeout(
+            Duration::from_secs(5),
+            next.next_batch(10, Duration::ZERO, false),
+        )
+        .await
+        .expect("a released event comes back at once, not after the 30 s ack wait")
+        .unwrap();
         assert_eq!((back[0].id.as_str(), back[0].attempt), ("c-2", 2));
     });
 }
@@ -382,13 +387,13 @@ fn start_positions_apply_only_to_new_consumers() {
             .await
             .unwrap();
         publish("new-1").await;
-        let got = fresh.next_batch(10, Duration::ZERO).await.unwrap();
+        let got = fresh.next_batch(10, Duration::ZERO, false).await.unwrap();
         assert_eq!(ids(&got), ["new-1"], "start = new skips the history");
         for m in &got {
             m.ack().await.unwrap();
         }
         for c in [&mut all, &mut hour] {
-            let got = c.next_batch(10, Duration::ZERO).await.unwrap();
+            let got = c.next_batch(10, Duration::ZERO, false).await.unwrap();
             assert_eq!(ids(&got), ["old-1", "old-2", "new-1"]);
         }
         // The same consumer again, now asking for everything: it resumes.
@@ -402,11 +407,77 @@ fn start_positions_apply_only_to_new_consumers() {
             .await
             .unwrap();
         publish("new-2").await;
-        let got = again.next_batch(10, Duration::ZERO).await.unwrap();
+        let got = again.next_batch(10, Duration::ZERO, false).await.unwrap();
         assert_eq!(
             ids(&got),
             ["new-2"],
             "an existing consumer keeps its cursor"
+        );
+    });
+}
+
+/// Adaptive linger (the default): a lone event is handed on without waiting
+/// for batch-mates, queued events form one batch at once; with
+/// `linger_adaptive = false` a lone event waits out the linger.
+#[test]
+fn adaptive_linger_waits_only_when_there_is_something_to_batch_with() {
+    let _heavy = crate::common::heavy();
+    let (server, _dir) = server();
+    rt().block_on(async {
+        let t = publisher(&server).await;
+        let mut consumer = t
+            .consumer(
+                &weir_host::nats::subjects::consumer_name(1, "adaptive"),
+                &["a"],
+                &Delivery::default(),
+            )
+            .await
+            .unwrap();
+        let linger = Duration::from_secs(60);
+        t.publish_event("a", "cluster", Bytes::from_static(b"{}"), "a-lone")
+            .await
+            .unwrap();
+        // A 60 s linger would hold it; adaptive hands it on.
+        let lone = tokio::time::timeout(
+            Duration::from_secs(10),
+            consumer.next_batch(64, linger, true),
+        )
+        .await
+        .expect("a lone event does not wait for batch-mates")
+        .unwrap();
+        assert_eq!(lone.len(), 1);
+        lone[0].ack().await.unwrap();
+        // Twenty queued before the call: one batch.
+        for i in 0..20 {
+            t.publish_event("a", "cluster", Bytes::from_static(b"{}"), &format!("a-{i}"))
+                .await
+                .unwrap();
+        }
+        let burst = tokio::time::timeout(
+            Duration::from_secs(10),
+            consumer.next_batch(64, linger, true),
+        )
+        .await
+        .expect("a burst ends at its first quiet millisecond")
+        .unwrap();
+        assert_eq!(burst.len(), 20);
+        for m in &burst {
+            m.ack().await.unwrap();
+        }
+        // Fixed linger: a lone event waits until it is `linger` old.
+        t.publish_event("a", "cluster", Bytes::from_static(b"{}"), "a-fixed")
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let fixed = consumer
+            .next_batch(64, Duration::from_millis(300), false)
+            .await
+            .unwrap();
+        assert_eq!(fixed.len(), 1);
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            started.elapsed()
         );
     });
 }

@@ -129,7 +129,7 @@ pub async fn sustained(report: &mut Report) -> anyhow::Result<()> {
     report.note(
         "sustained: publish → settled latency",
         &injected,
-        format!("p50 {p50:.1} ms, p99 {p99:.1} ms (worst app; linger 20 ms)"),
+        format!("p50 {p50:.1} ms, p99 {p99:.1} ms (worst app; adaptive linger, bound 20 ms)"),
     );
     Ok(())
 }

@@ -13,8 +13,8 @@ use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    LINGER_MARGIN, LONG_POLL, MIN_LINGER_PULL, MSG_ID_HEADER, PULL_HEARTBEAT, PULL_REPLY_MARGIN,
-    RECOVERY_HEARTBEAT, RELEASE_TIMEOUT, Transport, TransportError, js_err,
+    LINGER_IDLE_GAP, LINGER_MARGIN, LONG_POLL, MIN_LINGER_PULL, MSG_ID_HEADER, PULL_HEARTBEAT,
+    PULL_REPLY_MARGIN, RECOVERY_HEARTBEAT, RELEASE_TIMEOUT, Transport, TransportError, js_err,
 };
 
 /// Default most deliveries of one event before it is dead-lettered: 5.
@@ -243,6 +243,7 @@ impl Transport {
             connections: self.connections.clone(),
             partial: Vec::new(),
             lag: 0,
+            last_published_ns: None,
             recovering: false,
         })
     }
@@ -296,6 +297,9 @@ pub struct AppConsumer {
     /// [`AppConsumer::next_batch`] loses nothing).
     partial: Vec<Inbound>,
     lag: u64,
+    /// Publish time of the last event taken (ns since the Unix epoch), to
+    /// tell a burst in progress from a lone event.
+    last_published_ns: Option<i128>,
     /// Set by a reconnection or a missed heartbeat, cleared by any answer
     /// from the consumer: until then long polls ask for heartbeats every
     /// [`RECOVERY_HEARTBEAT`], so a request lost while the consumer had no
@@ -340,10 +344,19 @@ impl AppConsumer {
     /// 1. what has already arrived, plus what is ready now (a request that
     ///    does not wait: a backlog costs one round trip per batch);
     /// 2. if nothing was, a long poll ([`LONG_POLL`]) for a first event,
-    ///    repeated until one arrives;
-    /// 3. if the batch is not full, more only until the first event is
-    ///    `linger` old (counted from its publish time), so an event waits for
-    ///    batch-mates at most `linger` in all.
+    ///    repeated until one arrives; if the server says more are queued
+    ///    behind it (its pending count), those too, without waiting;
+    /// 3. with `adaptive` (the default, `[app.limits] linger_adaptive`),
+    ///    lingering only when there is something to batch with (adaptive
+    ///    linger, as Nagle's algorithm with a deadline): when two or more
+    ///    events are in hand, or the first was published within
+    ///    [`LINGER_IDLE_GAP`] of the event before it, more are taken in
+    ///    windows of [`LINGER_IDLE_GAP`] until a window brings none, the
+    ///    batch is full, or the first event is `linger` old (counted from its
+    ///    publish time). A lone event at a low rate is handed on at once;
+    ///    under load, batches form from what queues while the previous batch
+    ///    runs. Without `adaptive`, a partial batch always waits until its
+    ///    first event is `linger` old.
     ///
     /// Only what can start is asked for, so at most `max` events are
     /// delivered and not yet handled (beyond what a request weir stopped
@@ -362,21 +375,41 @@ impl AppConsumer {
         &mut self,
         max: usize,
         linger: Duration,
+        adaptive: bool,
     ) -> Result<Vec<Inbound>, TransportError> {
         let max = max.max(1);
+        let previous = if self.partial.is_empty() {
+            self.last_published_ns
+        } else {
+            None
+        };
         self.take_arrived(max)?;
         if self.partial.len() < max {
             self.pull(max - self.partial.len(), Wait::No).await?;
         }
         while self.partial.is_empty() {
             self.pull(1, Wait::For(LONG_POLL)).await?;
+            if self.lag > 0 && self.partial.len() < max {
+                self.pull(max - self.partial.len(), Wait::No).await?;
+            }
         }
-        if self.partial.len() < max {
-            match linger.checked_sub(self.partial[0].age() + LINGER_MARGIN) {
-                Some(wait) if wait >= MIN_LINGER_PULL => {
-                    self.pull(max - self.partial.len(), Wait::For(wait)).await?;
-                }
-                _ => self.take_arrived(max)?,
+        let gap = LINGER_IDLE_GAP.as_nanos() as i128;
+        let burst = !adaptive
+            || self.partial.len() >= 2
+            || previous.is_some_and(|p| self.partial[0].published_ns - p <= gap);
+        let window = if adaptive { LINGER_IDLE_GAP } else { linger };
+        while burst && self.partial.len() < max {
+            let left = linger
+                .checked_sub(self.partial[0].age() + LINGER_MARGIN)
+                .unwrap_or_default();
+            if left < MIN_LINGER_PULL {
+                self.take_arrived(max)?;
+                break;
+            }
+            let before = self.partial.len();
+            self.pull(max - before, Wait::For(left.min(window))).await?;
+            if !adaptive || self.partial.len() == before {
+                break;
             }
         }
         Ok(std::mem::take(&mut self.partial))
@@ -425,6 +458,7 @@ impl AppConsumer {
     fn take(&mut self, msg: jetstream::Message) {
         let inbound = Inbound::new(msg);
         self.lag = inbound.pending;
+        self.last_published_ns = Some(inbound.published_ns);
         self.partial.push(inbound);
     }
 

@@ -90,6 +90,11 @@ pub const RECOVERY_HEARTBEAT: Duration = Duration::from_millis(500);
 /// Shortest linger worth a waiting pull: 1 ms (below it, take what is ready).
 pub const MIN_LINGER_PULL: Duration = Duration::from_millis(1);
 
+/// A burst is over after this long without a new event: 1 ms. Lingering
+/// waits for batch-mates in windows this long and stops at the first that
+/// brings none (adaptive linger, [`consumer::AppConsumer::next_batch`]).
+pub const LINGER_IDLE_GAP: Duration = Duration::from_millis(1);
+
 /// Part of `linger` kept for the pull's own cost: 2 ms. The server answers an
 /// expired pull about a millisecond late and the reply takes a round trip;
 /// without this margin an event would wait for batch-mates a little longer

@@ -143,6 +143,13 @@ pub struct Limits {
     /// Longest wait for a partial batch to fill, in ms. Default
     /// [`DEFAULT_LINGER_MS`].
     pub linger_ms: u64,
+    /// Linger only when there is something to batch with (events already
+    /// queued, or a burst in progress), ending at the first millisecond
+    /// without a new event; `linger_ms` stays the bound. Default `true`;
+    /// `false` always waits up to `linger_ms` for a partial batch (most
+    /// batching, more latency). See
+    /// [`crate::nats::AppConsumer::next_batch`].
+    pub linger_adaptive: bool,
 }
 
 impl Default for Limits {
@@ -162,6 +169,7 @@ impl Default for Limits {
             max_batch: DEFAULT_MAX_BATCH,
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             linger_ms: DEFAULT_LINGER_MS,
+            linger_adaptive: true,
         }
     }
 }
