@@ -253,7 +253,18 @@ impl App {
     }
 }
 
-fn validate(
+/// Validate a handler's raw answer to a batch of `events` events (what
+/// every invocation does after the call): one outcome per event, reject
+/// reasons truncated to [`MAX_REJECT_REASON_BYTES`], identical effects
+/// collapsed (first kept, order preserved, the count in
+/// `stats.effects_collapsed`).
+///
+/// # Errors
+///
+/// [`InvokeError::ContractViolation`] for a wrong number of outcomes,
+/// [`InvokeError::EffectLimit`] for more than `max_effects` distinct
+/// effects.
+pub fn validate(
     result: BatchResult,
     events: usize,
     max_effects: usize,
