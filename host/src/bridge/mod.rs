@@ -86,6 +86,9 @@ pub const REDIS_PING_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// A failing connection or publish is logged at most this often: 10 s.
 pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the fold timer looks for a newly opened group while none is
+/// open: 50 ms (a fold closes at most that late).
+pub const FOLD_POLL: Duration = Duration::from_millis(50);
 /// The app name in the bridge's dead-letter subject: `bridge`.
 pub const DEAD_LETTER_APP: &str = "bridge";
 
@@ -267,6 +270,8 @@ struct Shared {
     outbox: Outbox,
     ids: Mutex<MsgIds>,
     folder: Option<Mutex<Folder>>,
+    /// The publisher holds an event it has not stored yet.
+    in_flight: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -392,6 +397,7 @@ impl Bridge {
             ))),
             folder: (config.fold_domains_ms > 0)
                 .then(|| Mutex::new(Folder::new(Duration::from_millis(config.fold_domains_ms)))),
+            in_flight: std::sync::atomic::AtomicBool::new(false),
         });
         let (stop, stop_rx) = watch::channel(false);
         let (drain, drain_rx) = watch::channel(false);
@@ -457,7 +463,11 @@ impl Bridge {
             publisher.abort();
             let _ = publisher.await;
             // The one in flight, if any, and every one buffered.
-            let left = self.shared.outbox.len() as u64 + 1;
+            let in_flight = self
+                .shared
+                .in_flight
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let left = self.shared.outbox.len() as u64 + u64::from(in_flight);
             self.shared.stats.dropped.inc_by(left);
             tracing::warn!(
                 dropped = left,
@@ -604,8 +614,9 @@ async fn close_folds(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .next_deadline();
-        // No group open: the next one opens at least a window from now.
-        let wake = next.unwrap_or_else(|| Instant::now() + Duration::from_millis(50));
+        // No group open: look again in FOLD_POLL (a group opened meanwhile
+        // closes at most that late).
+        let wake = next.unwrap_or_else(|| Instant::now() + FOLD_POLL);
         tokio::select! {
             _ = tokio::time::sleep_until(wake.into()) => {
                 let due = folder.lock().unwrap_or_else(|p| p.into_inner()).due(Instant::now());
@@ -655,6 +666,9 @@ async fn publish(transport: Transport, shared: Arc<Shared>, mut drain: watch::Re
             },
         };
         stats.buffered.set(shared.outbox.len() as i64);
+        shared
+            .in_flight
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let out = oversized(out, transport.max_payload());
         let mut delays = backoff();
         loop {
@@ -684,6 +698,9 @@ async fn publish(transport: Transport, shared: Arc<Shared>, mut drain: watch::Re
                     } else {
                         stats.stored(published.duplicate, out.received.elapsed());
                     }
+                    shared
+                        .in_flight
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
                     break;
                 }
                 Err(e) => {
