@@ -49,6 +49,16 @@ pub fn default_inbox_prefix(node: u32) -> String {
     format!("_INBOX_weir_node{node}")
 }
 
+/// The inbox prefix of the host or bridge `config` describes: `[nats]
+/// inbox_prefix`, else [`default_inbox_prefix`].
+fn inbox_prefix(config: &Config) -> String {
+    config
+        .nats
+        .inbox_prefix
+        .clone()
+        .unwrap_or_else(|| default_inbox_prefix(config.node.id))
+}
+
 /// The least-privilege permissions of the host described by `config` (see
 /// the module docs for each entry).
 ///
@@ -138,11 +148,7 @@ pub fn for_host(config: &Config) -> Result<Permissions, subjects::SubjectError> 
             }
         }
     }
-    let inbox = config
-        .nats
-        .inbox_prefix
-        .clone()
-        .unwrap_or_else(|| default_inbox_prefix(node));
+    let inbox = inbox_prefix(config);
     Ok(Permissions {
         publish,
         subscribe: vec![format!("{inbox}.>")],
@@ -168,11 +174,7 @@ pub fn for_bridge(config: &Config) -> Result<Permissions, subjects::SubjectError
     let s = Subjects::new(&config.nats.prefix)?;
     let node = config.node.id;
     let stream = &config.nats.stream;
-    let inbox = config
-        .nats
-        .inbox_prefix
-        .clone()
-        .unwrap_or_else(|| default_inbox_prefix(node));
+    let inbox = inbox_prefix(config);
     Ok(Permissions {
         publish: vec![
             format!("$JS.API.STREAM.INFO.{stream}"),

@@ -29,6 +29,21 @@ pub fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// App `app`'s consumer on node 1 for event `names`, default delivery.
+pub async fn app_consumer(
+    t: &Transport,
+    app: &str,
+    names: &[&str],
+) -> weir_host::nats::AppConsumer {
+    t.consumer(
+        &weir_host::nats::subjects::consumer_name(1, app),
+        names,
+        &Delivery::default(),
+    )
+    .await
+    .unwrap()
+}
+
 /// App `name`'s stats in a host's `stats`.
 pub fn app<'a>(
     stats: &'a [weir_host::stats::AppStatsSnapshot],
@@ -55,14 +70,7 @@ fn publish_fetch_ack_nak_term() {
         t.ensure_streams()
             .await
             .expect("ensure_streams is idempotent");
-        let mut consumer = t
-            .consumer(
-                &weir_host::nats::subjects::consumer_name(1, "mail1"),
-                &["user-domain-changed"],
-                &Delivery::default(),
-            )
-            .await
-            .unwrap();
+        let mut consumer = app_consumer(&t, "mail1", &["user-domain-changed"]).await;
         for i in 0..3 {
             t.publish_event(
                 "user-domain-changed",
@@ -126,14 +134,7 @@ fn an_event_after_idle_heartbeats_arrives_on_its_first_delivery() {
     let (server, _dir) = server();
     rt().block_on(async {
         let t = publisher(&server).await;
-        let mut consumer = t
-            .consumer(
-                &weir_host::nats::subjects::consumer_name(1, "idle"),
-                &["late"],
-                &Delivery::default(),
-            )
-            .await
-            .unwrap();
+        let mut consumer = app_consumer(&t, "idle", &["late"]).await;
         let waiting = tokio::spawn(async move {
             let batch = consumer.next_batch(10, Duration::ZERO, false).await;
             (batch, consumer)
@@ -176,14 +177,7 @@ fn next_batch_is_cancel_safe_and_release_hands_events_back() {
     let (server, _dir) = server();
     rt().block_on(async {
         let t = publisher(&server).await;
-        let mut consumer = t
-            .consumer(
-                &weir_host::nats::subjects::consumer_name(1, "cancel"),
-                &["c"],
-                &Delivery::default(),
-            )
-            .await
-            .unwrap();
+        let mut consumer = app_consumer(&t, "cancel", &["c"]).await;
         for i in 0..2 {
             t.publish_event("c", "cluster", Bytes::from_static(b"{}"), &format!("c-{i}"))
                 .await
@@ -211,14 +205,7 @@ fn next_batch_is_cancel_safe_and_release_hands_events_back() {
         take_then_cancel(&mut consumer).await;
         assert_eq!(consumer.release().await, 1);
         drop(consumer);
-        let mut next = t
-            .consumer(
-                &weir_host::nats::subjects::consumer_name(1, "cancel"),
-                &["c"],
-                &Delivery::default(),
-            )
-            .await
-            .unwrap();
+        let mut next = app_consumer(&t, "cancel", &["c"]).await;
         let back = tokio::time::timeout(
             Duration::from_secs(5),
             next.next_batch(10, Duration::ZERO, false),
@@ -425,14 +412,7 @@ fn adaptive_linger_waits_only_when_there_is_something_to_batch_with() {
     let (server, _dir) = server();
     rt().block_on(async {
         let t = publisher(&server).await;
-        let mut consumer = t
-            .consumer(
-                &weir_host::nats::subjects::consumer_name(1, "adaptive"),
-                &["a"],
-                &Delivery::default(),
-            )
-            .await
-            .unwrap();
+        let mut consumer = app_consumer(&t, "adaptive", &["a"]).await;
         let linger = Duration::from_secs(60);
         t.publish_event("a", "cluster", Bytes::from_static(b"{}"), "a-lone")
             .await
