@@ -83,6 +83,9 @@ impl RedisServer {
         let mut cmd = Command::new(binary());
         cmd.args(["--port", &plain_port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            // A replica's first sync starts at once (Redis 7 waits 5 s for
+            // more replicas by default).
+            .args(["--repl-diskless-sync-delay", "0"])
             .arg("--dir")
             .arg(self.dir.path());
         if let Some(primary) = self.replica_of {
