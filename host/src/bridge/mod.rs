@@ -805,3 +805,54 @@ async fn serve(
         );
     crate::http::serve_router(listen, router, stop, "/health, /ready, /stats, /metrics").await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_nats_would_refuse_becomes_a_dead_letter_without_it() {
+        let out = |len: usize| Outgoing {
+            target: Target::Event {
+                name: "x-changed".into(),
+                source: "module/a1".into(),
+            },
+            payload: Bytes::from(vec![b'x'; len]),
+            msg_id: "redis:ab:0".into(),
+            received: Instant::now(),
+        };
+        let max = 1 << 20;
+        let kept = oversized(out(1000), max);
+        assert!(matches!(kept.target, Target::Event { .. }));
+        assert_eq!(kept.payload.len(), 1000);
+        let dead = oversized(out(max), max);
+        match &dead.target {
+            Target::Dead { channel, reason } => {
+                assert_eq!(channel, "module/a1/event/x-changed");
+                assert!(reason.contains("1048576 bytes"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(dead.payload.is_empty());
+        assert_eq!(dead.msg_id, "redis:ab:0", "the same id on every bridge");
+    }
+
+    #[test]
+    fn config_problems_name_each_field() {
+        let mut c = BridgeConfig::new("redis://127.0.0.1:6379");
+        assert!(c.problems().is_empty());
+        c.tls_ca_file = Some("ca.pem".into());
+        c.tls_cert_file = Some("c.pem".into());
+        c.fold_domains_ms = MAX_FOLD_DOMAINS_MS + 1;
+        c.buffer_bytes = MAX_BUFFER_BYTES + 1;
+        let p = c.problems().join("\n");
+        for field in [
+            "need a rediss://",
+            "go together",
+            "fold_domains_ms",
+            "buffer_bytes",
+        ] {
+            assert!(p.contains(field), "{field}: {p}");
+        }
+    }
+}

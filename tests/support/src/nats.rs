@@ -162,7 +162,7 @@ pub struct Cluster {
 
 /// A free loopback port (bound, then released: another process could take
 /// it in between, which a test would see as a start error).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::nats::free_port;
+
 /// The binary: `$WEIR_REDIS_SERVER`, else `redis-server` on `PATH`.
 pub fn binary() -> PathBuf {
     std::env::var_os("WEIR_REDIS_SERVER").map_or_else(|| "redis-server".into(), PathBuf::from)
@@ -23,13 +25,6 @@ pub struct RedisServer {
     /// Extra arguments (TLS, ACL users); with them, readiness is the port
     /// accepting connections (the check cannot authenticate).
     extra: Vec<String>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 impl RedisServer {
