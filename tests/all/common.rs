@@ -74,15 +74,34 @@ pub fn examples_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples")
 }
 
+/// Run `app` on `events` on a thread of its own and wait for it.
+///
+/// A batch that runs past `LONG_BATCH_TICKS` (20 ms; a Python handler on a
+/// loaded machine does) moves its thread to `SCHED_IDLE`, and a process
+/// without `CAP_SYS_NICE` (CI runners) cannot take it back out: the next
+/// batch on the same test thread would run at idle priority and, on a busy
+/// 2-core machine, starve to its deadline. `App::invoke`'s pool retires such
+/// threads; tests that call the blocking API in a loop use this instead.
+pub fn invoke_on_own_thread(app: &App, events: &[Event]) -> weir_host::Invocation {
+    std::thread::scope(|s| {
+        s.spawn(|| app.invoke_blocking(events))
+            .join()
+            .expect("invocation thread panicked")
+    })
+}
+
 /// A bystander app (echo) answers normally: call after a hostile batch.
 pub fn assert_bystander_serves() {
     static BYSTANDER: OnceLock<App> = OnceLock::new();
     let app =
         BYSTANDER.get_or_init(|| deploy("bystander", weir_test_artifacts::ECHO, Limits::default()));
-    let inv = app.invoke_blocking(&[
-        event("test", "cluster", "hello"),
-        event("test", "cluster", "retry:7"),
-    ]);
+    let inv = invoke_on_own_thread(
+        app,
+        &[
+            event("test", "cluster", "hello"),
+            event("test", "cluster", "retry:7"),
+        ],
+    );
     let handled = inv.result.expect("bystander must be served");
     assert_eq!(
         handled.outcomes,

@@ -25,7 +25,7 @@ use weir_host::{App, Effect, Event, Handled, Limits, Message, Outcome};
 
 use weir_test_support::languages;
 
-use crate::common::{deploy_on, heavy};
+use crate::common::{deploy_on, heavy, invoke_on_own_thread};
 
 /// A handler source language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,7 +128,7 @@ fn assert_io_denied(app: &App) {
 /// all give; panics naming the language that differs.
 fn agreed(apps: &[(Lang, App)], batch: &[Event], case: &str) -> Handled {
     let mut answers = apps.iter().map(|(lang, app)| {
-        let inv = app.invoke_blocking(batch);
+        let inv = invoke_on_own_thread(app, batch);
         let result = inv
             .result
             .unwrap_or_else(|e| panic!("{case}: {lang:?} failed: {e}"));

@@ -189,6 +189,13 @@ impl App {
     /// Run the handler on `events` on the current thread, on a fresh store
     /// and instance with the app's caps. Blocks for up to the deadline: never
     /// call it on an async worker thread (use [`App::invoke`]).
+    ///
+    /// A batch that runs past [`LONG_BATCH_TICKS`] moves the calling thread
+    /// to `SCHED_IDLE` and restores it afterwards; without `CAP_SYS_NICE`
+    /// (or a `RLIMIT_NICE` that allows it) the thread stays at idle priority,
+    /// so later calls on it run only when a core is otherwise idle.
+    /// [`App::invoke`]'s threads are retired instead; a caller with its own
+    /// loop of long batches should use a thread per batch.
     pub fn invoke_blocking(&self, events: &[Event]) -> Invocation {
         let inner = &*self.inner;
         let _span = tracing::debug_span!("batch", app = %inner.identity.app, events = events.len())
