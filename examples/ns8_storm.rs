@@ -38,9 +38,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use weir_test_support::ns8;
 
 use weir_host::corpus::{self, CorpusEvent, Delivery, Topology};
 use weir_host::nats::NatsServer;
@@ -65,53 +67,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// The `weir.toml` of `node`.
-fn node_config(
-    node: u32,
-    nats_url: &str,
-    http_port: u16,
-    topology: &Topology,
-    rules: &str,
-) -> String {
-    let (app_rules, node_rules) = rules
-        .split_once("[[node.rule]]")
-        .expect("rules.toml has [[node.rule]]");
-    let mut c = format!(
-        "[node]\nid = {node}\nname = \"node{node}\"\n[nats]\nurl = \"{nats_url}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\n\
-         [[app]]\nname = \"node\"\ncomponent = \"{echo}\"\n[[app.rule]]{node_rules}\n",
-        echo = weir_test_artifacts::ECHO,
-    );
-    for a in topology.apps.iter().filter(|a| a.node == node) {
-        c += &format!(
-            "[[app]]\nname = \"{}\"\ncomponent = \"{}\"\ndomains = [\"{}\"]\n{}\n[app.grants]\nrestart = [\"dovecot.service\", \"postfix.service\"]\n",
-            a.name,
-            weir_test_artifacts::MAIL,
-            a.domain,
-            app_rules
-        );
-    }
-    c
-}
-
-/// Event names of the node agents' rules in `rules.toml`.
-fn node_event_names(rules: &str) -> Vec<String> {
-    #[derive(serde::Deserialize)]
-    struct Rules {
-        node: Agent,
-    }
-    #[derive(serde::Deserialize)]
-    struct Agent {
-        rule: Vec<weir_host::filter::RuleConfig>,
-    }
-    let parsed: Rules = toml::from_str(rules).unwrap();
-    parsed
-        .node
-        .rule
-        .iter()
-        .flat_map(|r| r.event.to_vec())
-        .collect()
 }
 
 fn http_get(port: u16, path: &str) -> Option<String> {
@@ -215,7 +170,7 @@ fn run_scenario(exe: &Path, s: &Scenario, nodes: &[u32], topology: &Topology, ru
             let path = dir.path().join(format!("node{node}.toml"));
             std::fs::write(
                 &path,
-                node_config(*node, &server.url(), *port, topology, rules),
+                ns8::node_config(*node, &server.url(), *port, topology, rules),
             )
             .unwrap();
             Command::new(exe)
@@ -261,7 +216,7 @@ fn run_scenario(exe: &Path, s: &Scenario, nodes: &[u32], topology: &Topology, ru
     };
     // Each event reaches every consumer filtered to its name: node agents
     // subscribe to their rule's event names, apps to user-domain-changed.
-    let node_names = node_event_names(rules);
+    let node_names = ns8::node_event_names(rules);
     let node_events = published
         .iter()
         .filter(|e| node_names.contains(&e.name))

@@ -93,17 +93,31 @@ pub mod raw {
     pub use crate::bindings::HandlerPre;
     use crate::bindings::weir::handler::{domains, log, node, types};
 
-    /// The least state that can instantiate a handler.
+    /// The least state that can instantiate a handler: node 1, no domains
+    /// unless [`RawState::for_app`] gives some.
     pub struct RawState {
         wasi: WasiCtx,
         table: ResourceTable,
+        node: u32,
+        domains: crate::DomainSet,
     }
 
     impl Default for RawState {
         fn default() -> Self {
+            Self::for_app(1, crate::DomainSet::default())
+        }
+    }
+
+    impl RawState {
+        /// A state whose `node` and `domains` imports answer for an app on
+        /// node `node` serving `domains` (what the storm bench's warm
+        /// instances need to decide as weir's do).
+        pub fn for_app(node: u32, domains: crate::DomainSet) -> Self {
             Self {
                 wasi: WasiCtx::builder().build(),
                 table: ResourceTable::new(),
+                node,
+                domains,
             }
         }
     }
@@ -119,22 +133,22 @@ pub mod raw {
 
     impl node::Host for RawState {
         fn id(&mut self) -> u32 {
-            1
+            self.node
         }
         fn name(&mut self) -> String {
             String::new()
         }
         fn is_local(&mut self, origin: Option<u32>) -> bool {
-            origin == Some(1)
+            origin == Some(self.node)
         }
     }
 
     impl domains::Host for RawState {
         fn mine(&mut self) -> Vec<String> {
-            Vec::new()
+            self.domains.listed().to_vec()
         }
-        fn is_mine(&mut self, _domain: String) -> bool {
-            false
+        fn is_mine(&mut self, domain: String) -> bool {
+            self.domains.is_mine(&domain)
         }
     }
 

@@ -211,6 +211,12 @@ impl NatsServer {
         self.port
     }
 
+    /// The server's process id, `None` once stopped (for CPU and RSS
+    /// figures read from `/proc/<pid>`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The binary in use.
     pub fn binary(&self) -> &Path {
         &self.binary

@@ -22,6 +22,7 @@ pub mod config;
 pub mod languages;
 pub mod ledger;
 pub mod nats;
+pub mod ns8;
 pub mod redis;
 
 use std::net::SocketAddr;
