@@ -205,12 +205,16 @@ impl Daemon {
         // (each is a JetStream API round trip and files on the server's
         // disk); the apps start in order once all are set up.
         let consumers: Vec<AppConsumer> = {
-            let daemon = &daemon;
-            futures::stream::iter(plan.apps.iter().zip(&deployed))
-                .map(|(app_plan, (app, _))| async move {
-                    daemon.attach_buckets(app).await?;
-                    daemon.set_up_consumer(app_plan).await
-                })
+            // Collected first: a stream over a borrowing closure would make
+            // `start`'s future not `Send` for every lifetime ("implementation of
+            // `FnOnce` is not general enough" where it is spawned).
+            let setups: Vec<_> = plan
+                .apps
+                .iter()
+                .zip(&deployed)
+                .map(|(app_plan, (app, _))| daemon.set_up_app(app, app_plan))
+                .collect();
+            futures::stream::iter(setups)
                 .buffered(CONSUMER_SETUP_CONCURRENCY)
                 .try_collect()
                 .await?
@@ -237,6 +241,12 @@ impl Daemon {
             "weir running"
         );
         Ok(daemon)
+    }
+
+    /// Attach `app`'s buckets and set up its consumer.
+    async fn set_up_app(&self, app: &App, app_plan: &AppPlan) -> anyhow::Result<AppConsumer> {
+        self.attach_buckets(app).await?;
+        self.set_up_consumer(app_plan).await
     }
 
     /// Create or update the consumer of one app, retrying through
