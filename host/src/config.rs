@@ -96,10 +96,20 @@ pub struct NodeConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Listen address; default [`DEFAULT_HTTP_LISTEN`].
+    /// Listen address; default [`DEFAULT_HTTP_LISTEN`]. An address that is
+    /// not loopback needs `public = true`.
     pub listen: SocketAddr,
     /// Serve the endpoints. Default `true`.
     pub enabled: bool,
+    /// Allow a `listen` address that is not loopback (the endpoints are
+    /// plain HTTP; `/stats` names every app). Default `false`; when set,
+    /// the start logs a warning.
+    pub public: bool,
+    /// File holding the bearer token `POST /reload` requires (absolute
+    /// path; mode 0600, at least 16 characters). Default: none, and `weir
+    /// run` creates and keeps one at
+    /// [`crate::admin_token::default_token_file`].
+    pub admin_token_file: Option<std::path::PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -107,7 +117,39 @@ impl Default for HttpConfig {
         Self {
             listen: DEFAULT_HTTP_LISTEN,
             enabled: true,
+            public: false,
+            admin_token_file: None,
         }
+    }
+}
+
+impl HttpConfig {
+    /// Every problem (empty if valid), unprefixed: a listen address that is
+    /// not loopback without `public = true`, a relative token path.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.enabled && !self.listen.ip().is_loopback() && !self.public {
+            p.push(format!(
+                "listen = \"{}\" is not a loopback address: the endpoints would be reachable from the network; set public = true to mean it",
+                self.listen
+            ));
+        }
+        if self
+            .admin_token_file
+            .as_ref()
+            .is_some_and(|f| f.is_relative())
+        {
+            p.push("admin_token_file must be an absolute path".to_owned());
+        }
+        p
+    }
+
+    /// The admin token file in use: `admin_token_file`, else
+    /// [`crate::admin_token::default_token_file`].
+    pub fn token_file(&self) -> std::path::PathBuf {
+        self.admin_token_file
+            .clone()
+            .unwrap_or_else(crate::admin_token::default_token_file)
     }
 }
 
@@ -271,6 +313,7 @@ impl Config {
             p.push("node.name must not be empty".to_owned());
         }
         prefixed(&mut p, "nats.", self.nats.problems());
+        prefixed(&mut p, "http.", self.http.problems());
         prefixed(&mut p, "engine: ", self.engine.problems());
         prefixed(&mut p, "effects.", self.effects.problems());
         if let Some(bridge) = &self.bridge {

@@ -1,5 +1,6 @@
-//! The daemon's HTTP endpoints, on loopback by default (they are
-//! unauthenticated):
+//! The daemon's HTTP endpoints, on loopback by default (a listen address
+//! beyond loopback needs `[http] public = true`); the ones that read need no
+//! credentials, the one that changes state needs the admin token:
 //!
 //! - `GET /health`: liveness. `200 ok: <phase>` whenever the runtime's loop
 //!   answers (a hung process answers nothing, which is the signal);
@@ -10,7 +11,9 @@
 //! - `GET /stats`: JSON, `{"node": <id>, "apps": [<AppStatsSnapshot>...],
 //!   "reload": <ReloadStatus>}`;
 //! - `GET /metrics`: OpenMetrics text ([`crate::stats::prometheus`]);
-//! - `POST /reload`: re-read the config file and apply it (see
+//! - `POST /reload` (with `Authorization: Bearer <admin token>`,
+//!   [`crate::admin_token`]; `401` and nothing done without it): re-read
+//!   the config file and apply it (see
 //!   [`crate::daemon::Daemon::reload`]); `200` with the changes or `422`
 //!   with every problem (nothing changed); `503` if the process does not
 //!   take reload requests (a library user that did not ask for them).
@@ -141,6 +144,8 @@ pub(crate) struct Health {
     /// Set once the owner of the daemon takes the reload requests; until
     /// then `POST /reload` answers 503 at once.
     pub(crate) reloads_taken: std::sync::atomic::AtomicBool,
+    /// Why the host cannot go on (its NATS client is gone), once it is so.
+    pub(crate) fatal: OnceLock<String>,
 }
 
 impl Health {
@@ -155,6 +160,7 @@ impl Health {
                 reload: Mutex::default(),
                 reloads,
                 reloads_taken: std::sync::atomic::AtomicBool::new(false),
+                fatal: OnceLock::new(),
             },
             requests,
         )
@@ -212,6 +218,9 @@ impl Health {
     /// unready (the others are served); `/stats` shows it.
     pub(crate) fn readiness(&self) -> Vec<String> {
         let mut reasons = Vec::new();
+        if let Some(fatal) = self.fatal.get() {
+            reasons.push(format!("nats: {fatal}; the host is stopping"));
+        }
         let phase = self.phase();
         if phase != Phase::Running {
             reasons.push(format!("phase: {}", phase.label()));
@@ -257,11 +266,12 @@ pub(crate) async fn serve(
     listen: SocketAddr,
     node: u32,
     health: Arc<Health>,
+    admin_token: String,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
     serve_router(
         listen,
-        router(node, health),
+        router(node, health, admin_token.into()),
         stop,
         "/health, /ready, /stats, /metrics, POST /reload",
     )
@@ -297,7 +307,7 @@ pub(crate) async fn serve_router(
     Ok((task, addr))
 }
 
-fn router(node: u32, health: Arc<Health>) -> axum::Router {
+fn router(node: u32, health: Arc<Health>, admin_token: Arc<str>) -> axum::Router {
     use axum::http::StatusCode;
     use axum::routing::{get, post};
     let json = |code: StatusCode, body: serde_json::Value| (code, axum::Json(body));
@@ -353,10 +363,23 @@ fn router(node: u32, health: Arc<Health>) -> axum::Router {
         )
         .route(
             "/reload",
-            post(move || {
+            post(move |headers: axum::http::HeaderMap| {
                 let reloads = health.reloads.clone();
                 let taken = health.reloads_taken.load(Ordering::Relaxed);
+                let authorized = crate::admin_token::authorizes(
+                    &admin_token,
+                    headers
+                        .get(axum::http::header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok()),
+                );
                 async move {
+                    if !authorized {
+                        tracing::warn!("POST /reload without the admin token: refused");
+                        return json(
+                            StatusCode::UNAUTHORIZED,
+                            serde_json::json!({ "ok": false, "problems": ["POST /reload needs Authorization: Bearer <the admin token> (weir reload --config reads it; see [http] admin_token_file)"] }),
+                        );
+                    }
                     let (reply, answer) = oneshot::channel();
                     if !taken || reloads.try_send(reply).is_err() {
                         return json(

@@ -53,6 +53,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin_token;
 mod bindings;
 pub mod bridge;
 pub mod config;

@@ -8,6 +8,7 @@
 //! | direction | subject | why |
 //! |---|---|---|
 //! | publish | `$JS.API.STREAM.INFO.WEIR_EVENTS`, `…INFO.WEIR_DEAD`, `…INFO.KV_WEIR_EFFECTS` | verify the streams and the effect-records bucket exist (their names follow the events stream: [`subjects::dead_letter_stream`]) |
+//! | publish | `$JS.API.STREAM.MSG.GET.WEIR_EVENTS` | read a delivery the NATS client cannot parse through the JSON message-get API, to dead-letter it ([`crate::nats::unreadable`]); it can read any stored event, which every host's apps may be sent anyway |
 //! | publish | `$JS.API.CONSUMER.CREATE.WEIR_EVENTS.weir_N_A` (and `.>`) | create or update the app's own consumer |
 //! | publish | `$JS.API.CONSUMER.INFO.WEIR_EVENTS.weir_N_A` | whether the consumer exists (it keeps its start position) |
 //! | publish | `$JS.API.CONSUMER.MSG.NEXT.WEIR_EVENTS.weir_N_A` | pull batches |
@@ -78,6 +79,7 @@ pub fn for_host(config: &Config) -> Result<Permissions, subjects::SubjectError> 
     let limits_stream = format!("KV_{limits}");
     let mut publish = vec![
         format!("$JS.API.STREAM.INFO.{stream}"),
+        format!("$JS.API.STREAM.MSG.GET.{stream}"),
         format!("$JS.API.STREAM.INFO.{dead_stream}"),
         format!("$JS.API.STREAM.INFO.{kv_stream}"),
         format!("$KV.{bucket}.n{node}.>"),

@@ -258,6 +258,10 @@ pub enum DecodeError {
     /// JetStream's metadata of the delivery could not be read.
     #[error("{0}")]
     Metadata(String),
+    /// The NATS client could not read the delivery's header block
+    /// ([`crate::nats::unreadable`]).
+    #[error("{0}")]
+    Headers(String),
     /// The subject is not `<prefix>.events.<name>.<source>`.
     #[error("not an event subject: {0}")]
     Subject(String),
@@ -546,6 +550,9 @@ impl AppPipeline {
     pub fn decode(&self, inbound: &Inbound) -> Result<Event, DecodeError> {
         if let Some(e) = &inbound.metadata_error {
             return Err(DecodeError::Metadata(e.clone()));
+        }
+        if let Some(e) = &inbound.header_error {
+            return Err(DecodeError::Headers(e.clone()));
         }
         let Some((name, source)) = self.transport.subjects().parse_event(&inbound.subject) else {
             return Err(DecodeError::Subject(inbound.subject.clone()));

@@ -647,3 +647,46 @@ fn a_bridge_stopped_while_nats_is_away_ends_and_counts_what_it_held() {
         assert_eq!((s.dropped, s.published, s.duplicates), (5, 0, 0), "{s:?}");
     });
 }
+
+#[test]
+fn a_payload_over_the_buffer_cap_is_dead_lettered_with_its_reason() {
+    let _heavy = crate::common::heavy();
+    rt().block_on(async {
+        let (nats_server, _dir) = server();
+        let redis = RedisServer::start();
+        let mut config = bridge_config(&redis);
+        config.buffer_bytes = 1_000;
+        let bridges = start_bridges(1, &nats_server.url(), &config).await;
+        let mut p = RedisPublisher::connect(&redis.url()).await.unwrap();
+        p.publish("cluster/event/big", &[b'x'; 2_000])
+            .await
+            .unwrap();
+        p.publish("cluster/event/small", b"{}").await.unwrap();
+        settled(&bridges, 2).await;
+        let events = stored(&nats_server.url(), DEFAULT_STREAM).await.unwrap();
+        assert_eq!(
+            events_of(&events).keys().collect::<Vec<_>>(),
+            ["weir.events.small.cluster"]
+        );
+        let dead = stored(&nats_server.url(), DEFAULT_DEAD_STREAM)
+            .await
+            .unwrap();
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        let reason = dead[0]
+            .headers
+            .iter()
+            .find(|(k, _)| k == DEAD_REASON_HEADER)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        assert!(
+            reason.contains("payload of 2000 bytes is over the bridge's buffer_bytes of 1000"),
+            "{reason:?}"
+        );
+        assert!(dead[0].payload.is_empty());
+        let s = bridges[0].stats();
+        assert_eq!((s.dead_lettered, s.dropped), (1, 0), "{s:?}");
+        for b in bridges {
+            b.shutdown().await;
+        }
+    });
+}

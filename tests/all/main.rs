@@ -16,6 +16,8 @@
 //!   handlers agree on one table of cases (corpus, retry, reject, non-JSON,
 //!   publish);
 //! - `faults`: slow and poison events, a full stream, forged sources;
+//! - `hostile`: header blocks the NATS client cannot read or misreads,
+//!   published raw, mixed with well-formed events;
 //! - `permissions`: a host on exactly its least-privilege NATS permissions;
 //! - `bridge`: `weir bridge` with real redis-server and nats-server
 //!   (mapping, N bridges, Redis restarted, NATS down, folding);
@@ -41,6 +43,7 @@ mod conformance;
 mod corpus;
 mod event_plane;
 mod faults;
+mod hostile;
 mod kv;
 mod nats;
 mod operations;

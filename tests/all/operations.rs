@@ -422,11 +422,24 @@ fn ready_follows_the_nats_server_within_5_s() {
                 .is_some_and(|(code, body)| code == 503 && body.contains("nats: disconnected"))
         );
         let down = t.elapsed();
-        // A library user that did not take the reload requests: POST /reload
-        // says so at once.
+        // Without the admin token POST /reload changes nothing (401).
         let (code, body) = weir_test_support::http_request(addr, "POST", "/reload")
             .await
             .unwrap();
+        assert_eq!(code, 401, "{body}");
+        // With it, a library user that did not take the reload requests:
+        // POST /reload says so at once.
+        let token =
+            weir_host::admin_token::read(&weir_host::admin_token::default_token_file()).unwrap();
+        let bearer = format!("Bearer {token}");
+        let (code, body) = weir_test_support::http_request_with(
+            addr,
+            "POST",
+            "/reload",
+            &[("Authorization", &bearer)],
+        )
+        .await
+        .unwrap();
         assert_eq!(code, 503, "{body}");
         assert!(body.contains("not taken"), "{body}");
         // Liveness does not follow NATS.
@@ -585,8 +598,20 @@ fn sighup_weir_reload_and_weir_stats_on_a_running_host() {
     assert_eq!(stats["reload"]["last"]["ok"], false, "{body}");
     assert_eq!(stats["apps"].as_array().map(Vec::len), Some(2), "{body}");
 
-    // weir reload removing an app: exit 0 and what changed.
+    // weir reload removing an app: exit 0 and what changed. An anonymous
+    // POST /reload first: 401, nothing applied.
     write(&[("one", weir_test_artifacts::ECHO)]);
+    let applied = |body: &str| {
+        serde_json::from_str::<serde_json::Value>(body).unwrap()["reload"]["applied"].as_u64()
+    };
+    let before = applied(&get(addr, "/stats").unwrap().1);
+    let anonymous = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(weir_test_support::http_request(addr, "POST", "/reload"));
+    assert_eq!(anonymous.map(|(code, _)| code), Some(401));
+    assert_eq!(applied(&get(addr, "/stats").unwrap().1), before);
     let stdout = succeeds(&["reload", "--config", file], &[]);
     assert!(stdout.contains("removed: two"), "{stdout}");
     assert!(get(addr, "/ready").is_some_and(|(code, _)| code == 200));

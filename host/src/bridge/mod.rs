@@ -89,6 +89,9 @@ pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the fold timer looks for a newly opened group while none is
 /// open: 50 ms (a fold closes at most that late).
 pub const FOLD_POLL: Duration = Duration::from_millis(50);
+/// Shortest time between two warnings about a full buffer: 10 s.
+pub const DROP_WARN_INTERVAL: Duration = Duration::from_secs(10);
+
 /// The app name in the bridge's dead-letter subject: `bridge`.
 pub const DEAD_LETTER_APP: &str = "bridge";
 
@@ -272,6 +275,9 @@ struct Shared {
     folder: Option<Mutex<Folder>>,
     /// The publisher holds an event it has not stored yet.
     in_flight: std::sync::atomic::AtomicBool,
+    /// Drops not yet logged, and when the last warning went out
+    /// ([`DROP_WARN_INTERVAL`] apart).
+    drop_warn: Mutex<(u64, Option<Instant>)>,
 }
 
 impl Shared {
@@ -320,13 +326,44 @@ impl Shared {
                 self.stats.folded.inc_by(parts as u64);
                 self.stats.folds.inc();
             }
+            // A payload no buffer of this size can hold is decided now: a
+            // dead letter with the reason and without the payload.
+            let cap = self.outbox.max_bytes();
+            let out = if out.payload.len() > cap {
+                let reason = format!(
+                    "payload of {} bytes is over the bridge's buffer_bytes of {cap} bytes",
+                    out.payload.len()
+                );
+                without_payload(out, reason)
+            } else {
+                out
+            };
             let dropped = self.outbox.push(out);
             if dropped > 0 {
                 self.stats.dropped.inc_by(dropped);
-                tracing::debug!(dropped, "buffer full: oldest events dropped");
+                self.warn_dropped(dropped);
             }
         }
         self.stats.buffered.set(self.outbox.len() as i64);
+    }
+
+    /// Log drops at warn, at most once every [`DROP_WARN_INTERVAL`] (with
+    /// the count since the last warning); every drop is counted in
+    /// `dropped` whatever is logged.
+    fn warn_dropped(&self, dropped: u64) {
+        let mut warn = self.drop_warn.lock().unwrap_or_else(|p| p.into_inner());
+        warn.0 += dropped;
+        let now = Instant::now();
+        if warn
+            .1
+            .is_none_or(|last| now.duration_since(last) >= DROP_WARN_INTERVAL)
+        {
+            tracing::warn!(
+                dropped = warn.0,
+                "bridge buffer full (NATS away or slow): oldest events dropped"
+            );
+            *warn = (0, Some(now));
+        }
     }
 }
 
@@ -398,6 +435,7 @@ impl Bridge {
             folder: (config.fold_domains_ms > 0)
                 .then(|| Mutex::new(Folder::new(Duration::from_millis(config.fold_domains_ms)))),
             in_flight: std::sync::atomic::AtomicBool::new(false),
+            drop_warn: Mutex::new((0, None)),
         });
         let (stop, stop_rx) = watch::channel(false);
         let (drain, drain_rx) = watch::channel(false);
@@ -726,18 +764,21 @@ fn oversized(out: Outgoing, max_payload: usize) -> Outgoing {
     if out.payload.len() + HEADER_ROOM <= max_payload {
         return out;
     }
+    let reason = format!(
+        "payload of {} bytes is over the NATS server's max_payload of {max_payload} bytes",
+        out.payload.len()
+    );
+    without_payload(out, reason)
+}
+
+/// `out` as a dead letter of its channel with `reason` and no payload.
+fn without_payload(out: Outgoing, reason: String) -> Outgoing {
     let channel = match &out.target {
         Target::Event { name, source } => format!("{source}/event/{name}"),
         Target::Dead { channel, .. } => channel.clone(),
     };
     Outgoing {
-        target: Target::Dead {
-            reason: format!(
-                "payload of {} bytes is over the NATS server's max_payload of {max_payload} bytes",
-                out.payload.len()
-            ),
-            channel,
-        },
+        target: Target::Dead { reason, channel },
         payload: Bytes::new(),
         ..out
     }

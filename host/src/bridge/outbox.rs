@@ -66,6 +66,11 @@ impl Outbox {
         }
     }
 
+    /// The byte cap (`buffer_bytes`).
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
     /// Queue `out`; returns how many of the oldest entries were dropped to
     /// make room (`out` itself, if it alone is over `max_bytes`).
     pub fn push(&self, out: Outgoing) -> u64 {

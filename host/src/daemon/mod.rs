@@ -81,6 +81,13 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// shutdown: 2 s (both wait forever on a connection whose server is gone).
 pub const NATS_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How often the daemon checks that its NATS client still works
+/// ([`Transport::client_gone`]): every 1 s. A client whose connection task
+/// is gone (a panic in the client, a closed client) never reconnects; the
+/// daemon reports it ([`Daemon::failed`]) and `weir run` drains and exits
+/// non-zero so its supervisor restarts it.
+pub const CLIENT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Longest wait for the HTTP server to stop at shutdown: 1 s.
 pub const HTTP_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -142,6 +149,10 @@ pub struct Daemon {
     /// Stops the executor of pending (debounced) effects.
     pending_stop: watch::Sender<bool>,
     pending_task: AbortOnDrop,
+    /// Watches the NATS client ([`CLIENT_CHECK_INTERVAL`]).
+    client_watch: AbortOnDrop,
+    /// Why the NATS client is gone, once it is ([`Daemon::failed`]).
+    fatal: watch::Receiver<Option<String>>,
 }
 
 impl Daemon {
@@ -183,6 +194,12 @@ impl Daemon {
         let pending_task = AbortOnDrop(Some(tokio::spawn(
             effects.clone().run_pending(pending_stop_rx),
         )));
+        let (fatal_tx, fatal) = watch::channel(None);
+        let client_watch = AbortOnDrop(Some(tokio::spawn(watch_client(
+            transport.clone(),
+            health.clone(),
+            fatal_tx,
+        ))));
         let mut daemon = Self {
             config: plan.config.clone(),
             nats_url,
@@ -200,6 +217,8 @@ impl Daemon {
             embedded,
             pending_stop,
             pending_task,
+            client_watch,
+            fatal,
         };
         // Buckets and consumers, CONSUMER_SETUP_CONCURRENCY apps at a time
         // (each is a JetStream API round trip and files on the server's
@@ -411,6 +430,38 @@ impl Daemon {
         self.health.readiness()
     }
 
+    /// Wait until the host cannot go on, and say why: its NATS client's
+    /// connection task is gone (it panicked, or the client was closed), so no
+    /// event can be pulled, acked or dead-lettered again and no reconnection
+    /// will come. `/ready` says so from then on. The owner should
+    /// [`Daemon::shutdown`] and exit non-zero (`weir run` exits 69,
+    /// `EX_UNAVAILABLE`) so that systemd restarts the host.
+    ///
+    /// The future does not borrow the daemon. Cancel safety: cancel safe (it
+    /// only waits). Never resolves while the client works.
+    pub fn failed(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut fatal = self.fatal.clone();
+        async move {
+            loop {
+                if let Some(reason) = fatal.borrow_and_update().clone() {
+                    return reason;
+                }
+                if fatal.changed().await.is_err() {
+                    // The watch ended without a verdict (shutdown): never.
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+
+    /// Close the NATS client as a crash of its connection task would leave
+    /// it, for tests of [`Daemon::failed`]: every later publish, ack and
+    /// pull fails.
+    #[doc(hidden)]
+    pub async fn close_nats_client_for_test(&self) {
+        let _ = self.transport.close().await;
+    }
+
     /// The runtime the apps run in.
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
@@ -427,6 +478,10 @@ impl Daemon {
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         tracing::info!("shutting down: draining in-flight batches");
         self.health.set(Phase::Draining);
+        // Closing the client below is not a death.
+        if let Some(watch) = self.client_watch.0.take() {
+            watch.abort();
+        }
         for app in &self.apps {
             let _ = app.stop.send(true);
         }
@@ -486,6 +541,29 @@ impl Daemon {
     }
 }
 
+/// Check the NATS client every [`CLIENT_CHECK_INTERVAL`] until it is gone;
+/// then record why (for `/ready` and [`Daemon::failed`]) and end.
+async fn watch_client(
+    transport: Transport,
+    health: Arc<Health>,
+    fatal: watch::Sender<Option<String>>,
+) {
+    let mut tick = tokio::time::interval(CLIENT_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Some(reason) = transport.client_gone().await {
+            tracing::error!(
+                reason,
+                "NATS client is gone; stopping the host so it is restarted"
+            );
+            let _ = health.fatal.set(reason.clone());
+            let _ = fatal.send(Some(reason));
+            return;
+        }
+    }
+}
+
 /// Phase 1: bind and serve the HTTP endpoints (if enabled).
 async fn serve_http(
     config: &Config,
@@ -495,7 +573,17 @@ async fn serve_http(
     if !config.http.enabled {
         return Ok((AbortOnDrop(None), None));
     }
-    let (task, addr) = crate::http::serve(config.http.listen, config.node.id, health, stop).await?;
+    let token_file = config.http.token_file();
+    let token = if config.http.admin_token_file.is_some() {
+        crate::admin_token::read(&token_file)
+    } else {
+        crate::admin_token::ensure(&token_file)
+    }?;
+    if config.http.public {
+        tracing::warn!(listen = %config.http.listen, "http.public: the endpoints are served beyond loopback (plain HTTP; POST /reload still needs the admin token)");
+    }
+    let (task, addr) =
+        crate::http::serve(config.http.listen, config.node.id, health, token, stop).await?;
     Ok((AbortOnDrop(Some(task)), Some(addr)))
 }
 

@@ -51,6 +51,20 @@ pub use debounce::{AppEffects, Debouncer, MAX_DEBOUNCE_MS, MAX_PENDING_EVENTS};
 /// Default time an effect command may run: 30,000 ms.
 pub const DEFAULT_COMMAND_TIMEOUT_MS: u64 = 30_000;
 
+/// Variables an effect command gets from weir's environment whatever the
+/// config says: `PATH` and `LANG` (to find programs and speak the node's
+/// language), `XDG_RUNTIME_DIR` and `DBUS_SESSION_BUS_ADDRESS` (so the
+/// default `systemctl --user` finds the user's manager). Nothing else of
+/// weir's environment reaches a command (no NATS password or token given
+/// through [`crate::nats::connect::PASSWORD_ENV`] and the like) unless
+/// `[effects] pass_env` names it.
+pub const DEFAULT_PASS_ENV: [&str; 4] = [
+    "PATH",
+    "LANG",
+    "XDG_RUNTIME_DIR",
+    "DBUS_SESSION_BUS_ADDRESS",
+];
+
 /// Effect executors.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -77,6 +91,10 @@ pub struct EffectsConfig {
     pub command: Vec<String>,
     /// Time a command may run, in ms. Default [`DEFAULT_COMMAND_TIMEOUT_MS`].
     pub timeout_ms: u64,
+    /// More variables of weir's environment a command gets, by name, besides
+    /// [`DEFAULT_PASS_ENV`] and the `WEIR_*` variables that describe the
+    /// effect (as systemd's `PassEnvironment=`). Default empty.
+    pub pass_env: Vec<String>,
 }
 
 impl Default for EffectsConfig {
@@ -87,6 +105,7 @@ impl Default for EffectsConfig {
                 .map(String::from)
                 .to_vec(),
             timeout_ms: DEFAULT_COMMAND_TIMEOUT_MS,
+            pass_env: Vec::new(),
         }
     }
 }
@@ -105,7 +124,25 @@ impl EffectsConfig {
         if self.timeout_ms == 0 {
             p.push("timeout_ms must be greater than 0".to_owned());
         }
+        for name in &self.pass_env {
+            if name.is_empty() || name.contains(['=', '\0']) {
+                p.push(format!(
+                    "pass_env {name:?} is not a variable name (empty, or holds '=' or NUL)"
+                ));
+            }
+        }
         p
+    }
+
+    /// The environment of an effect command: each variable of
+    /// [`DEFAULT_PASS_ENV`] and `pass_env` that weir's own environment has.
+    pub fn command_env(&self) -> Vec<(String, std::ffi::OsString)> {
+        DEFAULT_PASS_ENV
+            .iter()
+            .copied()
+            .chain(self.pass_env.iter().map(String::as_str))
+            .filter_map(|name| std::env::var_os(name).map(|v| (name.to_owned(), v)))
+            .collect()
     }
 }
 
@@ -922,6 +959,9 @@ impl EffectRunner {
                 let (program, args) = argv.split_first().ok_or(EffectFailure::EmptyCommand)?;
                 let mut child = tokio::process::Command::new(program)
                     .args(args)
+                    // A clean environment: weir's may hold NATS credentials.
+                    .env_clear()
+                    .envs(self.config.command_env())
                     .env("WEIR_APP", app)
                     .env("WEIR_EFFECT", describe(effect))
                     .env("WEIR_EVENT_IDS", event_ids.join(" "))
@@ -1029,6 +1069,7 @@ mod tests {
                 format!("echo {{app}} {{action}} {{unit}} > {}", marker.display()),
             ],
             timeout_ms: 5_000,
+            pass_env: Vec::new(),
         };
         let runner = EffectRunner::new(config, None);
         rt().block_on(async {
@@ -1044,6 +1085,7 @@ mod tests {
                 executor: Executor::Command,
                 command: vec!["false".into(), "{unit}".into()],
                 timeout_ms: 5_000,
+                pass_env: Vec::new(),
             },
             None,
         );
@@ -1052,6 +1094,7 @@ mod tests {
                 executor: Executor::Command,
                 command: vec!["sh".into(), "-c".into(), "sleep 5".into(), "{unit}".into()],
                 timeout_ms: 100,
+                pass_env: Vec::new(),
             },
             None,
         );
@@ -1064,6 +1107,7 @@ mod tests {
                     executor: Executor::Command,
                     command: vec!["/nonexistent/weir-effect".into(), "{unit}".into()],
                     timeout_ms: 5_000,
+                    pass_env: Vec::new(),
                 },
                 None,
             );
@@ -1087,6 +1131,60 @@ mod tests {
             let r = slow.restart_a("m", "e").await;
             assert!(r.failed[0].contains("ran longer than"), "{r:?}");
         });
+    }
+
+    #[test]
+    fn commands_get_a_clean_environment() {
+        // HOME is in this test's environment (cargo sets it when the shell
+        // does not) and not among the variables passed by default.
+        assert!(
+            std::env::var_os("HOME").is_some(),
+            "the test needs HOME set"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let seen = |pass_env: Vec<String>, file: &str| {
+            let out = dir.path().join(file);
+            let runner = EffectRunner::new(
+                EffectsConfig {
+                    executor: Executor::Command,
+                    command: vec![
+                        "sh".into(),
+                        "-c".into(),
+                        format!("env > {}", out.display()),
+                        "{unit}".into(),
+                    ],
+                    timeout_ms: 5_000,
+                    pass_env,
+                },
+                None,
+            );
+            let r = rt().block_on(runner.restart_a("mail1", "e1"));
+            assert_eq!(r.executed, 1, "{r:?}");
+            let env = std::fs::read_to_string(out).unwrap();
+            env.lines()
+                .filter_map(|l| l.split_once('=').map(|(k, _)| k.to_owned()))
+                .filter(|k| k != "PWD" && k != "SHLVL" && k != "_")
+                .collect::<std::collections::BTreeSet<String>>()
+        };
+        let names = seen(Vec::new(), "default");
+        assert!(!names.contains("HOME"), "{names:?}");
+        assert!(
+            names.contains("PATH") && names.contains("WEIR_APP"),
+            "{names:?}"
+        );
+        assert!(
+            names
+                .iter()
+                .all(|n| n.starts_with("WEIR_") || DEFAULT_PASS_ENV.contains(&n.as_str())),
+            "{names:?}"
+        );
+        let names = seen(vec!["HOME".into()], "listed");
+        assert!(names.contains("HOME"), "{names:?}");
+        let bad = EffectsConfig {
+            pass_env: vec!["A=B".into()],
+            ..EffectsConfig::default()
+        };
+        assert_eq!(bad.problems().len(), 1);
     }
 
     #[test]

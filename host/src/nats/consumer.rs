@@ -12,10 +12,16 @@ use futures::FutureExt as _;
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
+use super::unreadable::{self, DECIDED_MEMORY, MsgGetReply, SCAN_MAX_MESSAGES};
 use super::{
     LINGER_IDLE_GAP, LINGER_MARGIN, LONG_POLL, MIN_LINGER_PULL, MSG_ID_HEADER, PULL_HEARTBEAT,
     PULL_REPLY_MARGIN, RECOVERY_HEARTBEAT, RELEASE_TIMEOUT, Transport, TransportError, js_err,
 };
+
+/// Shortest time between two scans for unreadable deliveries of one
+/// consumer ([`unreadable`]): 1 s, so a flapping connection does not turn
+/// into a stream of API requests.
+pub const SCAN_MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Default most deliveries of one event before it is dead-lettered: 5.
 /// weir counts them itself (JetStream's own limit is off), so an event is
@@ -203,7 +209,7 @@ impl Transport {
         let name = durable.to_owned();
         let config = jetstream::consumer::pull::Config {
             durable_name: Some(name.clone()),
-            filter_subjects,
+            filter_subjects: filter_subjects.clone(),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ack_wait: Duration::from_millis(delivery.ack_wait_ms),
             max_deliver: -1,
@@ -237,6 +243,8 @@ impl Transport {
         Ok(AppConsumer {
             consumer,
             name,
+            stream: self.stream.clone(),
+            filter_subjects,
             client: self.client.clone(),
             js: self.js.clone(),
             subscription: None,
@@ -245,6 +253,12 @@ impl Transport {
             lag: 0,
             last_published_ns: None,
             recovering: false,
+            last_delivery: None,
+            // A delivery lost before this process started leaves no gap to
+            // see: look once.
+            scan_due: true,
+            last_scan: None,
+            decided: std::collections::VecDeque::new(),
         })
     }
 }
@@ -289,6 +303,10 @@ impl Transport {
 pub struct AppConsumer {
     consumer: PullConsumer,
     name: String,
+    /// The events stream.
+    stream: String,
+    /// The consumer's filter subjects.
+    filter_subjects: Vec<String>,
     client: async_nats::Client,
     js: jetstream::Context,
     subscription: Option<(async_nats::Subject, async_nats::Subscriber)>,
@@ -305,6 +323,17 @@ pub struct AppConsumer {
     /// [`RECOVERY_HEARTBEAT`], so a request lost while the consumer had no
     /// leader is reissued within seconds, not after two normal heartbeats.
     recovering: bool,
+    /// The consumer (delivery) sequence of the last delivery taken: a jump
+    /// past it means deliveries never arrived ([`unreadable`]).
+    last_delivery: Option<u64>,
+    /// A delivery may have been lost: scan for unreadable ones before the
+    /// next pull.
+    scan_due: bool,
+    /// When the last scan ran ([`SCAN_MIN_INTERVAL`] apart).
+    last_scan: Option<tokio::time::Instant>,
+    /// Stream sequences already handed on as unreadable (at most
+    /// [`DECIDED_MEMORY`], oldest forgotten first).
+    decided: std::collections::VecDeque<u64>,
 }
 
 impl std::fmt::Debug for AppConsumer {
@@ -384,11 +413,13 @@ impl AppConsumer {
             None
         };
         self.take_arrived(max)?;
+        self.scan_if_due().await;
         if self.partial.len() < max {
             self.pull(max - self.partial.len(), Wait::No).await?;
         }
         while self.partial.is_empty() {
             self.pull(1, Wait::For(LONG_POLL)).await?;
+            self.scan_if_due().await;
             if self.lag > 0 && self.partial.len() < max {
                 self.pull(max - self.partial.len(), Wait::No).await?;
             }
@@ -413,6 +444,157 @@ impl AppConsumer {
             }
         }
         Ok(std::mem::take(&mut self.partial))
+    }
+
+    /// Scan for unreadable deliveries ([`unreadable`]) if a delivery may
+    /// have been lost, at least [`SCAN_MIN_INTERVAL`] after the last scan
+    /// (waiting out the rest). What it finds joins the batch being formed. A
+    /// scan that fails (NATS away) is tried again at the next call.
+    async fn scan_if_due(&mut self) {
+        if !self.scan_due {
+            return;
+        }
+        if let Some(last) = self.last_scan {
+            // Wait out the interval rather than skip: a loss seen now may
+            // show no other sign until the next ack wait.
+            tokio::time::sleep_until(last + SCAN_MIN_INTERVAL).await;
+        }
+        self.last_scan = Some(tokio::time::Instant::now());
+        match self.scan().await {
+            Ok(found) => {
+                self.scan_due = false;
+                if !found.is_empty() {
+                    tracing::warn!(
+                        consumer = %self.name,
+                        events = found.len(),
+                        "deliveries the NATS client cannot read: dead-lettering them"
+                    );
+                }
+                for inbound in found {
+                    self.decided.push_back(inbound.sequence);
+                    if self.decided.len() > DECIDED_MEMORY {
+                        self.decided.pop_front();
+                    }
+                    self.partial.push(inbound);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(consumer = %self.name, error = %e, "scan for unreadable deliveries failed; trying again later");
+            }
+        }
+    }
+
+    /// Read the consumer's unacknowledged range of the stream (above its
+    /// ack floor, up to its last delivery) through the JSON message-get API
+    /// and return, as events to dead-letter, the messages whose header block
+    /// the client cannot read. At most [`SCAN_MAX_MESSAGES`] are read.
+    async fn scan(&mut self) -> Result<Vec<Inbound>, TransportError> {
+        let info = self
+            .consumer
+            .info()
+            .await
+            .map_err(|e| js_err("consumer info")(e))?;
+        if info.num_ack_pending == 0 {
+            return Ok(Vec::new());
+        }
+        let (floor, last) = (
+            info.ack_floor.stream_sequence,
+            info.delivered.stream_sequence,
+        );
+        let api = format!("STREAM.MSG.GET.{}", self.stream);
+        let mut found = Vec::new();
+        let mut read = 0;
+        let filters = if self.filter_subjects.is_empty() {
+            vec![">".to_owned()]
+        } else {
+            self.filter_subjects.clone()
+        };
+        for filter in filters {
+            let mut seq = floor + 1;
+            while seq <= last && read < SCAN_MAX_MESSAGES {
+                let request = serde_json::json!({ "seq": seq, "next_by_subj": filter });
+                let reply: MsgGetReply = self
+                    .js
+                    .request(api.clone(), &request)
+                    .await
+                    .map_err(|e| js_err("message get")(e))?;
+                let message = match reply {
+                    MsgGetReply::Found { message } => message,
+                    MsgGetReply::Error { error } if error.code == 404 => break,
+                    MsgGetReply::Error { error } => {
+                        return Err(js_err("message get")(format!(
+                            "{}: {}",
+                            error.code, error.description
+                        )));
+                    }
+                };
+                read += 1;
+                if message.seq > last {
+                    break;
+                }
+                seq = message.seq + 1;
+                if self.decided.contains(&message.seq)
+                    || self.partial.iter().any(|m| m.sequence == message.seq)
+                {
+                    continue;
+                }
+                let (headers, payload) = message.decoded();
+                if headers.is_empty() {
+                    continue;
+                }
+                if let Some(problem) = unreadable::header_block_problem(&headers) {
+                    found.push(self.unreadable_inbound(
+                        message.subject,
+                        message.seq,
+                        payload,
+                        &problem,
+                        &headers,
+                    ));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// An event for a stored message whose delivery the client cannot read:
+    /// its subject and payload, no headers, and an ack subject weir writes
+    /// (`$JS.ACK.<stream>.<consumer>.1.<sequence>.0.<now>.0`; a term of it
+    /// reaches the message, JetStream's explicit acks key on the stream
+    /// sequence alone).
+    fn unreadable_inbound(
+        &self,
+        subject: String,
+        sequence: u64,
+        payload: Vec<u8>,
+        problem: &str,
+        headers: &[u8],
+    ) -> Inbound {
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let reply = format!(
+            "$JS.ACK.{}.{}.1.{sequence}.0.{now_ns}.0",
+            self.stream, self.name
+        );
+        let payload = Bytes::from(payload);
+        let message = async_nats::Message {
+            subject: subject.into(),
+            reply: Some(reply.into()),
+            length: payload.len(),
+            payload,
+            headers: None,
+            status: None,
+            description: None,
+        };
+        let mut inbound = Inbound::new(jetstream::Message {
+            message,
+            context: self.js.clone(),
+        });
+        inbound.header_error = Some(format!(
+            "the NATS client cannot read this event's headers ({problem}): {}",
+            unreadable::quote(headers)
+        ));
+        inbound
     }
 
     /// The subscription, made on first use.
@@ -457,6 +639,13 @@ impl AppConsumer {
 
     fn take(&mut self, msg: jetstream::Message) {
         let inbound = Inbound::new(msg);
+        let delivery = inbound.consumer_sequence;
+        if delivery > 0 {
+            if self.last_delivery.is_some_and(|last| delivery > last + 1) {
+                self.scan_due = true;
+            }
+            self.last_delivery = Some(self.last_delivery.map_or(delivery, |l| l.max(delivery)));
+        }
         self.lag = inbound.pending;
         self.last_published_ns = Some(inbound.published_ns);
         self.partial.push(inbound);
@@ -512,6 +701,8 @@ impl AppConsumer {
                 // ask again at once, on the new one.
                 _ = connections.changed() => {
                     self.recovering = true;
+                    // What was on its way may never have been read.
+                    self.scan_due = true;
                     break;
                 }
             };
@@ -598,6 +789,17 @@ enum PullReply {
 
 fn classify(message: async_nats::Message) -> Result<PullReply, TransportError> {
     use async_nats::StatusCode;
+    // A delivery carries its ack subject; the server's own status messages
+    // (heartbeats, the end of a request) carry none. A publisher can write
+    // any status into an event's header line (`NATS/1.0 408`): with an ack
+    // subject it is an event all the same, never taken for a control reply.
+    if message
+        .reply
+        .as_deref()
+        .is_some_and(|r| r.starts_with("$JS.ACK."))
+    {
+        return Ok(PullReply::Event(message));
+    }
     match message.status {
         None | Some(StatusCode::OK) => Ok(PullReply::Event(message)),
         Some(StatusCode::IDLE_HEARTBEAT) => Ok(PullReply::Heartbeat),
@@ -642,32 +844,41 @@ pub struct Inbound {
     /// not (then `attempt`, `sequence` and the publish time are unknown, 0):
     /// such an event is dead-lettered with this reason, never handled.
     pub metadata_error: Option<String>,
+    /// Why the client could not read the delivery's header block
+    /// ([`unreadable`]): such an event is dead-lettered with this reason,
+    /// never handled.
+    pub header_error: Option<String>,
+    /// The consumer's delivery sequence (0 if unknown).
+    consumer_sequence: u64,
 }
 
 impl Inbound {
     /// Wrap a delivered message, reading its JetStream metadata.
     pub fn new(msg: jetstream::Message) -> Self {
-        let (attempt, sequence, published_ns, stream, pending, metadata_error) = match msg.info() {
-            Ok(info) => (
-                u32::try_from(info.delivered).unwrap_or(u32::MAX),
-                info.stream_sequence,
-                info.published.unix_timestamp_nanos(),
-                info.stream.to_owned(),
-                info.pending,
-                None,
-            ),
-            Err(e) => (
-                0,
-                0,
-                0,
-                String::new(),
-                0,
-                Some(format!(
-                    "JetStream metadata of the delivery cannot be read ({e}); reply subject {:?}",
-                    msg.reply.as_deref().unwrap_or("")
-                )),
-            ),
-        };
+        let (attempt, sequence, consumer_sequence, published_ns, stream, pending, metadata_error) =
+            match msg.info() {
+                Ok(info) => (
+                    u32::try_from(info.delivered).unwrap_or(u32::MAX),
+                    info.stream_sequence,
+                    info.consumer_sequence,
+                    info.published.unix_timestamp_nanos(),
+                    info.stream.to_owned(),
+                    info.pending,
+                    None,
+                ),
+                Err(e) => (
+                    0,
+                    0,
+                    0,
+                    0,
+                    String::new(),
+                    0,
+                    Some(format!(
+                        "JetStream metadata of the delivery cannot be read ({e}); reply subject {:?}",
+                        msg.reply.as_deref().unwrap_or("")
+                    )),
+                ),
+            };
         let published_ms = u64::try_from(published_ns / 1_000_000).unwrap_or(0);
         let id = msg
             .headers
@@ -693,6 +904,8 @@ impl Inbound {
             published_ns,
             pending,
             metadata_error,
+            header_error: None,
+            consumer_sequence,
         }
     }
 
@@ -782,5 +995,17 @@ mod tests {
             kind(status(StatusCode::REQUEST_TERMINATED, "Consumer Deleted")),
             "error"
         );
+        // An event whose publisher wrote a status into its header line is
+        // an event all the same: it carries its ack subject.
+        for forged in [
+            StatusCode::TIMEOUT,
+            StatusCode::NO_RESPONDERS,
+            StatusCode::IDLE_HEARTBEAT,
+            StatusCode::REQUEST_TERMINATED,
+        ] {
+            let mut m = status(forged, "forged");
+            m.reply = Some("$JS.ACK.WEIR_EVENTS.weir_1_a.1.7.7.1.0".into());
+            assert_eq!(kind(m), "event", "{forged}");
+        }
     }
 }

@@ -25,6 +25,8 @@
 //! - [`pending`]: [`PendingStore`], debounced effects waiting for their
 //!   window to close, in a key-value bucket;
 //! - [`subjects`]: every subject, stream, bucket, consumer and header name;
+//! - [`unreadable`]: deliveries whose header block the client cannot read,
+//!   found through the JSON message-get API and dead-lettered;
 //! - [`server`]: a private nats-server process (the embedded default, tests);
 //! - publishing events (with `Nats-Msg-Id`) and dead letters, each awaited
 //!   until JetStream acknowledges it.
@@ -37,6 +39,7 @@ pub mod pending;
 pub mod records;
 pub mod server;
 pub mod subjects;
+pub mod unreadable;
 
 pub use connect::{ConnectAuth, Credentials, CredentialsError, TlsConfig};
 pub use consumer::{AppConsumer, Delivery, Inbound, Start};
@@ -110,6 +113,11 @@ pub const PULL_REPLY_MARGIN: Duration = Duration::from_secs(2);
 /// Longest time [`AppConsumer::release`] spends handing back events taken
 /// but not handled at shutdown: 2 s.
 pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long [`Transport::client_gone`] waits for the client to take a flush:
+/// 2 s. A client that is reconnecting takes it only once connected; that is
+/// not a death, and the check answers "alive" then.
+pub const CLIENT_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// While NATS is unreachable at start, a warning every 10 s.
 pub const CONNECT_WAIT_LOG: Duration = Duration::from_secs(10);
@@ -621,6 +629,21 @@ impl Transport {
     pub fn connected_server(&self) -> (String, u16) {
         let info = self.client.server_info();
         (info.server_name, info.port)
+    }
+
+    /// Why the client can no longer work, if it cannot: its connection task
+    /// is gone (it panicked, or the client was closed), so every publish,
+    /// ack and pull fails from now on and no reconnection will come. `None`
+    /// while it is alive, connected or reconnecting. Costs one write-buffer
+    /// flush (no round trip to the server), at most [`CLIENT_CHECK_TIMEOUT`].
+    pub async fn client_gone(&self) -> Option<String> {
+        match tokio::time::timeout(CLIENT_CHECK_TIMEOUT, self.client.flush()).await {
+            // The command channel is closed (send error) or the task
+            // dropped the flush it had taken: only a task that ended does
+            // either; a disconnected client keeps both until it reconnects.
+            Ok(Err(e)) => Some(format!("the NATS client's connection task is gone ({e})")),
+            Ok(Ok(())) | Err(_) => None,
+        }
     }
 
     /// Whether the client is connected right now.

@@ -65,6 +65,7 @@ impl ConfigBuilder {
         self.config.http = HttpConfig {
             listen,
             enabled: true,
+            ..HttpConfig::default()
         };
         self
     }

@@ -97,10 +97,25 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 /// `method path` (no body) over HTTP/1.0: the status code and body, `None`
 /// if the connection or the reply fails.
 pub async fn http_request(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
+    http_request_with(addr, method, path, &[]).await
+}
+
+/// [`http_request`] with extra `headers` (`name`, `value`).
+pub async fn http_request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     s.write_all(
-        format!("{method} {path} HTTP/1.0\r\nHost: weir\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+        format!("{method} {path} HTTP/1.0\r\nHost: weir\r\n{extra}Content-Length: 0\r\n\r\n")
+            .as_bytes(),
     )
     .await
     .ok()?;

@@ -37,12 +37,28 @@ pub fn host_addr(config: &crate::ConfigArg) -> Result<SocketAddr, Failure> {
     Ok(addr)
 }
 
-/// `method path` on the host at `addr`: the status and body. Any status is
+/// The admin token of the host run with the config at `config`
+/// (`[http] admin_token_file`, else the default file `weir run` keeps), for
+/// `POST /reload`.
+pub fn admin_token(config: &crate::ConfigArg) -> Result<String, Failure> {
+    let config = Config::load(&config.path()).code(exit::CONFIG)?;
+    weir_host::admin_token::read(&config.http.token_file())
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e}: run weir reload as the host's user (or root), with the environment the host has (XDG_STATE_HOME), or send the host SIGHUP"
+            )
+        })
+        .code(exit::NO_PERMISSION)
+}
+
+/// `method path` on the host at `addr` (with `Authorization: Bearer
+/// <token>` when `token` is given): the status and body. Any status is
 /// returned; only a host that does not answer is an error (69).
 pub fn request(
     addr: SocketAddr,
     method: &str,
     path: &str,
+    token: Option<&str>,
     timeout: Duration,
 ) -> Result<(u16, String), Failure> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -52,7 +68,14 @@ pub fn request(
         .into();
     let url = format!("http://{addr}{path}");
     let sent = match method {
-        "POST" => agent.post(&url).send_empty(),
+        "POST" => {
+            let post = agent.post(&url);
+            match token {
+                Some(t) => post.header("Authorization", &format!("Bearer {t}")),
+                None => post,
+            }
+            .send_empty()
+        }
         _ => agent.get(&url).call(),
     };
     let mut response = sent

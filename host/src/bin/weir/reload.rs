@@ -15,10 +15,12 @@ pub struct ReloadArgs {
 }
 
 /// Print what changed (0), or every problem of a refused reload (78: the
-/// host keeps its running configuration); 69 if no host answers.
+/// host keeps its running configuration); 69 if no host answers; 77 if the
+/// admin token cannot be read or is refused.
 pub fn run(args: ReloadArgs) -> Result<ExitCode, Failure> {
     let addr = admin::host_addr(&args.config)?;
-    let (status, body) = admin::request(addr, "POST", "/reload", RELOAD_TIMEOUT)?;
+    let token = admin::admin_token(&args.config)?;
+    let (status, body) = admin::request(addr, "POST", "/reload", Some(&token), RELOAD_TIMEOUT)?;
     let answer: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     match status {
         200 => {
@@ -47,10 +49,10 @@ pub fn run(args: ReloadArgs) -> Result<ExitCode, Failure> {
                         .collect()
                 })
                 .unwrap_or_else(|| vec![body.trim().to_owned()]);
-            let code = if status == 422 {
-                exit::CONFIG
-            } else {
-                exit::UNAVAILABLE
+            let code = match status {
+                422 => exit::CONFIG,
+                401 => exit::NO_PERMISSION,
+                _ => exit::UNAVAILABLE,
             };
             Err(Failure {
                 code,

@@ -77,7 +77,9 @@ fn start_failure(error: anyhow::Error) -> Failure {
 
 /// Start the daemon; a signal in any start phase abandons the start (exit
 /// 0), a signal while running drains (exit 0, or 70 if the drain timed
-/// out), a second signal exits at once (130).
+/// out), a second signal exits at once (130). A NATS client that dies
+/// ([`Daemon::failed`]) drains and exits 69 so the supervisor restarts the
+/// host.
 pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let path = args.config.path();
     let plan = Plan::load(&path).code(exit::CONFIG)?;
@@ -109,9 +111,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         } else {
             None
         };
-        let signal = loop {
+        let failed = daemon.failed();
+        tokio::pin!(failed);
+        let stop = loop {
             tokio::select! {
-                signal = signals.next() => break signal,
+                signal = signals.next() => break Ok(signal),
+                reason = &mut failed => break Err(reason),
                 _ = hup.recv() => {
                     tracing::info!(config = %path.display(), "SIGHUP: reloading");
                     // Logged and shown in /stats by the daemon.
@@ -137,14 +142,26 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         if let Some(w) = watchdog {
             w.abort();
         }
-        tracing::info!(signal, "draining (a second signal exits at once)");
+        match &stop {
+            Ok(signal) => tracing::info!(signal, "draining (a second signal exits at once)"),
+            Err(reason) => {
+                tracing::error!(reason, "draining and exiting {}: the NATS client is gone", exit::UNAVAILABLE);
+            }
+        }
         tokio::spawn(async move {
             let signal = signals.next().await;
             tracing::warn!(signal, "second signal: exiting at once");
             std::process::exit(exit::SECOND_SIGNAL);
         });
-        daemon.shutdown().await?;
-        Ok(ExitCode::SUCCESS)
+        // Bounded (DRAIN_TIMEOUT + SHUTDOWN_SLACK) whatever NATS does.
+        let drained = daemon.shutdown().await;
+        match stop {
+            Ok(_) => drained.map(|()| ExitCode::SUCCESS).map_err(Failure::from),
+            Err(reason) => Err(Failure {
+                code: exit::UNAVAILABLE,
+                error: anyhow::anyhow!("NATS client is gone: {reason}"),
+            }),
+        }
     });
     rt.shutdown_timeout(RUNTIME_STOP_TIMEOUT);
     result

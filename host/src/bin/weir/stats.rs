@@ -223,7 +223,7 @@ pub fn run(args: StatsArgs) -> Result<ExitCode, Failure> {
     let dry_run = weir_host::config::Config::read(&args.config.path())
         .is_ok_and(|c| matches!(c.effects.executor, weir_host::effects::Executor::Log));
     loop {
-        let (status, body) = admin::request(addr, "GET", "/stats", STATS_TIMEOUT)?;
+        let (status, body) = admin::request(addr, "GET", "/stats", None, STATS_TIMEOUT)?;
         if status != 200 {
             return Err(anyhow::anyhow!("/stats answered HTTP {status}: {body}"))
                 .code(exit::UNAVAILABLE);
