@@ -16,13 +16,14 @@
 //!
 //! weir finds such deliveries without the client's parser: when an app's
 //! consumer skipped a delivery sequence (a delivery that never arrived) or
-//! the connection was renewed during a pull, [`scan`] asks the server for the
-//! consumer's range of unacknowledged stream sequences (consumer info) and
-//! reads the messages in it through the JSON message-get API
-//! (`$JS.API.STREAM.MSG.GET.<stream>`, which carries the header block
-//! base64-encoded inside a JSON reply the client parses safely). A message
-//! whose header block [`header_block_problem`] rejects is handed to the
-//! pipeline as an [`super::Inbound`] with a `header_error`: it is
+//! the connection was renewed during a pull, the consumer's scan (`scan` in
+//! `consumer.rs`) asks the server for the consumer's range of unacknowledged
+//! stream sequences (consumer info) and reads the messages in it through
+//! the JSON message-get API (`$JS.API.STREAM.MSG.GET.<stream>`, which
+//! carries the header block base64-encoded inside a JSON reply the client
+//! parses safely). A message whose header block [`header_block_problem`]
+//! rejects is handed to the pipeline as an [`super::Inbound`] with a
+//! `header_error`: it is
 //! dead-lettered with the reason and terminated through an ack subject weir
 //! writes itself (JetStream's explicit ack policy keys a term on the stream
 //! sequence alone, `processAckMsg` in nats-server's `consumer.go`).
@@ -30,7 +31,7 @@
 use base64::Engine as _;
 use serde::Deserialize;
 
-/// Most messages one [`scan`] reads: 1,024 (four default `max_ack_pending`
+/// Most messages one scan reads: 1,024 (four default `max_ack_pending`
 /// windows). A longer unacknowledged range is read in later scans.
 pub const SCAN_MAX_MESSAGES: usize = 1_024;
 
