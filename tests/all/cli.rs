@@ -542,3 +542,153 @@ fn a_second_signal_exits_at_once() {
     );
     assert_eq!(status.and_then(|s| s.code()), Some(130), "{log}");
 }
+
+/// systemd's `Accept=yes` socket for the effect helper, in a thread: each
+/// connection runs `weir effect-helper --config config -- <command>` with the
+/// connection as its stdin and stdout. Stops when dropped.
+struct HelperSocket {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HelperSocket {
+    fn start(socket: &std::path::Path, config: &std::path::Path, command: &[&str]) -> Self {
+        let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (config, command): (std::path::PathBuf, Vec<String>) = (
+            config.to_owned(),
+            command.iter().map(|s| (*s).to_owned()).collect(),
+        );
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok((conn, _)) = listener.accept() else {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        continue;
+                    };
+                    conn.set_nonblocking(false).unwrap();
+                    let out = conn.try_clone().unwrap();
+                    let _ = Command::new(env!("CARGO_BIN_EXE_weir"))
+                        .arg("effect-helper")
+                        .arg("--config")
+                        .arg(&config)
+                        .arg("--")
+                        .args(&command)
+                        .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(conn)))
+                        .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(out)))
+                        .status();
+                }
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for HelperSocket {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The host's restarts carried out by the privileged helper: `weir run`'s
+/// command executor runs `weir effect-request`, the helper checks the
+/// config's grants and runs its own command; a request outside the grants
+/// is refused by the helper itself.
+#[test]
+fn effects_through_the_helper_socket_are_granted_by_the_config() {
+    let _heavy = crate::common::heavy();
+    let (server, _dir) = crate::nats::server();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("effects.log");
+    let config = dir.path().join("weir.toml");
+    let socket = dir.path().join("effects.sock");
+    let socket_arg = socket.to_str().unwrap();
+    weir_test_support::config::ConfigBuilder::new(1, &server.url())
+        .command_executor(&[
+            env!("CARGO_BIN_EXE_weir"),
+            "effect-request",
+            "--socket",
+            socket_arg,
+            "{action}",
+            "{app}",
+            "{unit}",
+        ])
+        .app(
+            weir_test_support::config::AppBuilder::new("echo", weir_test_artifacts::ECHO)
+                .events(&["test"])
+                .restart(&["u0", "u1"]),
+        )
+        .write(&config)
+        .unwrap();
+    let script = format!("echo $0 $1 >> {}", marker.display());
+    let _helper = HelperSocket::start(&socket, &config, &["sh", "-c", &script, "{app}", "{unit}"]);
+    // Refused by the helper: not granted, no such app, a bad action.
+    for (args, why) in [
+        (["restart", "echo", "u9"], "not granted restart of \"u9\""),
+        (["restart", "other", "u1"], "no app \"other\""),
+        (["reload", "echo", "u1"], "not granted reload"),
+    ] {
+        let mut all = vec!["effect-request", "--socket", socket_arg];
+        all.extend(args);
+        let out = weir(&all);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains(why),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert!(!marker.exists(), "nothing ran");
+    // The host, through the helper.
+    let mut host = RunningHost::spawn(dir, marker.clone(), config.clone());
+    let ready = rt_block(weir_test_support::nats::wait_consumer(
+        &server.url(),
+        "weir_1_echo",
+        std::time::Duration::from_secs(30),
+    ));
+    assert!(ready);
+    publish_restart(&server.url(), 1, None);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::read_to_string(&marker).unwrap_or_default().trim() != "echo u1" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "marker: {:?}",
+            std::fs::read_to_string(&marker)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    signal(&host.child, "TERM");
+    let (status, _) = wait_exit(&mut host.child, std::time::Duration::from_secs(20));
+    assert!(status.is_some_and(|s| s.success()));
+    // No helper: the host's request says so (69).
+    let out = weir(&[
+        "effect-request",
+        "--socket",
+        "/nonexistent/weir.sock",
+        "restart",
+        "a",
+        "b",
+    ]);
+    assert_eq!(out.status.code(), Some(69), "{}", text(&out.stderr));
+}
+
+fn rt_block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}

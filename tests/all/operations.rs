@@ -637,47 +637,69 @@ fn completions_and_man_page_come_from_the_command_line() {
     assert!(page.contains(".TH weir 1"), "{page}");
 }
 
-/// The unit file's `systemd-analyze security` exposure, and that of the
-/// unit with the NS8 effects drop-in appended.
+/// `systemd-analyze security` exposure of every shipped unit: the host
+/// alone and with the NS8 effects drop-in appended (which runs the host as
+/// the static user `weir`, never root), the bridge, and the effect helper.
 #[test]
 fn the_unit_file_scores_at_most_3_0() {
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
-    let exposure = |unit: &Path| -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    // Each in a directory of its own: next to deploy/, systemd-analyze
+    // would read the drop-in directory too.
+    let n = std::cell::Cell::new(0);
+    let exposure = |name: &str, text: &str| -> f64 {
+        n.set(n.get() + 1);
+        let own = dir.path().join(n.get().to_string());
+        std::fs::create_dir(&own).unwrap();
+        let unit = own.join(name);
+        std::fs::write(&unit, text).unwrap();
         let out = std::process::Command::new("systemd-analyze")
             .args(["security", "--offline=true"])
-            .arg(unit)
+            .arg(&unit)
             .output()
             .expect("systemd-analyze (Debian's systemd package) is needed for this test");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.lines()
-            .find_map(|l| l.split("Overall exposure level for weir.service: ").nth(1))
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        stdout
+            .lines()
+            .find_map(|l| {
+                l.split(&format!("Overall exposure level for {name}: "))
+                    .nth(1)
+            })
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| {
                 panic!(
-                    "no exposure in: {text}{}",
+                    "no exposure in: {stdout}{}",
                     String::from_utf8_lossy(&out.stderr)
                 )
             })
     };
-    // Each in a directory of its own: next to deploy/, systemd-analyze
-    // would read the drop-in directory too.
-    let unit = std::fs::read_to_string(deploy.join("weir.service")).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let alone = dir.path().join("alone");
-    std::fs::create_dir(&alone).unwrap();
-    std::fs::write(alone.join("weir.service"), &unit).unwrap();
-    let plain = exposure(&alone.join("weir.service"));
-    let with = dir.path().join("ns8");
-    std::fs::create_dir(&with).unwrap();
-    let drop_in = std::fs::read_to_string(deploy.join("weir.service.d/ns8-effects.conf")).unwrap();
-    std::fs::write(with.join("weir.service"), unit + &drop_in).unwrap();
-    let ns8 = exposure(&with.join("weir.service"));
-    eprintln!(
-        "systemd-analyze security exposure: {plain} (deploy/weir.service), {ns8} (with ns8-effects.conf)"
+    let read = |f: &str| std::fs::read_to_string(deploy.join(f)).unwrap();
+    let unit = read("weir.service");
+    let drop_in = read("weir.service.d/ns8-effects.conf");
+    assert!(
+        drop_in.contains("User=weir") && !drop_in.contains("User=root"),
+        "the NS8 drop-in runs the host unprivileged"
     );
-    assert!(plain <= 3.0, "{plain}");
-    assert!(ns8 <= 3.0, "{ns8}");
+    let scores = [
+        ("weir.service", exposure("weir.service", &unit)),
+        (
+            "weir.service + ns8-effects.conf",
+            exposure("weir.service", &(unit.clone() + &drop_in)),
+        ),
+        (
+            "weir-bridge.service",
+            exposure("weir-bridge.service", &read("weir-bridge.service")),
+        ),
+        (
+            "weir-effects@.service",
+            exposure("weir-effects@x.service", &read("weir-effects@.service")),
+        ),
+    ];
+    eprintln!("systemd-analyze security exposure: {scores:?}");
+    for (unit, score) in scores {
+        assert!(score <= 3.0, "{unit}: {score}");
+    }
 }
 
 /// `weir run` under a `Type=notify` service manager (a datagram socket in

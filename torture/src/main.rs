@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Scenarios, in order: `hostile`, `scale`, `kill9`, `broker`, `cluster`,
-//! `singleton`, `debounce`, `reload`, `load`, `burst`. The
+//! `singleton`, `debounce`, `reload`, `poison`, `load`, `burst`. The
 //! budget (default 1,500 s) is shared: `kill9` stops early when its share
 //! runs out, and later scenarios are skipped (and reported as skipped) when
 //! the budget is spent. Every scenario starts its own nats-server (three,
@@ -20,6 +20,7 @@ mod debounce;
 mod hostile;
 mod kill;
 mod load;
+mod poison;
 mod reload;
 mod report;
 mod scale;
@@ -39,7 +40,7 @@ const DEFAULT_BUDGET: Duration = Duration::from_secs(1_500);
 const DEFAULT_KILLS: u32 = 100;
 
 /// Every scenario, in run order.
-const SCENARIOS: [&str; 10] = [
+const SCENARIOS: [&str; 11] = [
     "hostile",
     "scale",
     "kill9",
@@ -48,6 +49,7 @@ const SCENARIOS: [&str; 10] = [
     "singleton",
     "debounce",
     "reload",
+    "poison",
     "load",
     "burst",
 ];
@@ -152,6 +154,7 @@ fn main() -> ExitCode {
             "singleton" => rt.block_on(singleton::run(&mut report)),
             "debounce" => rt.block_on(debounce::run(&mut report)),
             "reload" => rt.block_on(reload::run(&mut report)),
+            "poison" => rt.block_on(poison::run(&mut report)),
             "load" => rt.block_on(load::sustained(&mut report)),
             "burst" => rt.block_on(load::burst(&mut report)),
             _ => unreachable!("checked against SCENARIOS"),

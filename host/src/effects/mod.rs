@@ -28,6 +28,7 @@
 //! remembers keys never applies an effect twice.
 
 pub mod debounce;
+pub mod helper;
 pub mod limit;
 
 use std::collections::{HashSet, VecDeque};
@@ -64,6 +65,19 @@ pub const DEFAULT_PASS_ENV: [&str; 4] = [
     "XDG_RUNTIME_DIR",
     "DBUS_SESSION_BUS_ADDRESS",
 ];
+
+/// `template` with `{action}`, `{unit}` and `{app}` replaced in every
+/// argument (no shell: each stays one argument).
+pub fn substitute(template: &[String], action: &str, unit: &str, app: &str) -> Vec<String> {
+    template
+        .iter()
+        .map(|a| {
+            a.replace("{action}", action)
+                .replace("{unit}", unit)
+                .replace("{app}", app)
+        })
+        .collect()
+}
 
 /// Effect executors.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -946,16 +960,7 @@ impl EffectRunner {
                 Ok(())
             }
             Executor::Command => {
-                let argv: Vec<String> = self
-                    .config
-                    .command
-                    .iter()
-                    .map(|a| {
-                        a.replace("{action}", action)
-                            .replace("{unit}", unit)
-                            .replace("{app}", app)
-                    })
-                    .collect();
+                let argv = substitute(&self.config.command, action, unit, app);
                 let (program, args) = argv.split_first().ok_or(EffectFailure::EmptyCommand)?;
                 let mut child = tokio::process::Command::new(program)
                     .args(args)

@@ -19,6 +19,7 @@
 //! - [`http_get`]: a minimal HTTP/1.0 GET for the daemon's endpoints.
 
 pub mod config;
+pub mod hostile;
 pub mod languages;
 pub mod ledger;
 pub mod nats;

@@ -20,6 +20,7 @@ mod admin;
 mod bridge;
 mod check;
 mod docs;
+mod effect;
 mod exit;
 mod invoke;
 mod new;
@@ -134,6 +135,15 @@ enum Command {
     /// Print a running host's per-app counters as a table (`--json` for the
     /// raw `/stats`, `--watch` to refresh).
     Stats(stats::StatsArgs),
+    /// Ask the privileged effect helper to restart or reload a unit (the
+    /// command executor's command when the host runs unprivileged; see
+    /// deploy/weir-effects.socket). Exits 0 when done, 1 when refused or
+    /// failed, 69 when no helper answers.
+    EffectRequest(effect::EffectRequestArgs),
+    /// Serve one effect request on stdin/stdout (started by systemd per
+    /// connection on weir-effects.socket, as root): carry it out with the
+    /// command after `--` only if weir.toml grants it.
+    EffectHelper(effect::EffectHelperArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(docs::CompletionsArgs),
     /// Print the man page (roff) of weir.
@@ -164,6 +174,8 @@ fn main() -> ExitCode {
         Command::Permissions(args) => permissions::run(args),
         Command::Reload(args) => reload::run(args),
         Command::Stats(args) => stats::run(args),
+        Command::EffectRequest(args) => effect::request(args),
+        Command::EffectHelper(args) => effect::helper(args),
         Command::Completions(args) => docs::completions(args),
         Command::Man => docs::man(),
     })

@@ -1,0 +1,143 @@
+//! Hostile headers mixed into a steady stream: while the ledger publisher
+//! sends 200 events/s, a raw socket (`HPUB`, no client library) sends one
+//! event every [`INJECT_EVERY`] whose header block is one of
+//! [`hostile_blocks`] in turn. The readable ones carry an id and ask for the
+//! ledger's restart, so the checker counts them like the publisher's; the
+//! unreadable ones must each come back as a dead letter naming the
+//! headers. Judged by the ledger: none lost, none unexpected, no dead letter
+//! but the unreadable ones.
+
+use std::time::{Duration, Instant};
+
+use weir_host::Daemon;
+use weir_host::nats::NatsServer;
+use weir_test_support::hostile::{JETSTREAM_MAX_HEADER_BYTES, RawMessage, hostile_blocks, hpub};
+use weir_test_support::ledger::{self, EVENT, Publisher, Scratch, UNIT};
+
+use crate::report::Report;
+
+/// Publish rate of the steady stream: 200 events/s.
+const RATE: u32 = 200;
+/// One hostile event this often: 250 ms.
+const INJECT_EVERY: Duration = Duration::from_millis(250);
+/// How long hostile events are mixed in: 20 s (80 of them).
+const INJECT_FOR: Duration = Duration::from_secs(20);
+/// Longest wait for every event to be decided after the last publish:
+/// 60 s (an event delivered alongside an unreadable one comes back after
+/// the 2 s ack wait).
+const SETTLE: Duration = Duration::from_secs(60);
+/// What an unreadable event's dead-letter reason says.
+const UNREADABLE_REASON: &str = "cannot read this event's headers";
+
+/// Run the scenario.
+pub async fn run(report: &mut Report) -> anyhow::Result<()> {
+    let scratch = Scratch::new()?;
+    let server = NatsServer::start(&scratch.dir.path().join("js"))?;
+    let url = server.url();
+    let plan = ledger::host_config(
+        &url,
+        weir_test_artifacts::ECHO,
+        &scratch.ledger,
+        &scratch.cache,
+        2_000,
+    )
+    .build()
+    .plan()
+    .map_err(|p| anyhow::anyhow!("ledger config: {p:?}"))?;
+    let host = Daemon::start(plan).await?;
+    let publisher = Publisher::start(&url, RATE, "p").await?;
+    let subject = format!("weir.events.{EVENT}.cluster");
+    let blocks = hostile_blocks();
+    let (mut readable_ids, mut unreadable) = (Vec::new(), 0usize);
+    let started = Instant::now();
+    let mut i = 0usize;
+    while started.elapsed() < INJECT_FOR {
+        let (_, headers, readable) = &blocks[i % blocks.len()];
+        let message: RawMessage = if *readable {
+            // The hostile block with an id added after its version line.
+            let id = format!("poison-{i}");
+            let split = headers
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(0, |p| p + 1);
+            let mut h = [
+                &headers[..split],
+                format!("Nats-Msg-Id: {id}\r\n").as_bytes(),
+                &headers[split..],
+            ]
+            .concat();
+            // Keep a block at JetStream's cap at the cap: shorten its last
+            // value by what the id added (else it is refused, never stored).
+            let over = h.len().saturating_sub(JETSTREAM_MAX_HEADER_BYTES);
+            if over > 0 {
+                let end = h.len() - 4;
+                h.drain(end - over..end);
+            }
+            readable_ids.push(id);
+            (subject.clone(), h, format!("restart:{UNIT}").into_bytes())
+        } else {
+            unreadable += 1;
+            (
+                subject.clone(),
+                headers.clone(),
+                format!("restart:{UNIT}").into_bytes(),
+            )
+        };
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || hpub(&url, &[message])).await?;
+        i += 1;
+        tokio::time::sleep(INJECT_EVERY).await;
+    }
+    let mut published = publisher.finish().await;
+    for id in &readable_ids {
+        published.attempted.insert(id.clone());
+        published.acked.insert(id.clone());
+    }
+    let drained = ledger::drain(&published, &scratch.ledger, &url, "ledger", SETTLE).await;
+    let dead = ledger::dead_letters(&url, "ledger").await?;
+    host.shutdown().await?;
+    drop(server);
+    let header_letters = dead
+        .values()
+        .filter(|r| r.contains(UNREADABLE_REASON))
+        .count();
+    let v = ledger::check(
+        &published,
+        &ledger::read(&scratch.ledger),
+        &dead.keys().cloned().collect(),
+    );
+    let injected = format!(
+        "{i} hostile header blocks ({} readable, {unreadable} unreadable by the client) among {} events at {RATE}/s",
+        readable_ids.len(),
+        v.acked
+    );
+    report.check(
+        "poison: lost",
+        &injected,
+        format!("{} of {} (drained: {drained})", v.lost, v.acked),
+        "0",
+        v.lost == 0 && drained,
+    );
+    report.check(
+        "poison: unexpected",
+        &injected,
+        v.unexpected.to_string(),
+        "0",
+        v.unexpected == 0,
+    );
+    report.check(
+        "poison: unreadable ones dead-lettered with the reason",
+        &injected,
+        format!("{header_letters} of {unreadable}"),
+        "all",
+        header_letters == unreadable,
+    );
+    report.check(
+        "poison: other dead letters",
+        &injected,
+        (dead.len() - header_letters).to_string(),
+        "0 (default max_deliver 5)",
+        dead.len() == header_letters,
+    );
+    Ok(())
+}
