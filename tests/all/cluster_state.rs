@@ -549,15 +549,20 @@ fn a_pending_effect_whose_execution_fails_is_retried_not_dropped() {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let stats = &host.stats()[0];
-        assert_eq!(
+        // The command writes the marker before the host removes the
+        // pending entry and counts it: the counters follow shortly after.
+        let counts = || {
+            let stats = &host.stats()[0];
             (
                 stats.effects_failed,
                 stats.effects_executed,
-                stats.effects_pending
-            ),
-            (1, 2, 0),
-            "{stats:?}"
+                stats.effects_pending,
+            )
+        };
+        weir_test_support::assert_eventually!(
+            Duration::from_secs(5),
+            format!("(failed, executed, pending) = {:?}, want (1, 2, 0)", counts()),
+            counts() == (1, 2, 0)
         );
         assert_eq!(marker_units(&marker).len(), 2);
         host.shutdown().await.unwrap();
