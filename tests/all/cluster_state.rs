@@ -561,7 +561,10 @@ fn a_pending_effect_whose_execution_fails_is_retried_not_dropped() {
         };
         weir_test_support::assert_eventually!(
             Duration::from_secs(5),
-            format!("(failed, executed, pending) = {:?}, want (1, 2, 0)", counts()),
+            format!(
+                "(failed, executed, pending) = {:?}, want (1, 2, 0)",
+                counts()
+            ),
             counts() == (1, 2, 0)
         );
         assert_eq!(marker_units(&marker).len(), 2);

@@ -1,17 +1,21 @@
-//! Hostile headers mixed into a steady stream: while the ledger publisher
-//! sends 200 events/s, a raw socket (`HPUB`, no client library) sends one
-//! event every [`INJECT_EVERY`] whose header block is one of
-//! [`hostile_blocks`] in turn. The readable ones carry an id and ask for the
-//! ledger's restart, so the checker counts them like the publisher's; the
-//! unreadable ones must each come back as a dead letter naming the
-//! headers. Judged by the ledger: none lost, none unexpected, no dead letter
-//! but the unreadable ones.
+//! Hostile headers and payloads mixed into a steady stream: while the
+//! ledger publisher sends 200 events/s, a raw socket (`HPUB`, no client
+//! library) sends, every [`INJECT_EVERY`], one event whose header block is
+//! one of [`hostile_blocks`] in turn and one whose payload is one of
+//! [`hostile_payloads`] in turn. The readable header blocks carry an id and
+//! ask for the ledger's restart, so the checker counts them like the
+//! publisher's; the unreadable ones must each come back as a dead letter
+//! naming the headers, the malformed payloads as dead letters naming the
+//! payload's fault. Judged by the ledger: none lost, none unexpected, no
+//! dead letter but the expected ones.
 
 use std::time::{Duration, Instant};
 
 use weir_host::Daemon;
 use weir_host::nats::NatsServer;
-use weir_test_support::hostile::{JETSTREAM_MAX_HEADER_BYTES, RawMessage, hostile_blocks, hpub};
+use weir_test_support::hostile::{
+    JETSTREAM_MAX_HEADER_BYTES, RawMessage, block, hostile_blocks, hostile_payloads, hpub,
+};
 use weir_test_support::ledger::{self, EVENT, Publisher, Scratch, UNIT};
 
 use crate::report::Report;
@@ -28,6 +32,8 @@ const INJECT_FOR: Duration = Duration::from_secs(20);
 const SETTLE: Duration = Duration::from_secs(60);
 /// What an unreadable event's dead-letter reason says.
 const UNREADABLE_REASON: &str = "cannot read this event's headers";
+/// Id prefix of the events with a malformed payload.
+const PAYLOAD_ID_PREFIX: &str = "poison-payload-";
 
 /// Run the scenario.
 pub async fn run(report: &mut Report) -> anyhow::Result<()> {
@@ -48,6 +54,7 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
     let publisher = Publisher::start(&url, RATE, "p").await?;
     let subject = format!("weir.events.{EVENT}.cluster");
     let blocks = hostile_blocks();
+    let payloads = hostile_payloads();
     let (mut readable_ids, mut unreadable) = (Vec::new(), 0usize);
     let started = Instant::now();
     let mut i = 0usize;
@@ -83,8 +90,18 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
                 format!("restart:{UNIT}").into_bytes(),
             )
         };
+        // A readable header block with an id, and a malformed payload.
+        let (_, payload) = &payloads[i % payloads.len()];
+        let bad_payload: RawMessage = (
+            subject.clone(),
+            block(
+                "NATS/1.0",
+                &[format!("Nats-Msg-Id: {PAYLOAD_ID_PREFIX}{i}").as_bytes()],
+            ),
+            payload.clone(),
+        );
         let url = url.clone();
-        tokio::task::spawn_blocking(move || hpub(&url, &[message])).await?;
+        tokio::task::spawn_blocking(move || hpub(&url, &[message, bad_payload])).await?;
         i += 1;
         tokio::time::sleep(INJECT_EVERY).await;
     }
@@ -101,13 +118,19 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
         .values()
         .filter(|r| r.contains(UNREADABLE_REASON))
         .count();
+    // Each malformed payload once, with a reason that is not a handler's
+    // (the echo handler is never invoked for them).
+    let payload_letters = dead
+        .iter()
+        .filter(|(id, r)| id.starts_with(PAYLOAD_ID_PREFIX) && !r.contains(UNREADABLE_REASON))
+        .count();
     let v = ledger::check(
         &published,
         &ledger::read(&scratch.ledger),
         &dead.keys().cloned().collect(),
     );
     let injected = format!(
-        "{i} hostile header blocks ({} readable, {unreadable} unreadable by the client) among {} events at {RATE}/s",
+        "{i} hostile header blocks ({} readable, {unreadable} unreadable by the client) and {i} malformed payloads among {} events at {RATE}/s",
         readable_ids.len(),
         v.acked
     );
@@ -133,11 +156,19 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
         header_letters == unreadable,
     );
     report.check(
+        "poison: malformed payloads dead-lettered with the reason",
+        &injected,
+        format!("{payload_letters} of {i}"),
+        "all",
+        payload_letters == i,
+    );
+    let others = dead.len() - header_letters - payload_letters;
+    report.check(
         "poison: other dead letters",
         &injected,
-        (dead.len() - header_letters).to_string(),
+        others.to_string(),
         "0 (default max_deliver 5)",
-        dead.len() == header_letters,
+        others == 0,
     );
     Ok(())
 }

@@ -117,3 +117,25 @@ pub fn hostile_blocks() -> Vec<(&'static str, Vec<u8>, bool)> {
         ("status-abc", block("NATS/1.0 abc", &[b"X: y"]), true),
     ]
 }
+
+/// Hostile payloads that start like a JSON object but are not one every
+/// JSON parser reads the same way, by name: each must be dead-lettered with
+/// the envelope's reason (`weir_host::envelope`'s rules: valid UTF-8, at most
+/// 127 levels deep, numbers within `f64`, no repeated key).
+pub fn hostile_payloads() -> Vec<(&'static str, Vec<u8>)> {
+    let deep = [
+        b"{\"a\":".as_slice(),
+        &[b'['; 10_000],
+        &[b']'; 10_000],
+        b"}",
+    ]
+    .concat();
+    vec![
+        ("truncated", b"{\"domains\":[\"dom01.example.org\"".to_vec()),
+        ("invalid-utf8", b"{\"domain\":\"\xff\xfe\"}".to_vec()),
+        ("deep", deep),
+        ("huge-number", b"{\"node_id\":1e400}".to_vec()),
+        ("duplicate-key", b"{\"node_id\":1,\"node_id\":2}".to_vec()),
+        ("nul", b"{\x00}".to_vec()),
+    ]
+}
