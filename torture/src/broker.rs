@@ -37,16 +37,7 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
     let scratch = Scratch::new()?;
     let server = NatsServer::start(&scratch.dir.path().join("js"))?;
     let url = server.url();
-    let plan = ledger::host_config(
-        &url,
-        weir_test_artifacts::ECHO,
-        &scratch.ledger,
-        &scratch.cache,
-        2_000,
-    )
-    .build()
-    .plan()
-    .map_err(|p| anyhow::anyhow!("ledger config: {p:?}"))?;
+    let plan = scratch.echo_plan(&url)?;
     let host = Daemon::start(plan.clone()).await?;
     let publisher = Publisher::start(&url, RATE, "b").await?;
     let mut server = Some(server);

@@ -447,4 +447,23 @@ impl Scratch {
         let cache = dir.path().join("cache");
         Ok(Self { dir, ledger, cache })
     }
+
+    /// The plan of [`host_config`] for one server at `url` with the echo
+    /// fixture and an `ack_wait_ms` of 2,000, on this scratch directory.
+    ///
+    /// # Errors
+    ///
+    /// The config's problems, if it is refused.
+    pub fn echo_plan(&self, url: &str) -> anyhow::Result<weir_host::config::Plan> {
+        host_config(
+            url,
+            weir_test_artifacts::ECHO,
+            &self.ledger,
+            &self.cache,
+            2_000,
+        )
+        .build()
+        .plan()
+        .map_err(|p| anyhow::anyhow!("ledger config: {p:?}"))
+    }
 }
