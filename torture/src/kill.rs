@@ -183,6 +183,13 @@ pub async fn run(report: &mut Report, kills: u32, budget: Duration) -> anyhow::R
         v.lost == 0,
     );
     report.check(
+        "kill -9: kills done",
+        &injected,
+        format!("{done} of {kills} within {:.0} s", budget.as_secs_f64()),
+        "all (a loop that stops short measured less than it says)",
+        done == kills,
+    );
+    report.check(
         "kill -9: unexpected",
         &injected,
         v.unexpected.to_string(),
