@@ -189,6 +189,18 @@ fn spinning_guests_do_not_stall_the_async_runtime() {
         let echoed = echo.invoke(directive("hello")).await;
         let bystander_done = start.elapsed();
         assert!(echoed.result.is_ok());
+        // Both spinners must still be running: had they held the workers,
+        // the timer and the bystander could only finish after their 1 s
+        // deadline, when they are done.
+        let still_spinning = spinners.iter().filter(|s| !s.is_finished()).count();
+        assert_eq!(
+            still_spinning, 2,
+            "timer and bystander finished at {bystander_done:?}, after a spinner (deadline 1 s)"
+        );
+        assert!(
+            bystander_done < Duration::from_millis(1_000),
+            "timer and bystander finished at {bystander_done:?}, not before the spinners' 1 s deadline"
+        );
         for s in spinners {
             let inv = s.await.unwrap();
             assert!(
@@ -197,11 +209,6 @@ fn spinning_guests_do_not_stall_the_async_runtime() {
                 inv.result
             );
         }
-        let spinners_done = start.elapsed();
-        assert!(
-            bystander_done < spinners_done,
-            "timer and bystander finished at {bystander_done:?}, spinners at {spinners_done:?}"
-        );
     });
 }
 
