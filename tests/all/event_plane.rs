@@ -257,7 +257,9 @@ fn trapping_batches_are_retried_then_dead_lettered_with_the_error() {
         let s = host.stats();
         let t = app(&s, "trap");
         assert_eq!(t.outcomes["done"], 1, "{t:?}");
-        assert!(t.traps["trap"] >= 2, "{t:?}");
+        // 2 alone, plus 1 if the two shared a batch at first: a third
+        // delivery or a re-run beyond the isolation would make it more.
+        assert!((2..=3).contains(&t.traps["trap"]), "{t:?}");
         host.shutdown().await.unwrap();
     });
 }
@@ -370,8 +372,21 @@ fn cluster_wide_announcement_reaches_the_apps_of_every_node() {
                 (invoked, 2 - invoked),
                 "{a:?}"
             );
-            // dovecot + postfix once per batch that needed them.
-            assert!(a.effects_executed >= 2, "{a:?}");
+            // dovecot + postfix once per batch that needed them (each
+            // batch here does): a duplicate execution breaks the equality.
+            assert!((1..=invoked).contains(&a.batches), "{a:?}");
+            assert_eventually!(
+                Duration::from_secs(10),
+                format!(
+                    "{name}: 2 effects per batch, {:?}",
+                    app(&host.stats(), &name)
+                ),
+                {
+                    let s = host.stats();
+                    let a = app(&s, &name);
+                    a.effects_executed == 2 * a.batches
+                }
+            );
         }
         for host in hosts {
             host.shutdown().await.unwrap();
