@@ -45,6 +45,11 @@ pub const SHORT: u64 = 20;
 pub const LONG: u64 = 320;
 /// Largest growth over the baseline that passes: 5%.
 pub const TOLERANCE: f64 = 0.05;
+/// Smallest ratio to the baseline that passes: 0.5. A case that drops
+/// below half its baseline measured nothing it used to (a renamed case, a
+/// loop that no longer runs the handler): a failure, not a speed-up. A
+/// real halving is committed as a new baseline.
+pub const FLOOR_RATIO: f64 = 0.5;
 /// The cases, in report order.
 pub const CASES: [&str; 4] = [
     "decode_filter_1",
@@ -185,6 +190,12 @@ fn main() {
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
     let update = std::env::var_os("WEIR_UPDATE_BASELINE").is_some();
+    if update && std::env::var_os("CI").is_some() {
+        eprintln!(
+            "WEIR_UPDATE_BASELINE is refused under CI: a gate that rewrites its own baseline cannot fail"
+        );
+        std::process::exit(1);
+    }
     println!(
         "instructions per iteration under callgrind ({SHORT} and {LONG} iterations, the difference):"
     );
@@ -205,6 +216,10 @@ fn main() {
                     failed.push(format!(
                         "{case}: {per} instructions, {ratio:.3}× the baseline {base}"
                     ));
+                } else if ratio < FLOOR_RATIO {
+                    failed.push(format!(
+                        "{case}: {per} instructions, {ratio:.3}× the baseline {base}: below {FLOOR_RATIO}×, the case measured (almost) nothing"
+                    ));
                 }
             }
             None => {
@@ -223,7 +238,7 @@ fn main() {
     }
     if !failed.is_empty() {
         eprintln!(
-            "instruction counts over the baseline by more than {:.0}%:\n  {}\nIf on purpose: WEIR_UPDATE_BASELINE=1 cargo bench -p weir-benches --bench instructions, and commit benches/instructions.baseline.json",
+            "instruction counts over the baseline by more than {:.0}%, or under half of it:\n  {}\nIf on purpose: WEIR_UPDATE_BASELINE=1 cargo bench -p weir-benches --bench instructions, and commit benches/instructions.baseline.json",
             TOLERANCE * 100.0,
             failed.join("\n  ")
         );
