@@ -41,7 +41,7 @@
 //! Run: `cargo bench -p weir-benches --bench storm` (about 8 minutes here);
 //! `-- --only side|scaling`, `--apps 10,1000`, `--events 1000` and
 //! `--store DIR` (where nats-server keeps JetStream) run a part. `cargo
-//! test --benches` runs it without `--bench`: the NS8 legacy corpus, 10 apps
+//! test --benches` (no `--bench`) or `cargo bench -- --test` (CI): the NS8 legacy corpus, 10 apps
 //! × 30 events and one scaling row (about 8 s), as a check that it works.
 //! Needs `nats-server` and `python3`.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -957,8 +957,9 @@ fn main() -> ExitCode {
         Some("warm") => return warm_main(Path::new(&args[1]), Path::new(&args[2])),
         _ => {}
     }
-    // `cargo test --benches` passes no `--bench`: a small check run.
-    let quick = !args.iter().any(|a| a == "--bench");
+    // `cargo test --benches` passes no `--bench`, `cargo bench -- --test`
+    // passes `--test` (CI): a small check run.
+    let quick = !args.iter().any(|a| a == "--bench") || args.iter().any(|a| a == "--test");
     let value = |flag: &str| {
         args.iter()
             .position(|a| a == flag)

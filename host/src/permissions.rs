@@ -19,8 +19,8 @@
 //! | publish | the same for `cluster.>` in place of `nN.>` (only with a `scope = "cluster"` app) | the cluster's effect records, shared by the nodes that run such an app |
 //! | publish | `$JS.API.STREAM.INFO.KV_WEIR_PENDING`, `$KV.WEIR_PENDING.nN.>`, `$JS.API.DIRECT.GET.KV_WEIR_PENDING.$KV.WEIR_PENDING.nN.>` | this node's pending (debounced) effects |
 //! | publish | `$JS.API.STREAM.INFO.KV_WEIR_LIMITS`, `$KV.WEIR_LIMITS.nN.>`, `$JS.API.DIRECT.GET.KV_WEIR_LIMITS.$KV.WEIR_LIMITS.nN.>` (and `cluster.>` with a cluster-scope limit) | effect rate-limit windows |
-//! | publish | `$JS.API.CONSUMER.CREATE.KV_WEIR_PENDING.>` | list the pending effects at start (an ordered consumer of key names; it can see the names of other nodes' pending keys, never change them) |
-//! | publish | `$JS.API.STREAM.INFO.KV_WEIR_KV_A`, `$KV.WEIR_KV_A.>`, `$JS.API.DIRECT.GET.KV_WEIR_KV_A.>`, `$JS.API.CONSUMER.CREATE.KV_WEIR_KV_A.>` (and the same for `WEIR_KVS_<name>` per `kv_shared` name) | the app's key-value buckets (`grants.kv`, `grants.kv_shared`): read, write, list keys |
+//! | publish | `$JS.API.CONSUMER.CREATE.KV_WEIR_PENDING` (and `.>`) | list the pending effects at start (an ordered consumer of key names; it can see the names of other nodes' pending keys, never change them) |
+//! | publish | `$JS.API.STREAM.INFO.KV_WEIR_KV_A`, `$KV.WEIR_KV_A.>`, `$JS.API.DIRECT.GET.KV_WEIR_KV_A.>`, `$JS.API.CONSUMER.CREATE.KV_WEIR_KV_A` (and `.>`) (and the same for `WEIR_KVS_<name>` per `kv_shared` name) | the app's key-value buckets (`grants.kv`, `grants.kv_shared`): read, write, list keys |
 //! | subscribe | `<inbox>.>` (default `_INBOX_weir_nodeN`) | replies: JetStream API, publish acks, pulled events |
 //!
 //! Nothing else: no stream creation or deletion (an operator creates the
@@ -87,6 +87,9 @@ pub fn for_host(config: &Config) -> Result<Permissions, subjects::SubjectError> 
         format!("$JS.API.STREAM.INFO.{pending_stream}"),
         format!("$KV.{pending}.n{node}.>"),
         format!("$JS.API.DIRECT.GET.{pending_stream}.$KV.{pending}.n{node}.>"),
+        // async-nats lists keys through an unnamed ordered consumer:
+        // `CONSUMER.CREATE.<stream>` with no name token, which `.>` misses.
+        format!("$JS.API.CONSUMER.CREATE.{pending_stream}"),
         format!("$JS.API.CONSUMER.CREATE.{pending_stream}.>"),
         format!("$JS.API.STREAM.INFO.{limits_stream}"),
         format!("$KV.{limits}.n{node}.>"),
@@ -142,6 +145,7 @@ pub fn for_host(config: &Config) -> Result<Permissions, subjects::SubjectError> 
                 format!("$JS.API.STREAM.INFO.{kv}"),
                 format!("$KV.{bucket}.>"),
                 format!("$JS.API.DIRECT.GET.{kv}.>"),
+                format!("$JS.API.CONSUMER.CREATE.{kv}"),
                 format!("$JS.API.CONSUMER.CREATE.{kv}.>"),
             ] {
                 if !publish.contains(&subject) {

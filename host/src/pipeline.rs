@@ -527,11 +527,16 @@ impl AppPipeline {
         tally
     }
 
-    /// Count redeliveries this process did not ask for.
+    /// Count redeliveries, and of them those this process did not ask for.
     fn count_redeliveries(&self, batch: &[Inbound], naks: &std::sync::Mutex<Naks>) {
         let mut naks = naks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let redelivered = batch.iter().filter(|m| m.attempt > 1).count();
+        if redelivered == 0 {
+            return;
+        }
+        self.stats.redelivered.add(redelivered as u64);
         let unrequested = batch
             .iter()
             .filter(|m| m.attempt > 1 && !naks.requested(m.sequence, m.attempt))

@@ -196,6 +196,10 @@ pub struct AppStats {
     /// faults this is 0; a kill, a lost ack or an ack wait shorter than a
     /// batch raises it.
     pub redeliveries_unrequested: Count,
+    /// Redeliveries of any kind: deliveries with an `attempt` above 1,
+    /// asked for by a nak or not. `received - redelivered` is the number of
+    /// distinct events the app was delivered.
+    pub redelivered: Count,
     /// Events delivered ahead of their batch and handed back (nak without
     /// delay) when the host stopped.
     pub released: Count,
@@ -208,6 +212,11 @@ pub struct AppStats {
     pub effects_refused: Count,
     /// Effects whose execution failed.
     pub effects_failed: Count,
+    /// Executed effects whose record the store refused (unreachable,
+    /// full, or not permitted: the permissions do not cover the bucket).
+    /// The effect ran; without its record a redelivery of the same events
+    /// after a host restart may run it again. 0 on a healthy host.
+    pub effect_records_failed: Count,
     /// Effects of this app pending now, waiting for their debounce window
     /// to close (`[app.effects] debounce_ms`).
     pub effects_pending: Count,
@@ -299,6 +308,8 @@ pub struct AppStatsSnapshot {
     pub dead_letter_failures: u64,
     /// See [`AppStats::redeliveries_unrequested`].
     pub redeliveries_unrequested: u64,
+    /// See [`AppStats::redelivered`].
+    pub redelivered: u64,
     /// See [`AppStats::released`].
     pub released: u64,
     /// See [`AppStats::effects_executed`].
@@ -309,6 +320,8 @@ pub struct AppStatsSnapshot {
     pub effects_refused: u64,
     /// See [`AppStats::effects_failed`].
     pub effects_failed: u64,
+    /// See [`AppStats::effect_records_failed`].
+    pub effect_records_failed: u64,
     /// See [`AppStats::effects_pending`].
     pub effects_pending: u64,
     /// See [`AppStats::effects_debounced`].
@@ -411,11 +424,13 @@ impl AppStats {
             dead_letters_out_of_deliveries: get(&self.dead_letters_out_of_deliveries),
             dead_letter_failures: get(&self.dead_letter_failures),
             redeliveries_unrequested: get(&self.redeliveries_unrequested),
+            redelivered: get(&self.redelivered),
             released: get(&self.released),
             effects_executed: get(&self.effects_executed),
             effects_collapsed: get(&self.effects_collapsed),
             effects_refused: get(&self.effects_refused),
             effects_failed: get(&self.effects_failed),
+            effect_records_failed: get(&self.effect_records_failed),
             effects_pending: get(&self.effects_pending),
             effects_debounced: get(&self.effects_debounced),
             effects_deferred: get(&self.effects_deferred),
@@ -463,7 +478,7 @@ type Field = fn(&AppStatsSnapshot) -> u64;
 
 /// Every per-app counter and gauge `/metrics` exposes: name (counters get
 /// `_total`), type, help, value.
-const FAMILIES: [(&str, MetricType, &str, Field); 26] = [
+const FAMILIES: [(&str, MetricType, &str, Field); 28] = [
     (
         "weir_events_received",
         MetricType::Counter,
@@ -519,6 +534,12 @@ const FAMILIES: [(&str, MetricType, &str, Field); 26] = [
         |s| s.redeliveries_unrequested,
     ),
     (
+        "weir_redeliveries",
+        MetricType::Counter,
+        "Deliveries with an attempt above 1, asked for or not.",
+        |s| s.redelivered,
+    ),
+    (
         "weir_events_released",
         MetricType::Counter,
         "Events delivered ahead of their batch and handed back at shutdown.",
@@ -547,6 +568,12 @@ const FAMILIES: [(&str, MetricType, &str, Field); 26] = [
         MetricType::Counter,
         "Effects whose execution failed.",
         |s| s.effects_failed,
+    ),
+    (
+        "weir_effect_records_failed",
+        MetricType::Counter,
+        "Executed effects whose record the store refused (0 on a healthy host).",
+        |s| s.effect_records_failed,
     ),
     (
         "weir_effects_pending",

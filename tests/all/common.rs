@@ -19,6 +19,10 @@ pub fn runtime() -> &'static Runtime {
 /// (guests allocating hundreds of MiB, spinning guests, nats-servers and
 /// hosts), hold this lock: they run one at a time, beside the light tests, so
 /// a figure is never disturbed by another heavy test on a 2-core machine.
+/// This holds in `cargo test`'s single process; under `cargo nextest` (the
+/// test command) each test is a process of its own, and the wall-clock and
+/// RSS ones run one at a time through the `timing` test group of
+/// `.config/nextest.toml`.
 pub fn heavy() -> MutexGuard<'static, ()> {
     static HEAVY: Mutex<()> = Mutex::new(());
     HEAVY.lock().unwrap_or_else(|e| e.into_inner())

@@ -353,8 +353,16 @@ mod fixtures {
     }
 
     pub fn capability_probe(path: &str) {
+        // A port where something listens: a refused connection must be the
+        // sandbox's refusal, not the kernel's (nothing listening).
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
         let probe = |app: &App| -> serde_json::Value {
-            let handled = app.invoke_blocking(&directive("probe")).result.unwrap();
+            let handled = app
+                .invoke_blocking(&directive(&format!("probe:{port}")))
+                .result
+                .unwrap();
             let [Effect::Publish(report)] = handled.effects.as_slice() else {
                 panic!("expected one probe-report, got {:?}", handled.effects)
             };
@@ -373,6 +381,22 @@ mod fixtures {
             let got = r[key].as_str().unwrap_or_default();
             assert!(got.starts_with("denied"), "{key}: {got}");
         }
+        // The sockets are refused by the sandbox: a connection to a live
+        // listener gets wasi's `access-denied`, and a lookup of `localhost`
+        // (which always resolves when lookups are allowed) gets what
+        // wasmtime-wasi answers when they are not.
+        let tcp = r["tcp_connect"].as_str().unwrap_or_default();
+        assert!(tcp.contains("\"access-denied\""), "tcp_connect: {tcp}");
+        let lookup = r["name_lookup"].as_str().unwrap_or_default();
+        assert!(
+            lookup.contains("\"permanent-resolver-failure\""),
+            "name_lookup: {lookup}"
+        );
+        assert_eq!(
+            listener.accept().map(|_| ()).unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock,
+            "a connection reached the listener"
+        );
         assert_eq!(r["preopens"], 0);
         assert_eq!(r["env_vars"], 0);
         assert_eq!(r["env_home"], false);

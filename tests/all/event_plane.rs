@@ -203,6 +203,15 @@ fn retry_then_dead_letter_after_max_deliver() {
         );
         let s = host.stats();
         assert_eq!(app(&s, "echo").outcomes["retry"], 3);
+        // Three deliveries of one event: two redeliveries, both asked for
+        // (`weir stats --shadow` counts the event once for NS8).
+        assert_eq!(
+            (
+                app(&s, "echo").redelivered,
+                app(&s, "echo").redeliveries_unrequested
+            ),
+            (2, 0)
+        );
         let dead = dead_letters(&server, "echo").await;
         assert_eq!(
             dead[0].reason,

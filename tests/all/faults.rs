@@ -328,6 +328,10 @@ fn deliveries_used_up_elsewhere_end_in_a_dead_letter_with_the_reason() {
         assert_eq!(s.dead_letters_out_of_deliveries, 1, "{s:?}");
         assert_eq!(s.invoked_events, 0, "never handed to the handler: {s:?}");
         assert_eq!(s.redeliveries_unrequested, 1, "{s:?}");
+        assert_eq!(
+            s.redelivered, 1,
+            "the one delivery it saw was the 6th: {s:?}"
+        );
         let dead = dead_letters(&server, "echo").await;
         assert_eq!(dead.len(), 1, "{dead:?}");
         assert_eq!(

@@ -46,6 +46,16 @@ async fn connect(url: &str, user: &str, password: &str, inbox: Option<String>) -
     .unwrap()
 }
 
+/// The permission violations nats-server logged ("Publish Violation -
+/// ...", "Subscription Violation - ...", at `[ERR]`).
+fn violations(server: &NatsServer) -> Vec<String> {
+    server
+        .log_tail()
+        .into_iter()
+        .filter(|l| l.contains(" Violation - "))
+        .collect()
+}
+
 #[test]
 fn host_runs_with_exactly_its_least_privilege_permissions() {
     crate::common::init_tracing();
@@ -130,6 +140,11 @@ fn host_runs_with_exactly_its_least_privilege_permissions() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(crate::common::marker_units(&marker).len(), 1);
+        // Everything the host did was within its permissions: the effect
+        // record was stored, and the server logged no violation.
+        let echo = host.stats().into_iter().find(|s| s.app == "echo").unwrap();
+        assert_eq!(echo.effect_records_failed, 0, "{echo:?}");
+        assert_eq!(violations(&server), Vec::<String>::new());
 
         // With the same credentials, acting as another app or node fails.
         let inbox = weir_host::permissions::default_inbox_prefix(1);
@@ -146,6 +161,11 @@ fn host_runs_with_exactly_its_least_privilege_permissions() {
             )
             .await;
         assert!(other_consumer.is_err(), "node 2's consumer must be refused");
+        // And the server's log shows those two refusals (the log check above
+        // sees what it looks for).
+        assert_eventually!(Duration::from_secs(5), "violations logged", {
+            !violations(&server).is_empty()
+        });
         host.shutdown().await.unwrap();
     });
 }

@@ -9,7 +9,7 @@ use weir_host::Daemon;
 use weir_host::nats::NatsServer;
 
 use crate::report::Report;
-use crate::util::wait_for;
+use crate::util::{ByMode, Mode, wait_for};
 use weir_test_support::ledger::{self, Publisher, Scratch};
 
 /// Publish rate: 200 events/s.
@@ -17,8 +17,12 @@ const RATE: u32 = 200;
 /// Bar on resuming after the server is back: 10 s ("within seconds").
 const RESUME_BAR: Duration = Duration::from_secs(10);
 
-/// (signal, down time) of each fault.
-const FAULTS: [(&str, u64); 4] = [("TERM", 1), ("KILL", 1), ("TERM", 30), ("KILL", 30)];
+/// (signal, seconds down) of each fault: down 1 s and 30 s (CI run: 1 s
+/// and 10 s, still past the client's reconnect backoff).
+const FAULTS: ByMode<[(&str, u64); 4]> = ByMode {
+    full: [("TERM", 1), ("KILL", 1), ("TERM", 30), ("KILL", 30)],
+    ci: [("TERM", 1), ("KILL", 1), ("TERM", 10), ("KILL", 10)],
+};
 
 async fn resumed_after(ledger: &std::path::Path) -> Option<Duration> {
     let before = ledger::handled(ledger);
@@ -33,7 +37,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 /// Run the scenario.
-pub async fn run(report: &mut Report) -> anyhow::Result<()> {
+pub async fn run(report: &mut Report, mode: Mode) -> anyhow::Result<()> {
+    let faults = FAULTS.pick(mode);
     let scratch = Scratch::new()?;
     let server = NatsServer::start(&scratch.dir.path().join("js"))?;
     let url = server.url();
@@ -42,7 +47,7 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
     let publisher = Publisher::start(&url, RATE, "b").await?;
     let mut server = Some(server);
     let mut resumes = Vec::new();
-    for (signal, down) in FAULTS {
+    for (signal, down) in faults {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let mut s = server.take().expect("server");
         eprintln!("   nats-server SIG{signal}, down {down} s");
@@ -104,11 +109,11 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
         v.lost == 0 && drained,
     );
     report.check(
-        "broker faults: out of deliveries, dead-lettered with a reason",
+        "broker faults: dead-lettered (out of deliveries)",
         injected,
         format!("{} of {} acknowledged", v.dead_lettered, v.acked),
-        "reported (default max_deliver 5); none lost",
-        v.lost == 0,
+        "0: the load is all events a handler accepts, so a dead letter here is one the faults caused (default max_deliver 5)",
+        v.lost == 0 && v.dead_lettered == 0,
     );
     report.check(
         "broker faults: unexpected",

@@ -16,15 +16,15 @@ use weir_test_support::ledger::{self, Publisher, Scratch};
 use weir_test_support::nats::Cluster;
 
 use crate::report::Report;
-use crate::util::{Rng, wait_for};
+use crate::util::{ByMode, Mode, Rng, wait_for};
 
 /// Servers in the cluster: 3.
 const SERVERS: usize = 3;
 /// Publish rate: 300 events/s.
 const RATE: u32 = 300;
-/// SIGKILLs: 20, every third of weir's own server, the others of a random
-/// server.
-const KILLS: u32 = 20;
+/// SIGKILLs: 20 (CI run: 6), every third of weir's own server, the others
+/// of a random server.
+const KILLS: ByMode<u32> = ByMode { full: 20, ci: 6 };
 /// Longest down time of a killed server: 4 s (a random 1 to 4 s).
 const MAX_DOWN_S: u64 = 4;
 /// Bar on resuming after a kill: 20 s (a JetStream election takes up to
@@ -41,7 +41,8 @@ const DRAIN: Duration = Duration::from_secs(DEFAULT_ACK_WAIT_MS / 1_000 + 30);
 const REQUEST_RETRIES: usize = 10;
 
 /// Run the scenario.
-pub async fn run(report: &mut Report) -> anyhow::Result<()> {
+pub async fn run(report: &mut Report, mode: Mode) -> anyhow::Result<()> {
+    let kills = KILLS.pick(mode);
     let mut cluster = Cluster::start(SERVERS).await;
     let urls = cluster.urls().join(",");
     let scratch = Scratch::new()?;
@@ -64,7 +65,7 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
     let mut resumes = Vec::new();
     let mut stuck = 0u32;
     let mut own_kills = 0u32;
-    for kill in 0..KILLS {
+    for kill in 0..kills {
         tokio::time::sleep(Duration::from_millis(1_000 + rng.below(2_000))).await;
         let (_, port) = host.connected_server();
         let own = cluster.index_of_port(port);
@@ -94,7 +95,7 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
         cluster.restart(victim).await;
         if (kill + 1) % 5 == 0 {
             eprintln!(
-                "   {}/{KILLS} kills, {} events acked",
+                "   {}/{kills} kills, {} events acked",
                 kill + 1,
                 publisher.acked()
             );
@@ -122,7 +123,7 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
         &dead.keys().cloned().collect(),
     );
     let injected = format!(
-        "{KILLS} SIGKILLs of one of {SERVERS} servers ({own_kills} of weir's own), down 1-{MAX_DOWN_S} s, R3, {RATE} events/s"
+        "{kills} SIGKILLs of one of {SERVERS} servers ({own_kills} of weir's own), down 1-{MAX_DOWN_S} s, R3, {RATE} events/s"
     );
     report.ledger_verdict("cluster", &injected, &v, &dead, drained, settle);
     report.duplicate_deliveries(
@@ -130,7 +131,7 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
         &injected,
         deliveries,
         v.acked,
-        u64::from(KILLS),
+        u64::from(kills),
         IN_FLIGHT,
     );
     report.check(
@@ -157,7 +158,7 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
             "max {:.2} s, median {:.2} s over {} kills ({stuck} never resumed)",
             max_resume.as_secs_f64(),
             crate::util::quantile(&mut resumes, 0.5).as_secs_f64(),
-            KILLS
+            kills
         ),
         &format!("≤ {} s", RESUME_BAR.as_secs()),
         stuck == 0 && max_resume <= RESUME_BAR,

@@ -13,10 +13,10 @@ use weir_test_support::ledger::Scratch;
 
 use crate::kill::{log_tail, spawn_host};
 use crate::report::Report;
-use crate::util::{Rng, wait_for};
+use crate::util::{ByMode, Mode, Rng, wait_for};
 
-/// Storms: 5, each killed once inside its window.
-const STORMS: u32 = 5;
+/// Storms: 5 (CI run: 2), each killed once inside its window.
+const STORMS: ByMode<u32> = ByMode { full: 5, ci: 2 };
 /// Relevant events per storm: 20, 100 ms apart.
 const STORM_EVENTS: u32 = 20;
 /// The debounce window: 5,000 ms.
@@ -43,7 +43,8 @@ async fn start(config: &std::path::Path, url: &str) -> anyhow::Result<Child> {
 }
 
 /// Run the scenario.
-pub async fn run(report: &mut Report) -> anyhow::Result<()> {
+pub async fn run(report: &mut Report, mode: Mode) -> anyhow::Result<()> {
+    let storms = STORMS.pick(mode);
     let scratch = Scratch::new()?;
     let server = NatsServer::start(&scratch.dir.path().join("js"))?;
     let url = server.url();
@@ -63,7 +64,7 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
     let mut rng = Rng::from_clock();
     let (mut lost, mut extra, mut kills_in_window) = (0u32, 0usize, 0u32);
     let mut per_storm = Vec::new();
-    for storm in 0..STORMS {
+    for storm in 0..storms {
         let before = executed(&marker).len();
         weir_test_support::nats::publish_domain_storm(
             &publisher,
@@ -105,13 +106,13 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
     child.kill()?;
     child.wait()?;
     let injected = format!(
-        "{STORMS} storms of {STORM_EVENTS} relevant events 100 ms apart to the mail app (debounce_ms {WINDOW_MS}), a SIGKILL inside each window ({kills_in_window} before the effect ran)"
+        "{storms} storms of {STORM_EVENTS} relevant events 100 ms apart to the mail app (debounce_ms {WINDOW_MS}), a SIGKILL inside each window ({kills_in_window} before the effect ran)"
     );
     report.check(
         "debounce under kill -9: restarts lost",
         &injected,
         format!(
-            "{lost} of {STORMS} storms without both restarts (restarts per storm {per_storm:?})"
+            "{lost} of {storms} storms without both restarts (restarts per storm {per_storm:?})"
         ),
         "0",
         lost == 0,

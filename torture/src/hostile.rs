@@ -74,10 +74,12 @@ fn deploy(rt: &Runtime, name: &str, path: &str, limits: Limits) -> anyhow::Resul
 const STALL_PERIOD: Duration = Duration::from_millis(1);
 
 /// The machine's own stall over a window: the most a plain thread at normal
-/// priority overslept [`STALL_PERIOD`] until `stop`. The spinning guests are
-/// at idle priority after 20 ms, so this stays near zero unless the whole
-/// machine stalls (the host's I/O, another VM): the bars add it, measured in
-/// the same window, so they judge weir and not the machine.
+/// priority overslept [`STALL_PERIOD`] until `stop`. This stays near zero
+/// unless the whole machine stalls (the host's I/O, another VM). The bars
+/// add the larger of the stalls measured in the quiet windows just before
+/// and just after the attack, never the attack window's own: if demotion of
+/// the spinning guests broke, they would stall this thread too, and a bar
+/// widened by it would pass what it is there to catch.
 fn stall_reference(stop: Instant) -> std::thread::JoinHandle<Duration> {
     std::thread::spawn(move || {
         let mut worst = Duration::ZERO;
@@ -172,8 +174,10 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
     )?;
     // Warm up, then the baseline and the attack (one spinner per worker).
     let _ = window(&bystander, &spin, 0).await;
-    let (mut base, base_gap, _, _) = window(&bystander, &spin, 0).await;
-    let (mut attacked, gap, longest, stall) = window(&bystander, &spin, 2).await;
+    let (mut base, base_gap, _, stall_before) = window(&bystander, &spin, 0).await;
+    let (mut attacked, gap, longest, stall_attacked) = window(&bystander, &spin, 2).await;
+    let (_, _, _, stall_after) = window(&bystander, &spin, 0).await;
+    let stall = stall_before.max(stall_after);
     let (b99, a99) = (quantile(&mut base, 0.99), quantile(&mut attacked, 0.99));
     let injected = "2 guests spinning forever (one per tokio worker), re-invoked on each stop";
     let tick_ms = EPOCH_TICK.as_millis();
@@ -182,9 +186,13 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
     report.check(
         "infinite loop: stopped",
         injected,
-        format!("longest batch {:.1} ms", longest.as_secs_f64() * 1e3),
+        format!(
+            "longest batch {:.1} ms (stall in this window {:.1} ms, not allowed for)",
+            longest.as_secs_f64() * 1e3,
+            stall_attacked.as_secs_f64() * 1e3
+        ),
         &format!(
-            "≤ deadline {SPIN_DEADLINE_MS} ms + 2 ticks + {} ms scheduling slack + {stall_ms:.1} ms machine stall in the same window = {:.1} ms",
+            "≤ deadline {SPIN_DEADLINE_MS} ms + 2 ticks + {} ms scheduling slack + {stall_ms:.1} ms machine stall in the quiet windows around = {:.1} ms",
             SCHED_SLACK.as_millis(),
             bound.as_secs_f64() * 1e3
         ),
@@ -199,7 +207,7 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
             base_gap.as_secs_f64() * 1e3
         ),
         &format!(
-            "≤ 2 ticks + {} ms scheduling slack + {stall_ms:.1} ms machine stall",
+            "≤ 2 ticks + {} ms scheduling slack + {stall_ms:.1} ms machine stall (quiet windows)",
             SCHED_SLACK.as_millis()
         ),
         gap <= 2 * EPOCH_TICK + SCHED_SLACK + stall,

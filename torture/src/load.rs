@@ -11,14 +11,19 @@ use weir_host::nats::Start;
 use weir_test_support::config::{AppBuilder, ConfigBuilder};
 use weir_test_support::ledger::Publisher;
 
-use crate::util::{mib, open_fds, rss_bytes};
+use crate::util::{ByMode, Mode, mib, open_fds, rss_bytes};
 
 /// Apps of the sustained test.
 const APPS: usize = 10;
 /// Sustained publish rate: 1,000 events/s (10,000 handled/s over 10 apps).
 const RATE: u32 = 1_000;
-/// Sustained run: 60 s, of which the first 10 s are warm-up.
-const SUSTAINED: Duration = Duration::from_secs(60);
+/// Sustained run: 60 s (CI run: 30 s), of which the first [`WARM_UP`] are
+/// warm-up.
+const SUSTAINED: ByMode<Duration> = ByMode {
+    full: Duration::from_secs(60),
+    ci: Duration::from_secs(30),
+};
+/// Warm-up of the sustained run, not sampled: 10 s.
 const WARM_UP: Duration = Duration::from_secs(10);
 /// Burst size.
 const BURST: usize = 100_000;
@@ -48,7 +53,8 @@ fn config(url: &str, apps: &[(&str, &str)], dir: &std::path::Path) -> Config {
 }
 
 /// Sustained rate for a fixed time with 10 apps.
-pub async fn sustained(report: &mut Report) -> anyhow::Result<()> {
+pub async fn sustained(report: &mut Report, mode: Mode) -> anyhow::Result<()> {
+    let sustained = SUSTAINED.pick(mode);
     let dir = tempfile::tempdir()?;
     let server = NatsServer::start(&dir.path().join("js"))?;
     let names: Vec<String> = (0..APPS).map(|i| format!("load{i}")).collect();
@@ -61,7 +67,7 @@ pub async fn sustained(report: &mut Report) -> anyhow::Result<()> {
         Publisher::start_with(&server.url(), RATE, "s", "load", "x".into(), false).await?;
     let start = Instant::now();
     let mut samples: Vec<(u64, usize)> = Vec::new();
-    while start.elapsed() < SUSTAINED {
+    while start.elapsed() < sustained {
         tokio::time::sleep(Duration::from_secs(1)).await;
         if start.elapsed() >= WARM_UP {
             samples.push((rss_bytes(None), open_fds()));
@@ -82,7 +88,7 @@ pub async fn sustained(report: &mut Report) -> anyhow::Result<()> {
         .sum();
     let injected = format!(
         "{RATE} events/s for {} s to {APPS} apps",
-        SUSTAINED.as_secs()
+        sustained.as_secs()
     );
     report.check(
         "sustained: lost",

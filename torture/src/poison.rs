@@ -19,13 +19,18 @@ use weir_test_support::hostile::{
 use weir_test_support::ledger::{self, EVENT, Publisher, Scratch, UNIT};
 
 use crate::report::Report;
+use crate::util::{ByMode, Mode};
 
 /// Publish rate of the steady stream: 200 events/s.
 const RATE: u32 = 200;
 /// One hostile event this often: 250 ms.
 const INJECT_EVERY: Duration = Duration::from_millis(250);
-/// How long hostile events are mixed in: 20 s (80 of them).
-const INJECT_FOR: Duration = Duration::from_secs(20);
+/// How long hostile events are mixed in: 20 s, 80 of them (CI run: 8 s,
+/// 32 of them).
+const INJECT_FOR: ByMode<Duration> = ByMode {
+    full: Duration::from_secs(20),
+    ci: Duration::from_secs(8),
+};
 /// Longest wait for every event to be decided after the last publish:
 /// 60 s (an event delivered alongside an unreadable one comes back after
 /// the 2 s ack wait).
@@ -36,7 +41,8 @@ const UNREADABLE_REASON: &str = "cannot read this event's headers";
 const PAYLOAD_ID_PREFIX: &str = "poison-payload-";
 
 /// Run the scenario.
-pub async fn run(report: &mut Report) -> anyhow::Result<()> {
+pub async fn run(report: &mut Report, mode: Mode) -> anyhow::Result<()> {
+    let inject_for = INJECT_FOR.pick(mode);
     let scratch = Scratch::new()?;
     let server = NatsServer::start(&scratch.dir.path().join("js"))?;
     let url = server.url();
@@ -49,7 +55,7 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
     let (mut readable_ids, mut unreadable) = (Vec::new(), 0usize);
     let started = Instant::now();
     let mut i = 0usize;
-    while started.elapsed() < INJECT_FOR {
+    while started.elapsed() < inject_for {
         let (_, headers, readable) = &blocks[i % blocks.len()];
         let message: RawMessage = if *readable {
             // The hostile block with an id added after its version line.

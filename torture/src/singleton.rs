@@ -14,14 +14,14 @@ use weir_test_support::ledger::{self, Publisher, Scratch};
 
 use crate::kill::{log_tail, spawn_host};
 use crate::report::Report;
-use crate::util::{Rng, wait_for};
+use crate::util::{ByMode, Mode, Rng, wait_for};
 
 /// Hosts sharing the app: 3 (nodes 1 to 3).
 const HOSTS: u32 = 3;
 /// Publish rate: 300 events/s.
 const RATE: u32 = 300;
-/// SIGKILLs of a random host, each restarted after 1 s: 8.
-const KILLS: u32 = 8;
+/// SIGKILLs of a random host, each restarted after 1 s: 8 (CI run: 3).
+const KILLS: ByMode<u32> = ByMode { full: 8, ci: 3 };
 /// Most events in flight on one host (`max_batch`): effects run again
 /// (and deliveries repeat) for at most this many per kill.
 const IN_FLIGHT: u64 = 64;
@@ -30,7 +30,8 @@ const IN_FLIGHT: u64 = 64;
 const DRAIN: Duration = Duration::from_secs(DEFAULT_ACK_WAIT_MS / 1_000 + 30);
 
 /// Run the scenario.
-pub async fn run(report: &mut Report) -> anyhow::Result<()> {
+pub async fn run(report: &mut Report, mode: Mode) -> anyhow::Result<()> {
+    let kills = KILLS.pick(mode);
     let scratch = Scratch::new()?;
     let server = NatsServer::start(&scratch.dir.path().join("js"))?;
     let url = server.url();
@@ -67,7 +68,7 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
         log_tail(&configs[0])
     );
     let mut rng = Rng::from_clock();
-    for kill in 0..KILLS {
+    for kill in 0..kills {
         tokio::time::sleep(Duration::from_millis(2_000 + rng.below(3_000))).await;
         let victim = rng.below(u64::from(HOSTS)) as usize;
         hosts[victim].kill()?;
@@ -76,7 +77,7 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
         hosts[victim] = spawn_host(&configs[victim])?;
         if (kill + 1) % 4 == 0 {
             eprintln!(
-                "   {}/{KILLS} kills, {} events acked",
+                "   {}/{kills} kills, {} events acked",
                 kill + 1,
                 publisher.acked()
             );
@@ -95,10 +96,10 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
         &dead.keys().cloned().collect(),
     );
     let injected = format!(
-        "{KILLS} SIGKILLs of one of {HOSTS} hosts sharing a scope = \"cluster\" app, {RATE} events/s"
+        "{kills} SIGKILLs of one of {HOSTS} hosts sharing a scope = \"cluster\" app, {RATE} events/s"
     );
     report.ledger_verdict("singleton", &injected, &v, &dead, drained, settle);
-    let bound = u64::from(KILLS) * IN_FLIGHT;
+    let bound = u64::from(kills) * IN_FLIGHT;
     report.check(
         "singleton: effects run again",
         &injected,

