@@ -82,17 +82,18 @@ fn meta(i: usize) -> EventMeta {
     }
 }
 
+/// Event `i`: [`PAYLOAD`] decoded through the envelope.
+fn decoded(i: usize) -> Event {
+    envelope::event(
+        meta(i),
+        PAYLOAD.to_vec(),
+        envelope::DEFAULT_MAX_PAYLOAD_BYTES,
+    )
+    .unwrap()
+}
+
 fn events(n: usize) -> Vec<Event> {
-    (0..n)
-        .map(|i| {
-            envelope::event(
-                meta(i),
-                PAYLOAD.to_vec(),
-                envelope::DEFAULT_MAX_PAYLOAD_BYTES,
-            )
-            .unwrap()
-        })
-        .collect()
+    (0..n).map(decoded).collect()
 }
 
 /// The mail app's pre-filter on node 4 (serving `dom01.example.org`).
@@ -159,14 +160,7 @@ fn run_case(case: &str, iterations: u64) {
             let filter = mail_filter();
             for _ in 0..iterations {
                 let relevant: Vec<Event> = (0..64)
-                    .map(|i| {
-                        envelope::event(
-                            meta(i),
-                            PAYLOAD.to_vec(),
-                            envelope::DEFAULT_MAX_PAYLOAD_BYTES,
-                        )
-                        .unwrap()
-                    })
+                    .map(decoded)
                     .filter(|e| matches!(filter.check(e), weir_host::filter::Verdict::Relevant(_)))
                     .collect();
                 let mut stats = weir_host::InvokeStats::default();

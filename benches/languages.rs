@@ -37,8 +37,10 @@ const RESTART_APPS: usize = 20;
 ///
 /// Two are gates (a miss exits 1, in `--test` mode too): fuel per event
 /// (deterministic) and the batch-64 call's ratio to Rust in the same run (a
-/// noisy machine slows both). The times are printed against their budget,
-/// not gated: an absolute time on a shared 2-core machine is not a bar.
+/// noisy machine slows both; its budget is about 3x the full run's median
+/// and 2x what the 3-round `--test` run measured, 48x and 57x). The times
+/// are printed against their budget, not gated: an absolute time on a
+/// shared 2-core machine is not a bar.
 struct Budget {
     /// Compile time from the artifact cache, per app.
     cached_compile: Duration,
@@ -67,7 +69,7 @@ fn budget(lang: &str) -> Budget {
         "python" => Budget {
             cached_compile: Duration::from_millis(200),
             call_64: Duration::from_millis(5),
-            call_64_ratio: 60.0,
+            call_64_ratio: 90.0,
             fuel_per_event: 100_000.0,
             restart_cached: Duration::from_secs(4),
         },
@@ -75,7 +77,7 @@ fn budget(lang: &str) -> Budget {
         _ => Budget {
             cached_compile: Duration::from_millis(200),
             call_64: Duration::from_millis(6),
-            call_64_ratio: 72.0,
+            call_64_ratio: 110.0,
             fuel_per_event: 600_000.0,
             restart_cached: Duration::from_secs(5),
         },
