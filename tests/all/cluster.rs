@@ -192,7 +192,10 @@ fn replicated_streams_survive_sigkill_of_the_leader_and_of_weirs_own_server() {
         assert_eq!(v.lost, 0, "{v:?}");
         assert_eq!(v.unexpected, 0, "{v:?}");
         assert_eq!(v.dead_lettered, 0, "no fault may use up deliveries: {v:?}");
-        assert_eq!(v.handled, v.acked, "{v:?}");
+        // Every acknowledged event was handled; a publish whose ack died
+        // with a killed server may be stored and handled too (`unexpected`
+        // above holds handled events to those attempted).
+        assert!(v.handled >= v.acked, "{v:?}");
         assert!(v.acked >= EVENTS as usize, "{v:?}");
         let (floor, pending, ack_pending, last) = state;
         assert_eq!(

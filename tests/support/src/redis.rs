@@ -203,8 +203,12 @@ impl RedisPublisher {
             .await?)
     }
 
-    /// Clients subscribed to at least one pattern now (`CLIENT LIST`,
-    /// `psub=`): each bridge is one.
+    /// Clients subscribed to all of a bridge's patterns now (`CLIENT LIST`,
+    /// `psub=` at least `weir_host::bridge::channel::PATTERNS.len()`): each
+    /// bridge is one once its last `PSUBSCRIBE` is done. Counting a client
+    /// at its first pattern let a test publish on a channel of a pattern a
+    /// bridge had not subscribed yet (seen under nextest's parallel load: 22
+    /// of 26 messages received).
     ///
     /// # Errors
     ///
@@ -217,8 +221,11 @@ impl RedisPublisher {
         Ok(list
             .lines()
             .filter(|l| {
-                l.split(' ')
-                    .any(|f| f.strip_prefix("psub=").is_some_and(|n| n != "0"))
+                l.split(' ').any(|f| {
+                    f.strip_prefix("psub=")
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .is_some_and(|n| n >= weir_host::bridge::channel::PATTERNS.len())
+                })
             })
             .count() as u64)
     }
