@@ -27,13 +27,15 @@
 //! stretches).
 //!
 //! The baseline is of the `ci` profile, the one `.ci/run` builds with.
-//! Run: `cargo bench -p weir-benches --profile ci --bench instructions`. It prints
+//! Run: `cargo bench --workspace --profile ci --bench instructions`. It prints
 //! each case's baseline, count and ratio and exits 1 if a count grew by more
 //! than [`TOLERANCE`] (5%). After a change that costs instructions on
-//! purpose, update the baseline with `WEIR_UPDATE_BASELINE=1 cargo bench -p
-//! weir-benches --profile ci --bench instructions` and commit the file. `cargo test
-//! --benches` (CI) runs the gate too; without valgrind it fails with the
-//! install hint (Debian: `apt-get install valgrind`).
+//! purpose, update the baseline with `WEIR_UPDATE_BASELINE=1 cargo bench
+//! --workspace --profile ci --bench instructions` and commit the file (`-p
+//! weir-benches` resolves other features and counts about 1% apart). `cargo
+//! bench --workspace --benches --profile ci -- --test` (CI) runs the gate
+//! too; without valgrind it fails with the install hint (Debian: `apt-get
+//! install valgrind`).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -274,7 +276,7 @@ fn main() {
     }
     if !failed.is_empty() {
         eprintln!(
-            "instruction counts over the baseline by more than {:.0}%, or under half of it:\n  {}\nIf on purpose: WEIR_UPDATE_BASELINE=1 cargo bench -p weir-benches --profile ci --bench instructions, and commit benches/instructions.baseline.json",
+            "instruction counts over the baseline by more than {:.0}%, or under half of it:\n  {}\nIf on purpose: WEIR_UPDATE_BASELINE=1 cargo bench --workspace --profile ci --bench instructions, and commit benches/instructions.baseline.json",
             TOLERANCE * 100.0,
             failed.join("\n  ")
         );

@@ -21,11 +21,11 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use weir_host::envelope::{self, EventMeta};
-use weir_host::{App, Effect, Event, Handled, Limits, Message, Outcome};
+use weir_host::{App, AppSpec, Effect, EngineConfig, Event, Handled, Message, Outcome, Runtime};
 
 use weir_test_support::languages;
 
-use crate::common::{deploy_on, heavy, invoke_on_own_thread};
+use crate::common::{heavy, invoke_on_own_thread};
 
 /// A handler source language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +33,17 @@ enum Lang {
     Rust,
     Python,
     Js,
+}
+
+impl Lang {
+    /// The file name part of a build in this language: `py` or `js`.
+    fn ext(self) -> &'static str {
+        match self {
+            Lang::Rust => "rs",
+            Lang::Python => "py",
+            Lang::Js => "js",
+        }
+    }
 }
 
 const LANGS: [Lang; 3] = [Lang::Rust, Lang::Python, Lang::Js];
@@ -59,9 +70,35 @@ fn built() -> &'static Path {
             let from = dir.path().join(format!("{name}.wasm"));
             std::fs::rename(from, dir.path().join(format!("{name}.js.wasm"))).unwrap();
         }
+        // Compile each component once per machine: one test process
+        // compiles into the disk cache while the others wait, then load it.
+        languages::with_lock("conformance-artifacts", || {
+            for handler in HANDLERS {
+                for lang in [Lang::Python, Lang::Js] {
+                    let file = dir.path().join(format!("{handler}.{}.wasm", lang.ext()));
+                    lang_runtime()
+                        .deploy_file(AppSpec::new("warm", 1, "node1"), &file)
+                        .unwrap_or_else(|e| panic!("deploy {}: {e}", file.display()));
+                }
+            }
+        });
         dir
     })
     .path()
+}
+
+/// The runtime the suite deploys on: compiled components cached on disk in
+/// `<target>/lang-components/artifacts` (a Python component is about 18 MB
+/// of wasm and takes seconds to compile), as `weir run` caches them.
+fn lang_runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        Runtime::new(EngineConfig {
+            cache_dir: Some(languages::cache_dir().join("artifacts")),
+            ..EngineConfig::default()
+        })
+        .expect("runtime")
+    })
 }
 
 /// The component file of `handler` in `lang`.
@@ -70,12 +107,8 @@ fn component(handler: &str, lang: Lang) -> String {
         (Lang::Rust, "mail") => weir_test_artifacts::MAIL.to_owned(),
         (Lang::Rust, "domain-relay") => weir_test_artifacts::DOMAIN_RELAY.to_owned(),
         (Lang::Rust, other) => panic!("no Rust build of {other}"),
-        (Lang::Python, _) => built()
-            .join(format!("{handler}.py.wasm"))
-            .display()
-            .to_string(),
-        (Lang::Js, _) => built()
-            .join(format!("{handler}.js.wasm"))
+        (_, _) => built()
+            .join(format!("{handler}.{}.wasm", lang.ext()))
             .display()
             .to_string(),
     }
@@ -87,13 +120,11 @@ fn deploy_all(handler: &str, node: u32, domain: &str) -> Vec<(Lang, App)> {
         .iter()
         .map(|&lang| {
             let name = format!("{handler}-{lang:?}").to_lowercase();
-            let app = deploy_on(
-                &name,
-                &component(handler, lang),
-                node,
-                &[domain],
-                Limits::default(),
-            );
+            let mut spec = AppSpec::new(&name, node, format!("node{node}"));
+            spec.domains = vec![domain.to_owned()];
+            let app = lang_runtime()
+                .deploy_file(spec, component(handler, lang).as_ref())
+                .unwrap_or_else(|e| panic!("deploy {name}: {e}"));
             if lang != Lang::Rust {
                 assert_io_denied(&app);
             }

@@ -22,9 +22,9 @@ use crate::util::{ByMode, Mode, Rng, wait_for};
 const SERVERS: usize = 3;
 /// Publish rate: 300 events/s.
 const RATE: u32 = 300;
-/// SIGKILLs: 20 (CI run: 6), every third of weir's own server, the others
+/// SIGKILLs: 20 (CI run: 4), every third of weir's own server, the others
 /// of a random server.
-const KILLS: ByMode<u32> = ByMode { full: 20, ci: 6 };
+const KILLS: ByMode<u32> = ByMode { full: 20, ci: 4 };
 /// Longest down time of a killed server: 4 s (a random 1 to 4 s).
 const MAX_DOWN_S: u64 = 4;
 /// Bar on resuming after a kill: 20 s (a JetStream election takes up to

@@ -92,17 +92,16 @@ fn stall_reference(stop: Instant) -> std::thread::JoinHandle<Duration> {
     })
 }
 
-/// Bystander latencies and the heartbeat's largest gap over one window,
-/// with `spinners` spinning guests running throughout; also the longest a
-/// spinning batch ran, and the machine's stall in that window
-/// ([`stall_reference`]).
-async fn window(
-    bystander: &App,
+/// Tasks re-invoking `spin` (a guest that spins until stopped) until
+/// `stop`, `spinners` at a time, and the longest any batch ran.
+fn spin_until(
     spin: &App,
     spinners: usize,
-) -> (Vec<Duration>, Duration, Duration, Duration) {
-    let stop = Instant::now() + WINDOW;
-    let reference = stall_reference(stop);
+    stop: Instant,
+) -> (
+    Vec<tokio::task::JoinHandle<()>>,
+    Arc<std::sync::Mutex<Duration>>,
+) {
     let mut tasks = Vec::new();
     let longest_spin = Arc::new(std::sync::Mutex::new(Duration::ZERO));
     for _ in 0..spinners {
@@ -117,6 +116,65 @@ async fn window(
             }
         }));
     }
+    (tasks, longest_spin)
+}
+
+/// Work units per chunk of [`busy_reference`]'s loop.
+const BUSY_CHUNK: u64 = 10_000;
+
+/// CPU-bound work at normal priority until `stop`: a plain OS thread
+/// hashing in a loop, returning how many chunks of [`BUSY_CHUNK`] steps it
+/// finished. Over equal windows the count is proportional to the CPU the
+/// thread got: about one core on the idle 2-core machine.
+fn busy_reference(stop: Instant) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let (mut chunks, mut x) = (0u64, 0x9e37_79b9_7f4a_7c15u64);
+        while Instant::now() < stop {
+            for _ in 0..BUSY_CHUNK {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+            }
+            chunks += 1;
+        }
+        std::hint::black_box(x);
+        chunks
+    })
+}
+
+/// The work [`busy_reference`] did over one [`WINDOW`] beside `spinners`
+/// spinning guests.
+async fn busy_window(spin: &App, spinners: usize) -> u64 {
+    let stop = Instant::now() + WINDOW;
+    let busy = busy_reference(stop);
+    let (tasks, _) = spin_until(spin, spinners, stop);
+    for t in tasks {
+        let _ = t.await;
+    }
+    tokio::task::spawn_blocking(move || busy.join().unwrap_or_default())
+        .await
+        .unwrap_or_default()
+}
+
+/// Least share of its quiet-window work a normal-priority CPU-bound thread
+/// must still do while two guests spin on a 2-core machine: 0.85. With the
+/// spinning batches demoted (`SCHED_IDLE` after 2 ticks) it keeps a core to
+/// itself: measured 0.99×; with demotion disabled, three CPU-bound threads
+/// share two cores: measured 0.73× (about 2/3 in theory).
+const DEMOTION_MIN_SHARE: f64 = 0.85;
+
+/// Bystander latencies and the heartbeat's largest gap over one window,
+/// with `spinners` spinning guests running throughout; also the longest a
+/// spinning batch ran, and the machine's stall in that window
+/// ([`stall_reference`]).
+async fn window(
+    bystander: &App,
+    spin: &App,
+    spinners: usize,
+) -> (Vec<Duration>, Duration, Duration, Duration) {
+    let stop = Instant::now() + WINDOW;
+    let reference = stall_reference(stop);
+    let (tasks, longest_spin) = spin_until(spin, spinners, stop);
     let heartbeat = tokio::spawn(async move {
         let mut tick = tokio::time::interval(EPOCH_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -225,6 +283,22 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
             a99.as_secs_f64() / b99.as_secs_f64().max(1e-9),
             attacked.len()
         ),
+    );
+    // Demotion: a CPU-bound thread at normal priority, with and without the
+    // spinners (quiet windows before and after, averaged).
+    let quiet_before = busy_window(&spin, 0).await;
+    let attacked_work = busy_window(&spin, 2).await;
+    let quiet_after = busy_window(&spin, 0).await;
+    let quiet_work = (quiet_before + quiet_after) as f64 / 2.0;
+    let share = attacked_work as f64 / quiet_work.max(1.0);
+    report.check(
+        "infinite loop: spinning guests demoted",
+        injected,
+        format!(
+            "a normal-priority CPU-bound thread did {attacked_work} chunks beside them vs {quiet_before} and {quiet_after} alone ({share:.2}×)"
+        ),
+        &format!("≥ {DEMOTION_MIN_SHARE}× (about 2/3 if they competed at full priority)"),
+        share >= DEMOTION_MIN_SHARE,
     );
     bombs(&rt, &bystander, report).await?;
     // After the bombs: their RSS baseline is taken without the 16 batch

@@ -10,7 +10,7 @@
 //! A full run (the default) takes about 10 to 15 minutes on the 2-core
 //! reference machine and gives RELIABILITY.md's figures. `--ci` (what
 //! `.ci/run` uses) runs every scenario with shorter loops and the same bars
-//! in about 5 minutes: 20 kills instead of 100, 6 cluster kills instead of
+//! in about 5 minutes: 20 kills instead of 100, 4 cluster kills instead of
 //! 20, and the other counts each scenario's `ByMode` constants give.
 //!
 //! Scenarios, in order: `hostile`, `scale`, `kill9`, `broker`, `cluster`,
