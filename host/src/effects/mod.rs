@@ -975,6 +975,9 @@ impl EffectRunner {
                     .env("WEIR_EVENT_IDS", event_ids.join(" "))
                     .env("WEIR_EFFECT_KEYS", keys.join(" "))
                     .stdin(std::process::Stdio::null())
+                    // A process group of its own, so a timeout stops what
+                    // the command started too (a shell's children).
+                    .process_group(0)
                     .kill_on_drop(true)
                     .spawn()
                     .map_err(|source| EffectFailure::Spawn {
@@ -995,13 +998,29 @@ impl EffectRunner {
                         program: program.clone(),
                         source,
                     }),
-                    Err(_) => Err(EffectFailure::Timeout {
-                        command: argv.join(" "),
-                        timeout,
-                    }),
+                    Err(_) => {
+                        kill_group(&child);
+                        Err(EffectFailure::Timeout {
+                            command: argv.join(" "),
+                            timeout,
+                        })
+                    }
                 }
             }
         }
+    }
+}
+
+/// SIGKILL the process group of `child` (spawned as its leader): the
+/// command and everything it started. Errors are ignored: the group may be
+/// gone already. `kill_on_drop` then reaps the leader.
+fn kill_group(child: &tokio::process::Child) {
+    let pid = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .and_then(rustix::process::Pid::from_raw);
+    if let Some(pid) = pid {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
     }
 }
 
@@ -1063,6 +1082,46 @@ mod tests {
                 .await;
             assert_eq!(r.executed, 1);
         });
+    }
+
+    #[test]
+    fn a_timed_out_command_is_stopped_with_what_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        // A shell whose child outlives it unless its group is killed.
+        let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
+        let runner = EffectRunner::new(
+            EffectsConfig {
+                executor: Executor::Command,
+                command: vec!["sh".into(), "-c".into(), script, "{unit}".into()],
+                timeout_ms: 300,
+                pass_env: Vec::new(),
+            },
+            None,
+        );
+        rt().block_on(async {
+            let r = runner.restart_a("m", "e").await;
+            assert!(r.failed[0].contains("ran longer than"), "{r:?}");
+        });
+        let pid = std::fs::read_to_string(&pidfile).unwrap();
+        let stat = format!("/proc/{}/stat", pid.trim());
+        // Gone, or a zombie waiting for whoever adopted it.
+        let running = || {
+            std::fs::read_to_string(&stat)
+                .map(|s| {
+                    !s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(false)
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while running() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!running(), "the command's child {} still runs", pid.trim());
     }
 
     #[test]
