@@ -20,30 +20,15 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::daemon::reload::{ReloadError, ReloadReport};
 use crate::nats::Transport;
-use crate::stats::{AppStats, AppStatsSnapshot, prometheus, unix_ms};
-
-/// Every app's name and counters, in config order (a reload adds and
-/// removes entries).
-pub(crate) type AppCounters = Arc<RwLock<Vec<(String, Arc<AppStats>)>>>;
-
-/// A snapshot of every app's counters.
-pub(crate) fn snapshots(stats: &AppCounters) -> Vec<AppStatsSnapshot> {
-    stats
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .iter()
-        .map(|(n, s)| s.snapshot(n))
-        .collect()
-}
+use crate::stats::{AppCounters, prometheus, snapshots, unix_ms};
 
 /// What a batch may take beyond its deadline before `/ready` calls its
 /// pipeline stuck: 5 s (the epoch tick stops a spinning guest within
@@ -269,42 +254,13 @@ pub(crate) async fn serve(
     admin_token: String,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
-    serve_router(
+    crate::serve::serve_router(
         listen,
         router(node, health, admin_token.into()),
         stop,
         "/health, /ready, /stats, /metrics, POST /reload",
     )
     .await
-}
-
-/// Bind `listen` and serve `router` until `stop` turns true (the host's
-/// endpoints, the bridge's); logs `what` it serves. Returns the task and
-/// the address bound (port 0 resolved).
-///
-/// # Errors
-///
-/// The address cannot be bound (taken, not local).
-pub(crate) async fn serve_router(
-    listen: SocketAddr,
-    router: axum::Router,
-    mut stop: watch::Receiver<bool>,
-    what: &'static str,
-) -> anyhow::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("failed to listen on {listen}"))?;
-    let addr = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        });
-        if let Err(e) = serve.await {
-            tracing::warn!(error = %e, "HTTP server stopped");
-        }
-    });
-    tracing::info!(addr = %addr, serving = what, "HTTP endpoints");
-    Ok((task, addr))
 }
 
 fn router(node: u32, health: Arc<Health>, admin_token: Arc<str>) -> axum::Router {
@@ -409,6 +365,7 @@ fn router(node: u32, health: Arc<Health>, admin_token: Arc<str>) -> axum::Router
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::AppStats;
 
     #[test]
     fn ready_only_while_running_and_connected() {

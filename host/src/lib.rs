@@ -69,6 +69,7 @@ pub mod permissions;
 pub mod pipeline;
 pub mod private_dir;
 pub mod runtime;
+mod serve;
 pub mod stats;
 
 pub use bindings::{BatchResult, Effect, Event, Message, Outcome};

@@ -4,8 +4,8 @@
 //! atomic ([`Count`]): updated once per batch, read by the HTTP endpoints.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
@@ -724,6 +724,20 @@ pub fn prometheus(node: u32, snapshots: &[AppStatsSnapshot]) -> String {
     // Writing to a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
     out
+}
+
+/// Every app's name and counters, in config order (a reload adds and
+/// removes entries).
+pub(crate) type AppCounters = Arc<RwLock<Vec<(String, Arc<AppStats>)>>>;
+
+/// A snapshot of every app's counters.
+pub(crate) fn snapshots(stats: &AppCounters) -> Vec<AppStatsSnapshot> {
+    stats
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .map(|(n, s)| s.snapshot(n))
+        .collect()
 }
 
 #[cfg(test)]

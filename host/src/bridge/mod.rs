@@ -844,7 +844,7 @@ async fn serve(
                 }
             }),
         );
-    crate::http::serve_router(listen, router, stop, "/health, /ready, /stats, /metrics").await
+    crate::serve::serve_router(listen, router, stop, "/health, /ready, /stats, /metrics").await
 }
 
 #[cfg(test)]

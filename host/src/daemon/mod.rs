@@ -47,13 +47,14 @@ use crate::effects::EffectRunner;
 use crate::envelope::DEFAULT_MAX_PAYLOAD_BYTES;
 use crate::filter::Filter;
 pub use crate::http::Phase;
-use crate::http::{AppCounters, Health, ReloadReply};
+use crate::http::{Health, ReloadReply};
 use crate::nats::{
     AppConsumer, Delivery, EffectRecords, LimitStore, NatsServer, PendingStore, Subjects,
     Transport, TransportError,
 };
 use crate::pipeline::{AppPipeline, SwapSlot};
 use crate::runtime::{App, DeployError, Runtime};
+use crate::stats::AppCounters;
 use crate::stats::{AppStats, AppStatsSnapshot};
 
 /// Pause between attempts to set up streams and consumers at start: 1 s.
@@ -399,7 +400,7 @@ impl Daemon {
 
     /// A snapshot of every app's counters, in config order.
     pub fn stats(&self) -> Vec<AppStatsSnapshot> {
-        crate::http::snapshots(&self.stats)
+        crate::stats::snapshots(&self.stats)
     }
 
     /// The publish → settled latency counts of `app`

@@ -41,10 +41,10 @@ use sha2::{Digest as _, Sha256};
 use crate::bindings::Effect;
 use serde::{Deserialize, Serialize};
 
-use crate::http::AppCounters;
 use crate::nats::pending::{PendingEffect, StoredEffect};
 use crate::nats::subjects::Scope;
 use crate::nats::{EffectRecords, LimitStore, PendingStore, Transport};
+use crate::stats::AppCounters;
 use crate::stats::{AppStats, unix_ms};
 
 pub use debounce::{AppEffects, Debouncer, MAX_DEBOUNCE_MS, MAX_PENDING_EVENTS};

@@ -224,7 +224,6 @@ pub fn with_lock<T>(name: &str, f: impl FnOnce() -> T) -> T {
 /// If the cache directory cannot be written or the build panics.
 pub fn cached(key: &BuildKey, out: &Path, build: impl FnOnce(&Path)) {
     let dir = cache_dir();
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let name = key.file_name();
     let path = dir.join(&name);
     with_lock(&name, || {
