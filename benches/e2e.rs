@@ -19,6 +19,7 @@ use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt as _;
 use weir_host::effects::EffectRunner;
 use weir_host::filter::{Filter, RuleConfig};
+use weir_host::nats::TransportExt as _;
 use weir_host::nats::subjects::DEFAULT_STREAM;
 use weir_host::nats::{Delivery, Transport};
 use weir_host::pipeline::AppPipeline;

@@ -23,7 +23,7 @@
 //! `--via-redis` replays each event as NS8 emits it, `PUBLISH` on its
 //! channel (`cluster/event/<name>`, `module/<id>/event/<name>`) of a
 //! private redis-server primary (Debian's `redis-server`), with one replica
-//! per node and one bridge per node ([`weir_host::bridge`]) subscribed to
+//! per node and one bridge per node ([`weir_bridge`]) subscribed to
 //! it, all five publishing to JetStream; the table adds the duplicates
 //! JetStream dropped, and the demo checks the stream held each event once.
 //! The folded rows fold in the bridges (`fold_domains_ms`) instead of the
@@ -333,7 +333,7 @@ fn replay_via_redis(
     nodes: &[u32],
     nats_url: &str,
 ) -> (Vec<CorpusEvent>, Bridged) {
-    use weir_host::bridge::{Bridge, BridgeConfig};
+    use weir_bridge::{Bridge, BridgeConfig};
     use weir_test_support::redis::{RedisPublisher, RedisServer};
     let primary = RedisServer::start();
     let replicas: Vec<RedisServer> = nodes

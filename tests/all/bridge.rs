@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use weir_host::bridge::{Bridge, BridgeConfig};
+use weir_bridge::{Bridge, BridgeConfig};
 use weir_host::nats::subjects::{DEAD_REASON_HEADER, DEAD_SUBJECT_HEADER};
 use weir_host::nats::{DEFAULT_DEAD_STREAM, DEFAULT_STREAM, NatsConfig};
 use weir_test_support::nats::{Stored, stored};
@@ -550,7 +550,8 @@ fn a_bridge_runs_with_exactly_its_least_privilege_permissions() {
             n.password_file = Some(password_file.clone());
         })
         .build();
-    config.bridge = Some(BridgeConfig::new(&redis.url()));
+    let bridge_config = BridgeConfig::new(&redis.url());
+    config.bridge = Some(toml::Table::try_from(&bridge_config).unwrap());
     let allowed = weir_host::permissions::for_bridge(&config).unwrap();
     let server_conf = dir.path().join("server.conf");
     std::fs::write(
@@ -583,7 +584,7 @@ fn a_bridge_runs_with_exactly_its_least_privilege_permissions() {
         .unwrap();
         admin.ensure_streams().await.unwrap();
         config.nats.url = Some(nats_server.url());
-        let bridge = Bridge::start(3, &config.nats, config.bridge.as_ref().unwrap(), false)
+        let bridge = Bridge::start(3, &config.nats, &bridge_config, false)
             .await
             .unwrap();
         subscribed(&redis.url(), 1).await;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use weir_host::Daemon;
+use weir_host::nats::TransportExt as _;
 use weir_host::nats::consumer::DEFAULT_ACK_WAIT_MS;
 use weir_host::nats::{DEFAULT_DEAD_STREAM, DEFAULT_STREAM, EFFECT_RECORDS_BUCKET, subjects};
 use weir_test_support::ledger::{self, Publisher, Scratch};

@@ -40,7 +40,7 @@ fn delivers_filters_and_settles_outcomes() {
     let _heavy = crate::common::heavy();
     let (server, _dir) = server();
     rt().block_on(async {
-        let host = Daemon::start(config(&server, []).plan().expect("valid config"))
+        let host = weir_host::http::start(config(&server, []).plan().expect("valid config"))
             .await
             .unwrap();
         let p = publisher(&server).await;
@@ -184,7 +184,7 @@ fn retry_then_dead_letter_after_max_deliver() {
     let _heavy = crate::common::heavy();
     let (server, _dir) = server();
     rt().block_on(async {
-        let host = Daemon::start(config(&server, []).plan().expect("valid config"))
+        let host = weir_host::http::start(config(&server, []).plan().expect("valid config"))
             .await
             .unwrap();
         let p = publisher(&server).await;
@@ -233,7 +233,7 @@ fn trapping_batches_are_retried_then_dead_lettered_with_the_error() {
             d.ack_wait_ms = 5000;
         })];
     rt().block_on(async {
-        let host = Daemon::start(config(&server, extra).plan().expect("valid config"))
+        let host = weir_host::http::start(config(&server, extra).plan().expect("valid config"))
             .await
             .unwrap();
         let p = publisher(&server).await;
@@ -278,7 +278,7 @@ fn a_restarted_host_resumes_from_its_cursor() {
     let _heavy = crate::common::heavy();
     let (server, _dir) = server();
     rt().block_on(async {
-        let host = Daemon::start(config(&server, []).plan().expect("valid config"))
+        let host = weir_host::http::start(config(&server, []).plan().expect("valid config"))
             .await
             .unwrap();
         let p = publisher(&server).await;
@@ -300,7 +300,7 @@ fn a_restarted_host_resumes_from_its_cursor() {
             .await
             .unwrap();
         }
-        let host = Daemon::start(config(&server, []).plan().expect("valid config"))
+        let host = weir_host::http::start(config(&server, []).plan().expect("valid config"))
             .await
             .unwrap();
         assert_eventually!(
@@ -335,7 +335,7 @@ fn cluster_wide_announcement_reaches_the_apps_of_every_node() {
                 ))
                 .valid();
             hosts.push(
-                Daemon::start(config.plan().expect("valid config"))
+                weir_host::http::start(config.plan().expect("valid config"))
                     .await
                     .unwrap(),
             );
@@ -437,7 +437,7 @@ fn nats_server_restarted_mid_stream_loses_no_acknowledged_event() {
     let config = crate::common::marker_config(&server.url(), &marker, 20).valid();
     let handled = || crate::common::marker_units(&marker);
     rt().block_on(async {
-        let host = Daemon::start(config.plan().expect("valid config"))
+        let host = weir_host::http::start(config.plan().expect("valid config"))
             .await
             .unwrap();
         let p = publisher(&server).await;
@@ -505,7 +505,7 @@ fn a_thousand_apps_receive_every_event_on_its_first_delivery() {
         .valid();
     assert_eq!(config.engine, weir_host::EngineConfig::default());
     rt().block_on(async {
-        let host = Daemon::start(config.plan().expect("valid config"))
+        let host = weir_host::http::start(config.plan().expect("valid config"))
             .await
             .unwrap();
         let p = publisher(&server).await;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt as _;
 use weir_host::nats::NatsServer;
+use weir_host::nats::TransportExt as _;
 use weir_host::stats::AppStatsSnapshot;
 use weir_host::{Daemon, Limits};
 use weir_test_support::config::{AppBuilder, ConfigBuilder};

@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use weir_test_support::hostile::{block, hostile_blocks, hpub};
 
-use weir_host::Daemon;
-
 use crate::nats::{dead_letters, rt, server};
 
 #[test]
@@ -26,7 +24,9 @@ fn hostile_headers_are_handled_or_dead_lettered_and_the_host_keeps_serving() {
         .http("127.0.0.1:0".parse().unwrap())
         .valid();
     rt().block_on(async {
-        let host = Daemon::start(config.plan().unwrap()).await.unwrap();
+        let host = weir_host::http::start(config.plan().unwrap())
+            .await
+            .unwrap();
         let subject = "weir.events.test.cluster".to_owned();
         let event = |unit: usize, id: String| {
             (
@@ -139,7 +139,9 @@ fn a_dead_nats_client_is_reported_and_the_host_stops() {
         .http("127.0.0.1:0".parse().unwrap())
         .valid();
     rt().block_on(async {
-        let host = Daemon::start(config.plan().unwrap()).await.unwrap();
+        let host = weir_host::http::start(config.plan().unwrap())
+            .await
+            .unwrap();
         let failed = host.failed();
         tokio::pin!(failed);
         // Alive: no verdict.

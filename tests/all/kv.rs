@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use weir_host::nats::Transport;
+use weir_host::nats::TransportExt as _;
 use weir_host::runtime::kv::KvGrant;
 use weir_host::{App, AppSpec, Outcome};
 use weir_test_support::config::{AppBuilder, ConfigBuilder};

@@ -26,7 +26,8 @@
 //! - `cluster`: a 3-server cluster, R3 streams, servers SIGKILLed under load;
 //! - `operations`: reload under load, quarantine, `/ready`, SIGHUP,
 //!   `weir reload` and `weir stats`;
-//! - `table_bomb`: a table-growth bomb written in component text.
+//! - `table_bomb`: a table-growth bomb written in component text;
+//! - `layout`: no module cycle in any crate, each crate's dependency graph.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 #[macro_use]
@@ -45,6 +46,7 @@ mod event_plane;
 mod faults;
 mod hostile;
 mod kv;
+mod layout;
 mod nats;
 mod operations;
 mod permissions;

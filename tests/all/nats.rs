@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use weir_host::nats::Delivery;
 use weir_host::nats::NatsServer;
+use weir_host::nats::TransportExt as _;
 use weir_host::nats::subjects::Subjects;
 use weir_host::nats::{Transport, TransportError};
 use weir_test_support::nats::DeadLetter;

@@ -100,7 +100,7 @@ fn reload_swaps_adds_and_removes_apps_while_events_flow() {
                 .plan()
                 .expect("valid plan")
         };
-        let mut host = Daemon::start(plan(&[("a", echo), ("b", echo), ("c", echo)]))
+        let mut host = weir_host::http::start(plan(&[("a", echo), ("b", echo), ("c", echo)]))
             .await
             .unwrap();
         let publisher = Publisher::start(url, RATE, "r").await.unwrap();
@@ -261,7 +261,7 @@ fn a_crash_looping_app_is_quarantined_and_a_fixed_component_drains_its_backlog()
         .expect("valid plan")
     };
     rt().block_on(async {
-        let mut host = Daemon::start(plan(weir_test_artifacts::TRAP)).await.unwrap();
+        let mut host = weir_host::http::start(plan(weir_test_artifacts::TRAP)).await.unwrap();
         // `panic` traps the `trap` component on every batch; echo acks it.
         let publisher = Publisher::start_with(url, 50, "q", EVENT, "panic".into(), true)
             .await
@@ -356,7 +356,7 @@ fn delete_consumer_removes_a_removed_apps_consumer() {
     };
     let echo = weir_test_artifacts::ECHO;
     rt().block_on(async {
-        let mut host = Daemon::start(plan(&[("x", echo), ("y", echo)]))
+        let mut host = weir_host::http::start(plan(&[("x", echo), ("y", echo)]))
             .await
             .unwrap();
         let exists = |name: &'static str| {
@@ -405,7 +405,7 @@ fn ready_follows_the_nats_server_within_5_s() {
         .valid()
         .plan()
         .unwrap();
-        let host = Daemon::start(plan).await.unwrap();
+        let host = weir_host::http::start(plan).await.unwrap();
         let addr = host.http_addr().unwrap();
         let ready = || async { http_get(addr, "/ready").await };
         assert_eq!(

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use weir_host::Daemon;
 use weir_host::config::Config;
 use weir_host::nats::NatsServer;
+use weir_host::nats::TransportExt as _;
 use weir_host::nats::subjects::Subjects;
 use weir_host::nats::{ConnectAuth, Credentials, Transport};
 
@@ -88,8 +89,12 @@ fn host_runs_with_exactly_its_least_privilege_permissions() {
         let admin = connect(&server.url(), "admin", "admin-secret", None).await;
         admin.ensure_streams().await.unwrap();
         admin.effect_records(1).await.unwrap();
-        admin.pending_effects(1).await.unwrap();
-        admin.limit_windows(1).await.unwrap();
+        weir_host::effects::PendingStore::open(&admin, 1)
+            .await
+            .unwrap();
+        weir_host::effects::LimitStore::open(&admin, 1)
+            .await
+            .unwrap();
         let config = host_config(&server.url(), &marker);
         let host = Daemon::start(config.plan().expect("valid config"))
             .await
@@ -147,7 +152,7 @@ fn host_runs_with_exactly_its_least_privilege_permissions() {
         assert_eq!(violations(&server), Vec::<String>::new());
 
         // With the same credentials, acting as another app or node fails.
-        let inbox = weir_host::permissions::default_inbox_prefix(1);
+        let inbox = weir_host::nats::subjects::default_inbox_prefix(1);
         let node1 = connect(&server.url(), "node1", "node1-secret", Some(inbox)).await;
         let forged = node1
             .publish_event("test", "module/other", Bytes::from_static(b"x"), "forged")

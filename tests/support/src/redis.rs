@@ -167,7 +167,7 @@ pub struct RedisPublisher {
 
 impl RedisPublisher {
     /// Connect with `client` (credentials and TLS already set, e.g. from
-    /// `weir_host::bridge::BridgeConfig::redis_client`).
+    /// `weir_bridge::BridgeConfig::redis_client`).
     ///
     /// # Errors
     ///
@@ -204,7 +204,7 @@ impl RedisPublisher {
     }
 
     /// Clients subscribed to all of a bridge's patterns now (`CLIENT LIST`,
-    /// `psub=` at least `weir_host::bridge::channel::PATTERNS.len()`): each
+    /// `psub=` at least `weir_bridge::channel::PATTERNS.len()`): each
     /// bridge is one once its last `PSUBSCRIBE` is done. Counting a client
     /// at its first pattern let a test publish on a channel of a pattern a
     /// bridge had not subscribed yet (seen under nextest's parallel load: 22
@@ -224,7 +224,7 @@ impl RedisPublisher {
                 l.split(' ').any(|f| {
                     f.strip_prefix("psub=")
                         .and_then(|n| n.parse::<usize>().ok())
-                        .is_some_and(|n| n >= weir_host::bridge::channel::PATTERNS.len())
+                        .is_some_and(|n| n >= weir_bridge::channel::PATTERNS.len())
                 })
             })
             .count() as u64)

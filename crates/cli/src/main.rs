@@ -1,0 +1,241 @@
+//! `weir`: the per-node handler host's command line, one module per
+//! command:
+//!
+//! - `weir run` ([`run`]): the daemon;
+//! - `weir bridge` ([`bridge`]): NS8's Redis events into NATS;
+//! - `weir check` ([`check`]): can this component be deployed;
+//! - `weir invoke` ([`invoke`]): run a handler on a JSON Lines events file;
+//! - `weir new` ([`new`]): write a handler project in Rust, Python or
+//!   JavaScript;
+//! - `weir publish` ([`publish`]): publish one event or replay a corpus;
+//! - `weir permissions` ([`permissions`]): the NATS permissions a host needs;
+//! - `weir reload` ([`reload`]) and `weir stats` ([`stats`]): a running
+//!   host's loopback endpoints ([`admin`]);
+//! - `weir completions` and `weir man` ([`docs`]): shell completions and
+//!   the man page.
+//!
+//! Exit codes are listed in [`exit`] and in `--help`.
+
+mod admin;
+mod bridge;
+mod check;
+mod docs;
+mod effect;
+mod exit;
+mod invoke;
+mod new;
+mod permissions;
+mod publish;
+mod reload;
+mod run;
+mod stats;
+mod watch;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use weir_host::{EngineConfig, Runtime};
+
+use exit::{Code as _, Failure};
+
+/// The system-wide config file, last on the search path:
+/// `/etc/weir/weir.toml`.
+pub const SYSTEM_CONFIG: &str = "/etc/weir/weir.toml";
+
+/// The config file in the working directory, searched before
+/// [`SYSTEM_CONFIG`]: `weir.toml`.
+pub const LOCAL_CONFIG: &str = "weir.toml";
+
+/// `--config`, shared by the commands that read `weir.toml`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConfigArg {
+    /// The configuration file. Default: $WEIR_CONFIG, else ./weir.toml if
+    /// it exists, else /etc/weir/weir.toml.
+    #[arg(long, env = "WEIR_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    /// The file to read: `--config`, `WEIR_CONFIG`, [`LOCAL_CONFIG`] if it
+    /// exists, [`SYSTEM_CONFIG`].
+    pub fn path(&self) -> PathBuf {
+        match &self.config {
+            Some(path) => path.clone(),
+            None if Path::new(LOCAL_CONFIG).exists() => LOCAL_CONFIG.into(),
+            None => SYSTEM_CONFIG.into(),
+        }
+    }
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, Default, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, with the span's fields (node, app, batch's
+    /// first sequence) and the event's (ids at debug).
+    Json,
+}
+
+#[derive(Parser)]
+#[command(
+    name = "weir",
+    version,
+    about = "Run sandboxed WebAssembly event handlers for cluster events",
+    after_help = exit::HELP
+)]
+struct Cli {
+    /// Log line format (to stderr).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log level or filter (`info`, `debug`, `weir_host=debug,warn`);
+    /// RUST_LOG wins when set. Default: info for `run`, warn for the tools.
+    #[arg(long, global = true, value_name = "FILTER")]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check that a component can be deployed: list its imports with what weir
+    /// grants for each (provided, denied, refused), its exports, and a verdict.
+    Check(check::CheckArgs),
+    /// Run a handler in-process on events from a JSON Lines file, in batches,
+    /// and print each batch's outcomes and effects as JSON lines.
+    Invoke(invoke::InvokeArgs),
+    /// Write a handler project (`--lang rust|python|js`) that builds with one
+    /// command and passes `weir check` and `weir invoke` out of the box.
+    New(new::NewArgs),
+    /// Run the host: consume events from NATS JetStream and run each app's
+    /// handler (see weir.toml). Without `nats.url`, starts a private
+    /// nats-server. SIGHUP reloads the config without losing events.
+    /// SIGTERM or SIGINT drains in-flight batches and exits 0 within 15 s,
+    /// NATS reachable or not; a second signal exits at once (130).
+    Run(run::RunArgs),
+    /// Bridge NS8's Redis pub/sub events (`cluster/event/*`,
+    /// `node/*/event/*`, `module/*/event/*`) into the events stream, with
+    /// deterministic message ids so one bridge per node stores each event
+    /// once (`[bridge]` in weir.toml). SIGTERM drains within 5 s.
+    Bridge(bridge::BridgeArgs),
+    /// Publish events: one (`--name`, `--source`, `--payload`) or a replay of a
+    /// JSON Lines corpus (`--replay`). Each is awaited until JetStream stores
+    /// it; `Nats-Msg-Id` makes republishing idempotent.
+    Publish(Box<publish::PublishArgs>),
+    /// Print the least-privilege NATS permissions of the host described by a
+    /// config, as a nats-server `users` entry (see RELIABILITY.md).
+    Permissions(permissions::PermissionsArgs),
+    /// Ask the running host to re-read its config and apply it (as SIGHUP
+    /// does): swap changed components, add and remove apps, without losing
+    /// events. Exits 78 with every problem if the reload is refused (the
+    /// host keeps its running configuration).
+    Reload(reload::ReloadArgs),
+    /// Print a running host's per-app counters as a table (`--json` for the
+    /// raw `/stats`, `--watch` to refresh).
+    Stats(stats::StatsArgs),
+    /// Ask the privileged effect helper to restart or reload a unit (the
+    /// command executor's command when the host runs unprivileged; see
+    /// deploy/weir-effects.socket). Exits 0 when done, 1 when refused or
+    /// failed, 69 when no helper answers.
+    EffectRequest(effect::EffectRequestArgs),
+    /// Serve one effect request on stdin/stdout (started by systemd per
+    /// connection on weir-effects.socket, as root): carry it out with the
+    /// command after `--` only if weir.toml grants it.
+    EffectHelper(effect::EffectHelperArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(docs::CompletionsArgs),
+    /// Print the man page (roff) of weir.
+    Man,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print to stdout and succeed.
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(exit::USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    init_logs(&cli);
+    exit::report(match cli.command {
+        Command::Check(args) => check::run(args),
+        Command::Invoke(args) => invoke::run(args),
+        Command::New(args) => new::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Bridge(args) => bridge::run(args),
+        Command::Publish(args) => publish::run(*args),
+        Command::Permissions(args) => permissions::run(args),
+        Command::Reload(args) => reload::run(args),
+        Command::Stats(args) => stats::run(args),
+        Command::EffectRequest(args) => effect::request(args),
+        Command::EffectHelper(args) => effect::helper(args),
+        Command::Completions(args) => docs::completions(args),
+        Command::Man => docs::man(),
+    })
+}
+
+/// Logs to stderr: `--log-format`, and `RUST_LOG`, else `--log-level`,
+/// else info for the long-running host and warnings only for tools.
+fn init_logs(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let default_filter = if matches!(cli.command, Command::Run(_) | Command::Bridge(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        let wanted = cli.log_level.as_deref().unwrap_or(default_filter);
+        EnvFilter::try_new(wanted).unwrap_or_else(|e| {
+            eprintln!("warning: --log-level {wanted:?}: {e}; using {default_filter}");
+            EnvFilter::new(default_filter)
+        })
+    });
+    // Colours only on a terminal: a journal, a pipe or a file gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_env_filter(filter);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
+}
+
+/// The command line, for completions and the man page.
+fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
+/// The runtime of the one-app commands (`check`, `invoke`): a small pool.
+fn one_app_runtime() -> Result<Runtime, Failure> {
+    Runtime::new(EngineConfig {
+        pool_instances: 4,
+        ..EngineConfig::default()
+    })
+    .code(exit::SOFTWARE)
+}
+
+/// Longest the tokio runtime waits for its blocking threads (a compile in
+/// progress, a stop of the private server) after `weir run` or `weir
+/// bridge` is done: 2 s.
+const RUNTIME_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn tokio_runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .code(exit::SOFTWARE)
+}
