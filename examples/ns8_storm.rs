@@ -17,7 +17,7 @@
 //! by `--speed`, same order and relative gaps). Run with:
 //!
 //! ```text
-//! cargo run --release -p weir-host --example ns8-storm [-- --burst | --realtime] [--speed N] [--via-redis]
+//! cargo run --release -p weir --example ns8-storm [-- --burst | --realtime] [--speed N] [--via-redis]
 //! ```
 //!
 //! `--via-redis` replays each event as NS8 emits it, `PUBLISH` on its
@@ -58,7 +58,7 @@ const DEFAULT_SPEED: u64 = 10;
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn examples() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples")
 }
 
 fn free_port() -> u16 {

@@ -75,7 +75,7 @@ pub fn directive(payload: &str) -> Vec<Event> {
 
 /// `examples/` of the repository.
 pub fn examples_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples")
 }
 
 /// Run `app` on `events` on a thread of its own and wait for it.

@@ -642,7 +642,7 @@ fn completions_and_man_page_come_from_the_command_line() {
 /// the static user `weir`, never root), the bridge, and the effect helper.
 #[test]
 fn the_unit_file_scores_at_most_3_0() {
-    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
     let dir = tempfile::tempdir().unwrap();
     // Each in a directory of its own: next to deploy/, systemd-analyze
     // would read the drop-in directory too.

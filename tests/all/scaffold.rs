@@ -93,7 +93,7 @@ fn a_rust_project_builds_checks_and_invokes() {
     // The guests' target directory: the SDK's dependencies (the versions of
     // guests/Cargo.lock, which the project's Cargo.lock copies) are already
     // built there with the same profile.
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm-guests");
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/wasm-guests");
     new_build_check_invoke(
         "rust",
         |dir| {
