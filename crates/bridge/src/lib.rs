@@ -421,6 +421,27 @@ pub struct Bridge {
     transport: Transport,
 }
 
+/// Why a bridge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// `[bridge]` or `[nats]` is invalid: every problem, one per entry.
+    #[error("invalid bridge configuration:\n  {}", .0.join("\n  "))]
+    Config(Vec<String>),
+    /// The Redis client cannot be built: a file the section names (password,
+    /// TLS) cannot be read, or the URL is refused.
+    #[error("{0:#}")]
+    RedisClient(anyhow::Error),
+    /// The NATS credentials cannot be read.
+    #[error(transparent)]
+    Credentials(#[from] weir_edge::nats::CredentialsError),
+    /// The NATS connection options are refused.
+    #[error(transparent)]
+    Nats(#[from] weir_edge::nats::TransportError),
+    /// The endpoints' listen address cannot be bound.
+    #[error("{0:#}")]
+    Listen(anyhow::Error),
+}
+
 impl Bridge {
     /// Start a bridge for node `node` from `config` to the NATS of `nats`
     /// (which must name a server: `url` or `urls`). Serves its endpoints on
@@ -429,14 +450,15 @@ impl Bridge {
     ///
     /// # Errors
     ///
-    /// An invalid section (every problem), a file that cannot be read, the
-    /// listen address taken.
+    /// [`BridgeError::Config`] for an invalid section (every problem), the
+    /// other [`BridgeError`]s for a file that cannot be read or the listen
+    /// address taken.
     pub async fn start(
         node: u32,
         nats: &NatsConfig,
         config: &BridgeConfig,
         serve_http: bool,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, BridgeError> {
         let mut problems: Vec<String> = config
             .problems()
             .into_iter()
@@ -450,15 +472,19 @@ impl Bridge {
                     .into(),
             );
         }
-        if !problems.is_empty() {
-            anyhow::bail!("invalid bridge configuration:\n  {}", problems.join("\n  "));
+        let subjects = Subjects::new(&nats.prefix);
+        if let Err(e) = &subjects {
+            problems.push(format!("nats.prefix: {e}"));
         }
-        let client = config.redis_client()?;
+        let (Ok(subjects), true) = (subjects, problems.is_empty()) else {
+            return Err(BridgeError::Config(problems));
+        };
+        let client = config.redis_client().map_err(BridgeError::RedisClient)?;
         let auth = nats.auth(weir_edge::nats::subjects::default_inbox_prefix(node))?;
         let transport = Transport::connect_with(
             &servers,
             &format!("weir-bridge-node{node}"),
-            Subjects::new(&nats.prefix)?,
+            subjects,
             &nats.stream,
             auth,
         )
@@ -482,7 +508,11 @@ impl Bridge {
         let (stop, stop_rx) = watch::channel(false);
         let (drain, drain_rx) = watch::channel(false);
         let http = if serve_http {
-            Some(serve(config.listen, shared.clone(), stop_rx.clone()).await?)
+            Some(
+                serve(config.listen, shared.clone(), stop_rx.clone())
+                    .await
+                    .map_err(BridgeError::Listen)?,
+            )
         } else {
             None
         };

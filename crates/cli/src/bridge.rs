@@ -7,7 +7,7 @@
 
 use std::process::ExitCode;
 
-use weir_bridge::{Bridge, BridgeConfig};
+use weir_bridge::{Bridge, BridgeConfig, BridgeError};
 use weir_host::config::Config;
 
 use crate::exit::{self, Code as _, Failure};
@@ -59,12 +59,14 @@ pub fn run(args: BridgeArgs) -> Result<ExitCode, Failure> {
         let running = Bridge::start(config.node.id, &config.nats, &bridge, true)
             .await
             .map_err(|e| {
-                let code = if e.to_string().starts_with("invalid bridge configuration") {
-                    exit::CONFIG
-                } else {
-                    exit::UNAVAILABLE
+                let code = match e {
+                    BridgeError::Config(_) => exit::CONFIG,
+                    _ => exit::UNAVAILABLE,
                 };
-                Failure { code, error: e }
+                Failure {
+                    code,
+                    error: e.into(),
+                }
             })?;
         let name = tokio::select! {
             _ = term.recv() => "SIGTERM",
