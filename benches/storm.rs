@@ -488,7 +488,7 @@ fn host_main(config: &Path) -> ExitCode {
     let config = Config::load(config).unwrap();
     let rt = runtime();
     rt.block_on(async {
-        let host = weir_host::Daemon::start(config.plan().expect("valid config"))
+        let host = weir_host::http::start(config.plan().expect("valid config"))
             .await
             .unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel();

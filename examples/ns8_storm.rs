@@ -431,7 +431,7 @@ fn host_mode(config: &Path) {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let host = weir_host::Daemon::start(config.plan().expect("valid config"))
+        let host = weir_host::http::start(config.plan().expect("valid config"))
             .await
             .unwrap_or_else(|e| panic!("{e:#}"));
         let mut term =
@@ -563,6 +563,8 @@ fn main() {
     ];
     let mut table: BTreeMap<usize, Vec<String>> = BTreeMap::new();
     table.insert(0, header.iter().map(|h| h.to_string()).collect());
+    // `--wide`: every counter; else the five that tell the story.
+    let wide = args.iter().any(|a| a == "--wide") || via_redis;
     for (i, r) in rows.iter().enumerate() {
         let w = &r.weir;
         table.insert(
@@ -594,7 +596,30 @@ fn main() {
             row.pop();
         }
     }
-    let columns = header.len() - usize::from(!via_redis);
+    if !wide {
+        // scenario, NS8 spawns, NS8 restarts, handler invocations (fresh
+        // sandboxes), weir restarts (with the ideal count).
+        for (i, row) in table.iter_mut() {
+            let restarts = if *i == 0 {
+                "weir restarts (needed)".to_owned()
+            } else {
+                format!("{} ({})", row[11], row[5])
+            };
+            let sandboxes = if *i == 0 {
+                "weir sandboxes".to_owned()
+            } else {
+                row[10].clone()
+            };
+            *row = vec![
+                row[0].clone(),
+                row[2].clone(),
+                row[4].clone(),
+                sandboxes,
+                restarts,
+            ];
+        }
+    }
+    let columns = table[&0].len();
     let widths: Vec<usize> = (0..columns)
         .map(|c| table.values().map(|r| r[c].len()).max().unwrap())
         .collect();

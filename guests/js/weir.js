@@ -15,7 +15,9 @@
 //     if (batch.events.some((e) => e.touchesMyDomains())) batch.restart('dovecot.service');
 //   });
 //
-// Build: componentize-js app.js --wit <weir>/wit --world-name handler -o app.wasm
+// Build: componentize-js app.js --wit <weir>/wit --world-name handler --disable http fetch-event -o app.wasm
+// (without `--disable http fetch-event` the component imports wasi:http, which
+// `weir check` refuses).
 // The contract is `weir:handler@0.2.0` (wit/handler.wit). This file is the
 // same API as the Rust SDK (guests/sdk) and the Python one (guests/python/weir_sdk).
 

@@ -692,3 +692,101 @@ fn rt_block<F: std::future::Future>(f: F) -> F::Output {
         .unwrap()
         .block_on(f)
 }
+
+/// `weir run` without `[nats] url` starts the embedded nats-server on
+/// `nats.embedded_port`, and `weir publish --config` with the same file
+/// publishes to it: a host and a publisher pair on one config. A second host
+/// on the same port is refused with the reason (69).
+#[test]
+fn run_and_publish_pair_on_one_config_with_the_embedded_server() {
+    let _heavy = crate::common::heavy();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("effects.log");
+    let config = dir.path().join("weir.toml");
+    let port = crate::common::free_addr().port();
+    crate::common::marker_config("nats://127.0.0.1:4222", &marker, 100)
+        .nats(|n| {
+            n.url = None;
+            n.urls = None;
+            n.embedded_port = port;
+            n.state_dir = Some(dir.path().join("nats"));
+        })
+        .write(&config)
+        .unwrap();
+    let mut host = RunningHost::spawn(dir, marker, config.clone());
+    let ready = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(weir_test_support::nats::wait_consumer(
+            &format!("nats://127.0.0.1:{port}"),
+            "weir_1_echo",
+            std::time::Duration::from_secs(30),
+        ));
+    assert!(ready, "the embedded server on port {port} has no consumer");
+    let out = weir(&[
+        "publish",
+        "--config",
+        config.to_str().unwrap(),
+        "--name",
+        "test",
+        "--source",
+        "cluster",
+        "--payload",
+        "restart:u7",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    host.wait_units(1);
+    assert!(host.units().contains("u7"), "{:?}", host.units());
+    // The port is the first host's: a second one says so and exits 69.
+    let second = weir(&["run", "--config", config.to_str().unwrap()]);
+    assert_eq!(second.status.code(), Some(69), "{}", text(&second.stderr));
+    assert!(
+        text(&second.stderr).contains(&format!("127.0.0.1:{port} is in use")),
+        "{}",
+        text(&second.stderr)
+    );
+    // SIGTERM, so the host stops its embedded server (a SIGKILL would leave
+    // it running: systemd stops the whole unit, a test must not leak it).
+    let pid = host.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert_eq!(host.child.wait().unwrap().code(), Some(0));
+}
+
+/// `weir check --config`: every problem of a whole configuration at once,
+/// offline (78, `--json`), and 0 for a valid one.
+#[test]
+fn check_config_reports_every_problem_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    crate::common::marker_config("nats://127.0.0.1:4222", &dir.path().join("m"), 3)
+        .write(&good)
+        .unwrap();
+    let out = weir(&["check", "--config", good.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("verdict: valid"),
+        "{}",
+        text(&out.stdout)
+    );
+    let bad = dir.path().join("bad.toml");
+    let text_of_good = std::fs::read_to_string(&good).unwrap();
+    std::fs::write(
+        &bad,
+        text_of_good
+            .replace("replicas = 1\n", "replicas = 9\n")
+            .replace(
+                weir_test_artifacts::ECHO,
+                weir_test_artifacts::UNKNOWN_IMPORT,
+            ),
+    )
+    .unwrap();
+    let out = weir(&["check", "--config", bad.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out.stderr));
+    let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(verdict["valid"], false);
+    let problems = verdict["problems"].to_string();
+    assert!(problems.contains("replicas = 9"), "{problems}");
+    assert!(problems.contains("acme:vault"), "{problems}");
+    assert_eq!(verdict["apps"][0]["deployable"], false, "{verdict}");
+}

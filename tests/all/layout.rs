@@ -207,3 +207,38 @@ fn each_crate_links_only_its_planes() {
     forbidden("weir-edge", &["wasmtime", "weir-runtime", "redis"]);
     forbidden("weir-host", &["redis", "clap", "weir-bridge"]);
 }
+
+#[test]
+fn the_versions_weir_reports_are_the_ones_it_is_built_with() {
+    let lock = std::fs::read_to_string(workspace().join("Cargo.lock")).unwrap();
+    let wasmtime = lock
+        .split("[[package]]")
+        .find(|p| p.contains("\nname = \"wasmtime\"\n"))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    assert_eq!(weir_runtime::WASMTIME_VERSION, wasmtime);
+    let wit = std::fs::read_to_string(workspace().join("wit/handler.wit")).unwrap();
+    assert!(
+        wit.contains(&format!("package {};", weir_runtime::WIT_PACKAGES[0])),
+        "wit/handler.wit is not {}",
+        weir_runtime::WIT_PACKAGES[0]
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8(out.stdout).unwrap();
+    for expected in [
+        env!("CARGO_PKG_VERSION"),
+        weir_runtime::WIT_PACKAGES[0],
+        weir_runtime::WIT_PACKAGES[1],
+        &format!("wasmtime {wasmtime}"),
+    ] {
+        assert!(
+            version.contains(expected),
+            "{expected:?} not in {version:?}"
+        );
+    }
+}

@@ -27,7 +27,8 @@
 //! - `operations`: reload under load, quarantine, `/ready`, SIGHUP,
 //!   `weir reload` and `weir stats`;
 //! - `table_bomb`: a table-growth bomb written in component text;
-//! - `layout`: no module cycle in any crate, each crate's dependency graph.
+//! - `layout`: no module cycle in any crate, each crate's dependency graph;
+//! - `docs`: the generated reference pages, every Markdown link, the README's size.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 #[macro_use]
@@ -42,6 +43,7 @@ mod common;
 mod components;
 mod conformance;
 mod corpus;
+mod docs;
 mod event_plane;
 mod faults;
 mod hostile;

@@ -5,7 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use weir_host::Daemon;
 use weir_host::nats::NatsServer;
 
 use crate::report::Report;
@@ -43,7 +42,7 @@ pub async fn run(report: &mut Report, mode: Mode) -> anyhow::Result<()> {
     let server = NatsServer::start(&scratch.dir.path().join("js"))?;
     let url = server.url();
     let plan = scratch.echo_plan(&url)?;
-    let host = Daemon::start(plan.clone()).await?;
+    let host = weir_host::http::start(plan.clone()).await?;
     let publisher = Publisher::start(&url, RATE, "b").await?;
     let mut server = Some(server);
     let mut resumes = Vec::new();
@@ -74,7 +73,7 @@ pub async fn run(report: &mut Report, mode: Mode) -> anyhow::Result<()> {
         s
     })
     .await;
-    let starting = tokio::spawn(Daemon::start(plan));
+    let starting = tokio::spawn(weir_host::http::start(plan));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let s = blocking(move || s.restart().map(|()| s)).await?;
     let r = resumed_after(&scratch.ledger).await;

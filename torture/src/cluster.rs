@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use backon::{ConstantBuilder, Retryable};
 
-use weir_host::Daemon;
 use weir_host::nats::consumer::DEFAULT_ACK_WAIT_MS;
 use weir_host::nats::{DEFAULT_STREAM, subjects};
 use weir_test_support::ledger::{self, Publisher, Scratch};
@@ -57,7 +56,7 @@ pub async fn run(report: &mut Report, mode: Mode) -> anyhow::Result<()> {
     .build()
     .plan()
     .map_err(|p| anyhow::anyhow!("ledger config: {p:?}"))?;
-    let host = Daemon::start(plan).await?;
+    let host = weir_host::http::start(plan).await?;
     let mut seeds = cluster.urls();
     seeds.rotate_right(1);
     let publisher = Publisher::start(&seeds.join(","), RATE, "cl").await?;

@@ -40,7 +40,7 @@ pub fn host_main(args: &[String]) -> ExitCode {
         .init();
     let run = async {
         let config = weir_host::config::Config::load(Path::new(path))?;
-        let host = weir_host::Daemon::start(config.plan().expect("valid config")).await?;
+        let host = weir_host::http::start(config.plan().expect("valid config")).await?;
         tokio::signal::ctrl_c().await?;
         host.shutdown().await
     };

@@ -2,7 +2,6 @@
 
 use std::time::{Duration, Instant};
 
-use weir_host::Daemon;
 use weir_host::config::Config;
 use weir_host::nats::NatsServer;
 
@@ -62,7 +61,7 @@ pub async fn sustained(report: &mut Report, mode: Mode) -> anyhow::Result<()> {
     let plan = config(&server.url(), &apps, dir.path())
         .plan()
         .map_err(|p| anyhow::anyhow!("load config: {p:?}"))?;
-    let host = Daemon::start(plan).await?;
+    let host = weir_host::http::start(plan).await?;
     let publisher =
         Publisher::start_with(&server.url(), RATE, "s", "load", "x".into(), false).await?;
     let start = Instant::now();
@@ -169,7 +168,7 @@ async fn flood(url: &str, event: &str, prefix: &str, n: usize) -> anyhow::Result
 /// Start a host on a backlog of `n` events; returns (events/s from the first
 /// to the n-th done, peak RSS while draining).
 async fn drain(config: Config, n: u64) -> anyhow::Result<(f64, u64, weir_host::Daemon)> {
-    let host = Daemon::start(config.plan().expect("valid config")).await?;
+    let host = weir_host::http::start(config.plan().expect("valid config")).await?;
     let done = |h: &weir_host::Daemon| h.stats().iter().map(|s| s.outcomes["done"]).sum::<u64>();
     let mut first: Option<Instant> = None;
     let mut peak = 0u64;

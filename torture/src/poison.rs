@@ -11,7 +11,6 @@
 
 use std::time::{Duration, Instant};
 
-use weir_host::Daemon;
 use weir_host::nats::NatsServer;
 use weir_test_support::hostile::{
     JETSTREAM_MAX_HEADER_BYTES, RawMessage, block, hostile_blocks, hostile_payloads, hpub,
@@ -47,7 +46,7 @@ pub async fn run(report: &mut Report, mode: Mode) -> anyhow::Result<()> {
     let server = NatsServer::start(&scratch.dir.path().join("js"))?;
     let url = server.url();
     let plan = scratch.echo_plan(&url)?;
-    let host = Daemon::start(plan).await?;
+    let host = weir_host::http::start(plan).await?;
     let publisher = Publisher::start(&url, RATE, "p").await?;
     let subject = format!("weir.events.{EVENT}.cluster");
     let blocks = hostile_blocks();

@@ -112,7 +112,7 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
     let (server, _dir) = server();
     let url = server.url();
     let scratch = Scratch::new()?;
-    let mut host = Daemon::start(plan(&scratch, &url, 0)?).await?;
+    let mut host = weir_host::http::start(plan(&scratch, &url, 0)?).await?;
     let publisher = Publisher::start(&url, RATE, "rl").await?;
     let counts = |host: &Daemon| host.latency_counts("steady").unwrap_or_default();
     // Warm-up (first instances, the publisher's connection) before the

@@ -113,7 +113,7 @@ pub use weir_edge::nats::subjects::BRIDGE_DEAD_LETTER_APP as DEAD_LETTER_APP;
 /// fold_domains_ms = 0                    # off
 /// buffer_events = 10000
 /// ```
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BridgeConfig {
     /// The node's Redis: `redis://host:port[/db]`, or `rediss://` for TLS.
@@ -136,6 +136,7 @@ pub struct BridgeConfig {
     /// `/stats`, `/metrics`, `/health`, `/ready`; default
     /// [`DEFAULT_BRIDGE_LISTEN`].
     #[serde(default = "default_listen")]
+    #[schemars(with = "String")]
     pub listen: SocketAddr,
     /// Fold legacy per-domain `user-domain-changed` events of one source
     /// within this many milliseconds ([`fold`]); 0 (default) is off; at most

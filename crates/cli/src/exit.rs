@@ -1,18 +1,8 @@
 //! Exit codes of `weir`, after BSD's `sysexits.h`, so scripts and systemd
 //! can tell a refused component from a typo from a server that is down.
 //!
-//! | code | meaning |
-//! |---|---|
-//! | 0 | success |
-//! | 1 | the verdict is no: `check` refused the component, a batch of `invoke` failed |
-//! | 64 | usage: the command line is wrong (`EX_USAGE`) |
-//! | 65 | bad input: a component, events file or corpus cannot be used (`EX_DATAERR`) |
-//! | 69 | unavailable: NATS, the private nats-server or the HTTP address (`EX_UNAVAILABLE`); `weir run` also exits 69 after draining when its NATS client died |
-//! | 70 | internal error (`EX_SOFTWARE`) |
-//! | 73 | cannot create: `weir new`'s directory exists and is not empty (`EX_CANTCREAT`) |
-//! | 77 | no permission: `weir reload` cannot read the admin token, or the host refused it (`EX_NOPERM`) |
-//! | 78 | configuration: `weir.toml` cannot be read or is invalid (`EX_CONFIG`) |
-//! | 130 | a second SIGTERM or SIGINT during a drain |
+//! Every code with its meaning is in [`CODES`], which feeds `--help` and
+//! the book's exit-code page (`weir reference exit-codes`).
 
 use std::process::ExitCode;
 
@@ -37,10 +27,64 @@ pub const CONFIG: u8 = 78;
 /// interrupted program). Unacknowledged events are redelivered later.
 pub const SECOND_SIGNAL: i32 = 130;
 
-/// The table above, for `--help`.
-pub const HELP: &str = "Exit codes: 0 success; 1 refused component or failed batch; \
-64 usage; 65 bad input (component, events, corpus); 69 unavailable (NATS, nats-server, \
-HTTP address); 70 internal error; 73 cannot create (weir new); 77 no permission (admin token); 78 invalid configuration; 130 second signal.";
+/// Every exit code: the code, a few words for `--help`, and the meaning.
+pub const CODES: &[(i32, &str, &str)] = &[
+    (0, "success", "success"),
+    (
+        NO as i32,
+        "refused component or failed batch",
+        "the verdict is no: `check` refused the component, a batch of `invoke` failed",
+    ),
+    (
+        USAGE as i32,
+        "usage",
+        "usage: the command line is wrong (`EX_USAGE`)",
+    ),
+    (
+        DATA as i32,
+        "bad input (component, events, corpus)",
+        "bad input: a component, events file or corpus cannot be used (`EX_DATAERR`)",
+    ),
+    (
+        UNAVAILABLE as i32,
+        "unavailable (NATS, nats-server, HTTP address)",
+        "unavailable: NATS, the private nats-server or the HTTP address (`EX_UNAVAILABLE`); `weir run` also exits 69 after draining when its NATS client died",
+    ),
+    (
+        SOFTWARE as i32,
+        "internal error",
+        "internal error (`EX_SOFTWARE`)",
+    ),
+    (
+        CANT_CREATE as i32,
+        "cannot create (weir new)",
+        "cannot create: `weir new`'s directory exists and is not empty (`EX_CANTCREAT`)",
+    ),
+    (
+        NO_PERMISSION as i32,
+        "no permission (admin token)",
+        "no permission: `weir reload` cannot read the admin token, or the host refused it (`EX_NOPERM`)",
+    ),
+    (
+        CONFIG as i32,
+        "invalid configuration",
+        "configuration: `weir.toml` cannot be read or is invalid (`EX_CONFIG`); `weir check --config` found a problem",
+    ),
+    (
+        SECOND_SIGNAL,
+        "second signal",
+        "a second SIGTERM or SIGINT during a drain",
+    ),
+];
+
+/// [`CODES`] in one line, for `--help`.
+pub fn help() -> String {
+    let codes: Vec<String> = CODES
+        .iter()
+        .map(|(code, short, _)| format!("{code} {short}"))
+        .collect();
+    format!("Exit codes: {}.", codes.join("; "))
+}
 
 /// A command's failure: the error and the exit code it maps to.
 #[derive(Debug)]

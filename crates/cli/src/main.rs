@@ -3,7 +3,8 @@
 //!
 //! - `weir run` ([`run`]): the daemon;
 //! - `weir bridge` ([`bridge`]): NS8's Redis events into NATS;
-//! - `weir check` ([`check`]): can this component be deployed;
+//! - `weir check` ([`check`]): can this component be deployed; with
+//!   `--config`, is this whole configuration valid;
 //! - `weir invoke` ([`invoke`]): run a handler on a JSON Lines events file;
 //! - `weir new` ([`new`]): write a handler project in Rust, Python or
 //!   JavaScript;
@@ -11,14 +12,17 @@
 //! - `weir permissions` ([`permissions`]): the NATS permissions a host needs;
 //! - `weir reload` ([`reload`]) and `weir stats` ([`stats`]): a running
 //!   host's loopback endpoints ([`admin`]);
+//! - `weir config example` ([`config`]): a commented weir.toml;
 //! - `weir completions` and `weir man` ([`docs`]): shell completions and
-//!   the man page.
+//!   the man page; `weir reference` ([`mod@reference`], hidden): the book's
+//!   reference pages.
 //!
 //! Exit codes are listed in [`exit`] and in `--help`.
 
 mod admin;
 mod bridge;
 mod check;
+mod config;
 mod docs;
 mod effect;
 mod exit;
@@ -26,6 +30,7 @@ mod invoke;
 mod new;
 mod permissions;
 mod publish;
+mod reference;
 mod reload;
 mod run;
 mod stats;
@@ -82,9 +87,9 @@ enum LogFormat {
 #[derive(Parser)]
 #[command(
     name = "weir",
-    version,
+    version = VERSION.as_str(),
     about = "Run sandboxed WebAssembly event handlers for cluster events",
-    after_help = exit::HELP
+    after_help = exit::help()
 )]
 struct Cli {
     /// Log line format (to stderr).
@@ -148,6 +153,11 @@ enum Command {
     Completions(docs::CompletionsArgs),
     /// Print the man page (roff) of weir.
     Man,
+    /// Print a complete, commented weir.toml (`weir config example`).
+    Config(config::ConfigArgs),
+    /// Print a page of the book's reference, generated from weir itself.
+    #[command(hide = true)]
+    Reference(reference::ReferenceArgs),
 }
 
 fn main() -> ExitCode {
@@ -178,6 +188,8 @@ fn main() -> ExitCode {
         Command::EffectHelper(args) => effect::helper(args),
         Command::Completions(args) => docs::completions(args),
         Command::Man => docs::man(),
+        Command::Config(args) => config::run(args),
+        Command::Reference(args) => reference::run(args),
     })
 }
 
@@ -213,6 +225,17 @@ fn init_logs(cli: &Cli) {
             .init(),
     }
 }
+
+/// `weir --version`: weir's version, the WIT packages its components may
+/// target, and the wasmtime it runs them on.
+static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{} (WIT {}; wasmtime {})",
+        env!("CARGO_PKG_VERSION"),
+        weir_host::runtime::WIT_PACKAGES.join(", "),
+        weir_host::runtime::WASMTIME_VERSION
+    )
+});
 
 /// The command line, for completions and the man page.
 fn command() -> clap::Command {

@@ -119,13 +119,19 @@ impl PublishArgs {
         if !problems.is_empty() {
             return Err(anyhow::anyhow!("nats: {}", problems.join("; nats: "))).code(exit::CONFIG);
         }
-        if nats.servers().is_none() {
+        // Without url or urls, the host runs the embedded server on
+        // `embedded_port`: publish there.
+        let Some(servers) = nats.client_servers() else {
             return Err(anyhow::anyhow!(
-                "the config names no NATS server (nats.url or nats.urls): nothing to publish to"
+                "the config names no NATS server and its embedded server takes any free port (nats.embedded_port = 0): give --url with the port `weir run` logged"
             ))
             .code(exit::CONFIG);
-        }
-        Ok(nats)
+        };
+        Ok(NatsConfig {
+            url: None,
+            urls: Some(servers),
+            ..nats
+        })
     }
 }
 

@@ -56,7 +56,7 @@ pub const DEFAULT_HTTP_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9101));
 
 /// The whole file.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// This host's identity.
@@ -82,11 +82,12 @@ pub struct Config {
     /// `weir` binary checks it wherever it checks the file). `weir run` does
     /// not use it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(skip)]
     pub bridge: Option<toml::Table>,
 }
 
 /// `[node]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// Node id (NS8 node id).
@@ -96,11 +97,12 @@ pub struct NodeConfig {
 }
 
 /// `[http]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Listen address; default [`DEFAULT_HTTP_LISTEN`]. An address that is
     /// not loopback needs `public = true`.
+    #[schemars(with = "String")]
     pub listen: SocketAddr,
     /// Serve the endpoints. Default `true`.
     pub enabled: bool,
@@ -157,7 +159,7 @@ impl HttpConfig {
 }
 
 /// `[[app]]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
     /// App name: a subject token (used in consumer and dead-letter names).

@@ -38,7 +38,7 @@ use weir_runtime::Event;
 use weir_runtime::domain::DomainSet;
 
 /// One name or a list of names, as written in TOML.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum OneOrMany {
     /// A single string.
@@ -58,7 +58,9 @@ impl OneOrMany {
 }
 
 /// Which origin nodes a rule accepts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Origin {
     /// Any origin, including none (cluster-wide). The default.
@@ -69,7 +71,9 @@ pub enum Origin {
 }
 
 /// Which domains a rule accepts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Domains {
     /// Any event, with or without domains. The default.
@@ -80,7 +84,7 @@ pub enum Domains {
 }
 
 /// A test on a top-level payload field.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FieldRule {
     /// Top-level key of the JSON payload, e.g. `"module"`.
@@ -96,7 +100,7 @@ pub struct FieldRule {
 }
 
 /// A relevance rule as configured (`[[app.rule]]`).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     /// Event name(s). Required.

@@ -65,6 +65,15 @@ pub use error::{DeployError, InvokeError};
 pub use invoke::{App, Handled, Invocation, InvokeStats};
 pub use limits::Limits;
 
+/// The WIT packages a component may target, newest first: the current
+/// contract (`wit/handler.wit`) and the previous one, still linked
+/// (`wit/compat/0.1.0`).
+pub const WIT_PACKAGES: &[&str] = &["weir:handler@0.2.0", "weir:handler@0.1.0"];
+
+/// The wasmtime release weir is built on (the workspace pins it exactly;
+/// a test checks this against `Cargo.lock`).
+pub const WASMTIME_VERSION: &str = "48.0.10";
+
 pub use bindings::{BatchResult, Effect, Event, Message, Outcome};
 pub use cache::LoadSource;
 pub use domain::DomainSet;
@@ -130,7 +139,9 @@ pub const POOL_MEMORY_KEEP_RESIDENT_BYTES: usize = 2 << 20;
 pub const POOL_TABLE_KEEP_RESIDENT_BYTES: usize = 64 << 10;
 
 /// Process-wide engine settings. Every field has a `DEFAULT_*` constant.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
     /// Component instances live at once. Default [`DEFAULT_POOL_INSTANCES`].

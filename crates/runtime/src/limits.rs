@@ -103,7 +103,9 @@ pub const LONG_BATCH_NICE: i32 = 10;
 /// Per-app caps on one batch's sandbox. Construct with [`Limits::default`]
 /// and override fields as needed; [`Limits::problems`] reports nonsensical
 /// values.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Fuel per batch (≈ wasm instructions). Default

@@ -77,7 +77,12 @@ pub async fn publish_domain_storm(
 /// Whether it did.
 pub async fn wait_consumer(url: &str, name: &str, within: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + within;
-    let Ok(client) = async_nats::connect(seed_list(url)).await else {
+    // A server still starting (an embedded one) is retried until `within`.
+    let Ok(client) = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(seed_list(url))
+        .await
+    else {
         return false;
     };
     let js = async_nats::jetstream::new(client);

@@ -28,7 +28,7 @@ pub const MAX_SEED_SERVERS: usize = 64;
 /// `[nats.tls]`: TLS to the servers. Any field set turns TLS on (a
 /// `tls://` URL does too); the server's certificate is verified against
 /// the system roots plus `ca_file`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// PEM file of the CA certificates that sign the servers' certificates

@@ -84,11 +84,15 @@ pub const DEFAULT_STREAM_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Window in which JetStream drops a repeated `Nats-Msg-Id`: 2 minutes.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
+/// Default port of the embedded nats-server: 4222, nats-server's own default
+/// (<https://docs.nats.io/running-a-nats-service/introduction/flags>).
+pub const DEFAULT_EMBEDDED_PORT: u16 = 4222;
+
 /// Most replicas of a stream or bucket: 5 (JetStream's own limit).
 pub const MAX_REPLICAS: usize = 5;
 
 /// `[nats]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
     /// One server URL (`nats://host:port`, `tls://host:port`); with neither
@@ -108,6 +112,12 @@ pub struct NatsConfig {
     pub prefix: String,
     /// Events stream name. Default [`DEFAULT_STREAM`].
     pub stream: String,
+    /// Port of the embedded server on 127.0.0.1 (neither `url` nor `urls`):
+    /// default [`DEFAULT_EMBEDDED_PORT`] (4222, nats-server's own default,
+    /// so `weir publish --config` with the same file, the `nats` CLI and
+    /// other clients on the node find it); `0` lets the server pick a free
+    /// port, logged at start. A port in use is an error at start.
+    pub embedded_port: u16,
     /// Store directory of the embedded server; default
     /// [`server::default_store_dir`] (`~/.local/state/weir/nats`). Created
     /// with mode 0700; an existing one must be this user's with mode 0700.
@@ -197,6 +207,7 @@ impl Default for NatsConfig {
             nkey_seed_file: None,
             creds_file: None,
             delete_consumer: false,
+            embedded_port: DEFAULT_EMBEDDED_PORT,
             tls: TlsConfig::default(),
             inbox_prefix: None,
             stream_max_bytes: DEFAULT_STREAM_MAX_BYTES,
@@ -218,6 +229,16 @@ impl NatsConfig {
             (None, Some(url)) => Some(vec![url.clone()]),
             (None, None) => None,
         }
+    }
+
+    /// The servers a client of this host connects to: [`Self::servers`],
+    /// else the embedded server's URL (`nats://127.0.0.1:<embedded_port>`);
+    /// `None` when the embedded port is chosen at start (`0`).
+    pub fn client_servers(&self) -> Option<Vec<String>> {
+        self.servers().or_else(|| {
+            (self.embedded_port != 0)
+                .then(|| vec![format!("nats://127.0.0.1:{}", self.embedded_port)])
+        })
     }
 
     /// The credential fields.

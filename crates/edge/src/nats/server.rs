@@ -46,6 +46,11 @@ pub enum NatsServerError {
     /// The server did not report readiness in time.
     #[error("nats-server did not become ready within {0:?}")]
     Timeout(Duration),
+    /// The embedded server's port is taken.
+    #[error(
+        "127.0.0.1:{0} is in use (another nats-server?): point [nats] url at that server, or set [nats] embedded_port to another port (0: any free port)"
+    )]
+    PortInUse(u16),
 }
 
 /// A running private nats-server. Stopped on drop.
@@ -89,6 +94,25 @@ impl NatsServer {
     /// [`NatsServerError::Start`], [`NatsServerError::Timeout`].
     pub fn start(store_dir: &Path) -> Result<Self, NatsServerError> {
         Self::start_with(&binary(), store_dir, None)
+    }
+
+    /// [`NatsServer::start`] on loopback port `port` (`0`: a free one).
+    ///
+    /// # Errors
+    ///
+    /// [`NatsServerError::PortInUse`] if another process listens on `port`;
+    /// else as [`NatsServer::start`].
+    pub fn start_on(store_dir: &Path, port: u16) -> Result<Self, NatsServerError> {
+        if port == 0 {
+            return Self::start(store_dir);
+        }
+        // The server would exit with "address already in use" in its log;
+        // say it plainly first (a race with another process is still
+        // reported by the server).
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            return Err(NatsServerError::PortInUse(port));
+        }
+        Self::start_with(&binary(), store_dir, Some(port))
     }
 
     /// [`NatsServer::start`] with an explicit binary and, optionally, port.

@@ -257,7 +257,9 @@ pub fn consumer_name(node: u32, app: &str) -> String {
 }
 
 /// Which hosts share an app's durable consumer (`[[app]] scope`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// One consumer per node ([`consumer_name`]): every node's host handles

@@ -626,7 +626,8 @@ async fn start_nats(config: &Config) -> anyhow::Result<(Option<NatsServer>, Vec<
         .state_dir
         .clone()
         .unwrap_or_else(crate::nats::server::default_store_dir);
-    let server = tokio::task::spawn_blocking(move || NatsServer::start(&dir))
+    let port = config.nats.embedded_port;
+    let server = tokio::task::spawn_blocking(move || NatsServer::start_on(&dir, port))
         .await
         .context("failed to start the private nats-server")??;
     let url = server.url();

@@ -55,7 +55,7 @@ pub const MAX_CAS_ROUNDS: usize = 16;
 pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(300);
 
 /// `[app.effects]`: when an app's effects are executed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AppEffects {
     /// Debounce window in ms: an effect is executed once, this long after

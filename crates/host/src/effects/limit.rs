@@ -29,7 +29,9 @@ use weir_runtime::Effect;
 pub const MAX_LIMIT_WINDOW_S: u64 = 86_400;
 
 /// Whose executions a limit counts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum LimitScope {
     /// This node's host only. The default.
@@ -40,7 +42,9 @@ pub enum LimitScope {
 }
 
 /// What happens to an effect over its limit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Over {
     /// Executed at the start of the next window. The default.
@@ -52,7 +56,7 @@ pub enum Over {
 
 /// `[[app.effects.limit]]`: at most `max` executions per `per_s` seconds of
 /// the effects matching `effect`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EffectLimit {
     /// `<kind>:<target>`: kind `restart`, `reload` or `publish`; target a

@@ -84,7 +84,9 @@ pub fn substitute(template: &[String], action: &str, unit: &str, app: &str) -> V
 }
 
 /// Effect executors.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Executor {
     /// Log each effect (dry run). The default.
@@ -96,7 +98,7 @@ pub enum Executor {
 }
 
 /// `[effects]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct EffectsConfig {
     /// The executor. Default [`Executor::Log`].
@@ -165,7 +167,7 @@ impl EffectsConfig {
 }
 
 /// `[app.grants]`: what an app's effects may do.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Grants {
     /// Units the app may restart.

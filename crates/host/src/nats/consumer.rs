@@ -58,7 +58,9 @@ pub const DEFAULT_BACKOFF_MS: [u64; 3] = [1_000, 5_000, 30_000];
 /// A consumer that exists already resumes from its own cursor whatever
 /// `start` says: a host that was down, or restarted, gets every event it
 /// missed (replay after downtime is the point of a durable consumer).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(try_from = "String", into = "String")]
 pub enum Start {
     /// Events stored after the consumer is created.
@@ -114,7 +116,7 @@ impl Start {
 /// to the handler at most `max_deliver` times; after a failure on its last
 /// delivery, or when it comes back past it (earlier deliveries consumed by a
 /// kill or a lost ack), it is dead-lettered with the reason and the count.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Delivery {
     /// Deliveries before dead-lettering. Default [`DEFAULT_MAX_DELIVER`].

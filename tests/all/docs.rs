@@ -1,0 +1,208 @@
+//! The documentation, checked: the book's generated reference pages match
+//! what `weir reference` prints (regenerate with `WEIR_REGENERATE_DOCS=1`),
+//! every relative link, anchor and `{{#include}}` of every Markdown file
+//! resolves, and the README stays within its size.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Set to rewrite the generated pages instead of comparing them.
+const REGENERATE_ENV: &str = "WEIR_REGENERATE_DOCS";
+
+/// The README's size cap: 12 KiB.
+const README_MAX_BYTES: u64 = 12 * 1024;
+
+#[test]
+fn the_reference_pages_are_what_weir_generates() {
+    let mut stale = Vec::new();
+    for page in ["cli", "config", "exit-codes"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["reference", page])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let generated = String::from_utf8(out.stdout).unwrap();
+        let path = root().join(format!("docs/src/reference/{page}.md"));
+        if std::env::var_os(REGENERATE_ENV).is_some() {
+            std::fs::write(&path, &generated).unwrap();
+            continue;
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        if committed != generated {
+            stale.push(path.display().to_string());
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "stale generated pages (regenerate: {REGENERATE_ENV}=1 scripts/test -E 'test(/^docs::/)'): {stale:?}"
+    );
+}
+
+#[test]
+fn the_readme_stays_short() {
+    let size = std::fs::metadata(root().join("README.md")).unwrap().len();
+    assert!(
+        size <= README_MAX_BYTES,
+        "README.md is {size} bytes, over {README_MAX_BYTES}"
+    );
+}
+
+/// Every Markdown file of the repository, outside build and dependency
+/// directories.
+fn markdown_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if path.is_dir() {
+            if !matches!(
+                name.as_str(),
+                "target" | "node_modules" | ".git" | ".tools" | "book" | "templates"
+            ) {
+                markdown_files(&path, out);
+            }
+        } else if name.ends_with(".md") {
+            out.push(path);
+        }
+    }
+}
+
+/// mdBook's and GitHub's anchor of a heading: lower case, letters, digits,
+/// `-` and `_` kept, spaces to `-`, the rest dropped.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            c if c.is_whitespace() => Some('-'),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The text outside code fences and inline code.
+fn prose(text: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut fence = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fence = !fence;
+            continue;
+        }
+        if fence {
+            continue;
+        }
+        let mut kept = String::new();
+        for (i, part) in line.split('`').enumerate() {
+            if i % 2 == 0 {
+                kept.push_str(part);
+            }
+        }
+        lines.push(kept);
+    }
+    lines
+}
+
+fn anchors(text: &str) -> BTreeSet<String> {
+    prose(text)
+        .iter()
+        .filter_map(|l| l.strip_prefix('#'))
+        .map(|h| slug(h.trim_start_matches('#')))
+        .collect()
+}
+
+/// `(target, line)` of each Markdown link in `text`.
+fn links(text: &str) -> Vec<(String, usize)> {
+    let mut found = Vec::new();
+    for (n, line) in prose(text).iter().enumerate() {
+        let mut rest = line.as_str();
+        while let Some(i) = rest.find("](") {
+            rest = &rest[i + 2..];
+            let end = rest.find(')').unwrap_or(rest.len());
+            found.push((rest[..end].to_owned(), n + 1));
+            rest = &rest[end..];
+        }
+    }
+    found
+}
+
+#[test]
+fn every_relative_link_anchor_and_include_resolves() {
+    let mut files = Vec::new();
+    markdown_files(&root(), &mut files);
+    assert!(files.len() > 20, "found {} Markdown files", files.len());
+    let mut broken = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let dir = file.parent().unwrap();
+        for (target, line) in links(&text) {
+            if target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            let (path, anchor) = target.split_once('#').unwrap_or((&target, ""));
+            let resolved = if path.is_empty() {
+                file.clone()
+            } else {
+                dir.join(path)
+            };
+            if !resolved.exists() {
+                broken.push(format!("{}:{line}: {target}: no such file", file.display()));
+                continue;
+            }
+            if !anchor.is_empty() && resolved.extension().is_some_and(|e| e == "md") {
+                let target_text = std::fs::read_to_string(&resolved).unwrap();
+                if !anchors(&target_text).contains(anchor) {
+                    broken.push(format!(
+                        "{}:{line}: {target}: no such heading",
+                        file.display()
+                    ));
+                }
+            }
+        }
+        for (n, line) in text.lines().enumerate() {
+            if let Some(start) = line.find("{{#include ") {
+                let rest = &line[start + "{{#include ".len()..];
+                let path = rest
+                    .split("}}")
+                    .next()
+                    .unwrap()
+                    .split(':')
+                    .next()
+                    .unwrap()
+                    .trim();
+                if !dir.join(path).exists() {
+                    broken.push(format!(
+                        "{}:{}: include {path}: no such file",
+                        file.display(),
+                        n + 1
+                    ));
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+#[test]
+fn the_link_checker_sees_a_broken_link_and_anchor() {
+    let text =
+        "# A heading\n\nsee [x](missing.md) and [y](#a-heading) and [z](#nope) `[no](code.md)`\n";
+    let found: Vec<_> = links(text).into_iter().map(|(t, _)| t).collect();
+    assert_eq!(found, ["missing.md", "#a-heading", "#nope"]);
+    let a = anchors(text);
+    assert!(a.contains("a-heading") && !a.contains("nope"), "{a:?}");
+    assert_eq!(
+        slug("Adopting weir on NS8: the Redis bridge"),
+        "adopting-weir-on-ns8-the-redis-bridge"
+    );
+}
