@@ -769,24 +769,46 @@ fn check_config_reports_every_problem_offline() {
         "{}",
         text(&out.stdout)
     );
-    let bad = dir.path().join("bad.toml");
     let text_of_good = std::fs::read_to_string(&good).unwrap();
-    std::fs::write(
-        &bad,
+    let check = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = weir(&["check", "--config", path.to_str().unwrap(), "--json"]);
+        assert_eq!(
+            out.status.code(),
+            Some(78),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(verdict["valid"], false, "{verdict}");
+        verdict
+    };
+    // A valid file whose component the runtime refuses: deployed as
+    // `weir run` would, it is refused with the reason.
+    let refused = check(
+        "refused.toml",
+        text_of_good.replace(
+            weir_test_artifacts::ECHO,
+            weir_test_artifacts::UNKNOWN_IMPORT,
+        ),
+    );
+    assert!(
+        refused["problems"].to_string().contains("acme:vault"),
+        "{refused}"
+    );
+    assert_eq!(refused["apps"][0]["deployable"], false, "{refused}");
+    // Problems of the file and of the component, all at once.
+    let both = check(
+        "both.toml",
         text_of_good
             .replace("replicas = 1\n", "replicas = 9\n")
             .replace(
                 weir_test_artifacts::ECHO,
                 weir_test_artifacts::UNKNOWN_IMPORT,
             ),
-    )
-    .unwrap();
-    let out = weir(&["check", "--config", bad.to_str().unwrap(), "--json"]);
-    assert_eq!(out.status.code(), Some(78), "{}", text(&out.stderr));
-    let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(verdict["valid"], false);
-    let problems = verdict["problems"].to_string();
+    );
+    let problems = both["problems"].to_string();
     assert!(problems.contains("replicas = 9"), "{problems}");
     assert!(problems.contains("acme:vault"), "{problems}");
-    assert_eq!(verdict["apps"][0]["deployable"], false, "{verdict}");
 }
