@@ -696,7 +696,8 @@ fn rt_block<F: std::future::Future>(f: F) -> F::Output {
 /// `weir run` without `[nats] url` starts the embedded nats-server on
 /// `nats.embedded_port`, and `weir publish --config` with the same file
 /// publishes to it: a host and a publisher pair on one config. A second host
-/// on the same port is refused with the reason (69).
+/// on the same port is refused with the reason (69); a host killed with
+/// SIGKILL leaves no server behind.
 #[test]
 fn run_and_publish_pair_on_one_config_with_the_embedded_server() {
     let _heavy = crate::common::heavy();
@@ -746,11 +747,18 @@ fn run_and_publish_pair_on_one_config_with_the_embedded_server() {
         "{}",
         text(&second.stderr)
     );
-    // SIGTERM, so the host stops its embedded server (a SIGKILL would leave
-    // it running: systemd stops the whole unit, a test must not leak it).
-    let pid = host.child.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert_eq!(host.child.wait().unwrap().code(), Some(0));
+    // A host killed with SIGKILL takes its embedded server with it: the
+    // port is free again (else the next start would be refused).
+    host.child.kill().unwrap();
+    host.child.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the embedded server outlived its killed host (port {port} still taken)"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// `weir check --config`: every problem of a whole configuration at once,
@@ -811,4 +819,50 @@ fn check_config_reports_every_problem_offline() {
     let problems = both["problems"].to_string();
     assert!(problems.contains("replicas = 9"), "{problems}");
     assert!(problems.contains("acme:vault"), "{problems}");
+}
+
+/// `weir invoke --config F --app NAME` deploys the app as `weir run` would
+/// (its component, node, domains, limits, grants): the mail app of the
+/// example node restarts for its own domain, which the same component with
+/// no domains does not.
+#[test]
+fn invoke_takes_the_app_from_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(
+        &events,
+        r#"{"name": "user-domain-changed", "source": "cluster", "payload": "{\"domains\": [\"dom01.example.org\"]}"}"#,
+    )
+    .unwrap();
+    let config = crate::common::examples_dir().join("ns8/node1.toml");
+    let restarts = |args: &[&str]| {
+        let mut all = vec!["invoke", "--events", events.to_str().unwrap()];
+        all.extend(args);
+        let out = weir(&all);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stdout).matches("\"restart\"").count()
+    };
+    assert_eq!(
+        restarts(&["--config", config.to_str().unwrap(), "--app", "mail1"]),
+        2,
+        "dovecot and postfix for the app's own domain"
+    );
+    assert_eq!(
+        restarts(&[weir_test_artifacts::MAIL]),
+        0,
+        "no domains: not mine"
+    );
+    let out = weir(&[
+        "invoke",
+        "--config",
+        config.to_str().unwrap(),
+        "--events",
+        "x",
+    ]);
+    assert_eq!(out.status.code(), Some(64), "two apps and no --app");
+    assert!(
+        text(&out.stderr).contains("name one with --app"),
+        "{}",
+        text(&out.stderr)
+    );
 }

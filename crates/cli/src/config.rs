@@ -164,6 +164,21 @@ fn properties(schema: &Value) -> Vec<(&String, &Value)> {
     props
 }
 
+/// Each property of `schema` with its dotted name under `path`.
+fn keys<'a>(schema: &'a Value, path: &str) -> Vec<(&'a String, &'a Value, String)> {
+    properties(schema)
+        .into_iter()
+        .map(|(key, prop)| {
+            let full = if path.is_empty() {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
+            };
+            (key, prop, full)
+        })
+        .collect()
+}
+
 fn description(root: &Value, prop: &Value) -> String {
     let own = prop.get("description").and_then(Value::as_str);
     plain(own.unwrap_or_else(|| {
@@ -182,12 +197,7 @@ fn example_for(path: &str) -> Option<&'static str> {
 /// line out, for the sections that are examples only).
 fn write_table(out: &mut String, root: &Value, schema: &Value, path: &str, prefix: &str) {
     let mut nested = Vec::new();
-    for (key, prop) in properties(schema) {
-        let full = if path.is_empty() {
-            key.clone()
-        } else {
-            format!("{path}.{key}")
-        };
+    for (key, prop, full) in keys(schema, path) {
         match kind(root, prop) {
             Kind::Table(s) => nested.push((full, prop, s, false)),
             Kind::Tables(s) => nested.push((full, prop, s, true)),
@@ -259,12 +269,7 @@ fn write_reference(out: &mut String, root: &Value, schema: &Value, path: &str) {
     };
     let mut rows = String::new();
     let mut nested = Vec::new();
-    for (key, prop) in properties(schema) {
-        let full = if path.is_empty() {
-            key.clone()
-        } else {
-            format!("{path}.{key}")
-        };
+    for (key, prop, full) in keys(schema, path) {
         match kind(root, prop) {
             Kind::Table(s) | Kind::Tables(s) => nested.push((full, s)),
             Kind::Scalar => {

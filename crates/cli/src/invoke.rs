@@ -3,7 +3,7 @@
 //! batches, and print each batch's outcomes and effects as JSON lines.
 
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -20,8 +20,16 @@ pub const DEFAULT_INVOKE_BATCH: usize = 64;
 /// `weir invoke`.
 #[derive(clap::Args)]
 pub struct InvokeArgs {
-    /// The component (`.wasm`).
-    component: PathBuf,
+    /// The component (`.wasm`); with `--config`, default the app's.
+    #[arg(required_unless_present = "config")]
+    component: Option<PathBuf>,
+    /// Take the app's node, domains, limits and kv grants (and, without a
+    /// component argument, its component) from this `weir.toml`, the app
+    /// named by `--app` (or its only app). The app's pre-filter is not
+    /// applied: every event of the file reaches the handler (`--only`
+    /// selects names).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["node_id", "node_name", "domains", "limits", "kv", "kv_shared"])]
+    config: Option<PathBuf>,
     /// Events, one JSON object per line: `name`, `source`, `payload` (a string,
     /// as published) and optionally `id`, `seq`, `t_ms`, `attempt` (the NS8
     /// corpus format). `-` reads standard input.
@@ -30,9 +38,9 @@ pub struct InvokeArgs {
     /// Only events with this name (repeatable; default: all).
     #[arg(long = "only")]
     only: Vec<String>,
-    /// App name.
-    #[arg(long, default_value = "app")]
-    app: String,
+    /// App name (default `app`; with `--config`, the app to take).
+    #[arg(long)]
+    app: Option<String>,
     /// This node's id.
     #[arg(long, default_value_t = 1)]
     node_id: u32,
@@ -75,12 +83,37 @@ fn effect_json(e: &Effect) -> Value {
     }
 }
 
-/// Exit 0 if every batch succeeded, 1 if one failed, 64 for a bad `--batch`,
-/// 65 for a component, limits or events file that cannot be used.
-pub fn run(args: InvokeArgs) -> Result<ExitCode, Failure> {
-    if args.batch == 0 {
-        return Err(anyhow::anyhow!("--batch must be greater than 0")).code(exit::USAGE);
-    }
+/// The app `name` (or the only one) of the config at `path`: its spec as
+/// `weir run` would deploy it, and its component unless `component` is
+/// given.
+fn from_config(
+    path: &Path,
+    name: Option<&str>,
+    component: Option<PathBuf>,
+) -> Result<(AppSpec, PathBuf), Failure> {
+    let plan = weir_host::config::Plan::load(path).code(exit::CONFIG)?;
+    let names: Vec<&str> = plan.apps.iter().map(|a| a.spec.name.as_str()).collect();
+    let app = match name {
+        Some(name) => plan.apps.iter().find(|a| a.spec.name == name),
+        None if plan.apps.len() == 1 => plan.apps.first(),
+        None => None,
+    };
+    let Some(app) = app else {
+        return Err(anyhow::anyhow!(
+            "{} has apps {names:?}: name one with --app",
+            path.display()
+        ))
+        .code(exit::USAGE);
+    };
+    Ok((
+        app.spec.clone(),
+        component.unwrap_or_else(|| app.component.clone()),
+    ))
+}
+
+/// The spec the flags describe (`--app`, `--node-id`, `--domain`,
+/// `--limits`, `--kv`).
+fn spec_from_flags(args: &InvokeArgs) -> Result<AppSpec, Failure> {
     let limits: Limits = match &args.limits {
         Some(path) => toml::from_str(
             &std::fs::read_to_string(path)
@@ -91,9 +124,8 @@ pub fn run(args: InvokeArgs) -> Result<ExitCode, Failure> {
         .code(exit::DATA)?,
         None => Limits::default(),
     };
-    let rt = crate::one_app_runtime()?;
     let mut spec = AppSpec::new(
-        &args.app,
+        args.app.as_deref().unwrap_or("app"),
         args.node_id,
         args.node_name
             .clone()
@@ -105,7 +137,26 @@ pub fn run(args: InvokeArgs) -> Result<ExitCode, Failure> {
         own: args.kv,
         shared: args.kv_shared.clone(),
     };
-    let app = rt.deploy_file(spec, &args.component).code(exit::DATA)?;
+    Ok(spec)
+}
+
+/// Exit 0 if every batch succeeded, 1 if one failed, 64 for a bad `--batch`,
+/// 65 for a component, limits or events file that cannot be used.
+pub fn run(args: InvokeArgs) -> Result<ExitCode, Failure> {
+    if args.batch == 0 {
+        return Err(anyhow::anyhow!("--batch must be greater than 0")).code(exit::USAGE);
+    }
+    let rt = crate::one_app_runtime()?;
+    let (spec, component) = match &args.config {
+        Some(path) => from_config(path, args.app.as_deref(), args.component.clone())?,
+        None => {
+            let Some(component) = args.component.clone() else {
+                return Err(anyhow::anyhow!("give a component or --config")).code(exit::USAGE);
+            };
+            (spec_from_flags(&args)?, component)
+        }
+    };
+    let app = rt.deploy_file(spec, &component).code(exit::DATA)?;
     if app.kv_grant().any() {
         app.attach_kv(std::sync::Arc::new(
             weir_host::runtime::kv::MemoryKv::default(),

@@ -110,9 +110,16 @@ enum Command {
     Check(check::CheckArgs),
     /// Run a handler in-process on events from a JSON Lines file, in batches,
     /// and print each batch's outcomes and effects as JSON lines.
+    #[command(after_long_help = "Examples:\n  \
+        weir invoke mail.wasm --events events.jsonl --domain example.org\n  \
+        weir invoke mail.wasm --events events.jsonl --node-id 2 --batch 1 --limits limits.toml")]
     Invoke(invoke::InvokeArgs),
     /// Write a handler project (`--lang rust|python|js`) that builds with one
     /// command and passes `weir check` and `weir invoke` out of the box.
+    #[command(after_long_help = "Examples:\n  \
+        weir new --lang rust mail-sync && cd mail-sync && cargo build --release --target wasm32-wasip2\n  \
+        weir new --lang python certs-reload\n  \
+        weir new --lang js domain-relay")]
     New(new::NewArgs),
     /// Run the host: consume events from NATS JetStream and run each app's
     /// handler (see weir.toml). Without `nats.url`, starts a private
@@ -128,9 +135,15 @@ enum Command {
     /// Publish events: one (`--name`, `--source`, `--payload`) or a replay of a
     /// JSON Lines corpus (`--replay`). Each is awaited until JetStream stores
     /// it; `Nats-Msg-Id` makes republishing idempotent.
+    #[command(after_long_help = "Examples:\n  \
+        weir publish --config weir.toml --name user-domain-changed --source cluster --payload '{\"domains\": [\"example.org\"]}'\n  \
+        weir publish --url nats://10.0.0.11:4222 --creds-file node1.creds --replay events.jsonl --batch-domains")]
     Publish(Box<publish::PublishArgs>),
     /// Print the least-privilege NATS permissions of the host described by a
     /// config, as a nats-server `users` entry (see RELIABILITY.md).
+    #[command(after_long_help = "Examples:\n  \
+        weir permissions --config /etc/weir/weir.toml >> nats-server.conf\n  \
+        weir permissions --config /etc/weir/weir.toml --bridge")]
     Permissions(permissions::PermissionsArgs),
     /// Ask the running host to re-read its config and apply it (as SIGHUP
     /// does): swap changed components, add and remove apps, without losing

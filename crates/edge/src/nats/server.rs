@@ -57,6 +57,9 @@ pub enum NatsServerError {
 #[derive(Debug)]
 pub struct NatsServer {
     child: Option<Child>,
+    /// The thread that started `child` and lives as long as it should
+    /// ([`spawn_owned`]); dropped after the child is stopped.
+    owner: Option<Owner>,
     port: u16,
     store_dir: PathBuf,
     binary: PathBuf,
@@ -158,19 +161,18 @@ impl NatsServer {
         if let Some(file) = config_file {
             command.arg("-c").arg(file);
         }
-        let mut child = command
+        command
             .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
             .arg(store_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => NatsServerError::NotInstalled {
-                    binary: binary.display().to_string(),
-                },
-                _ => NatsServerError::Start(format!("{}: {e}", binary.display())),
-            })?;
+            .stderr(Stdio::piped());
+        let (mut child, owner) = spawn_owned(command).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => NatsServerError::NotInstalled {
+                binary: binary.display().to_string(),
+            },
+            _ => NatsServerError::Start(format!("{}: {e}", binary.display())),
+        })?;
         let stderr = child
             .stderr
             .take()
@@ -234,6 +236,7 @@ impl NatsServer {
         tracing::info!(port, store = %store_dir.display(), "private nats-server started");
         Ok(Self {
             child: Some(child),
+            owner: Some(owner),
             port,
             store_dir: store_dir.to_owned(),
             binary,
@@ -278,9 +281,11 @@ impl NatsServer {
     /// Stop the server: SIGTERM (JetStream flushes), SIGKILL after
     /// [`STOP_GRACE`]. Idempotent.
     pub fn stop(&mut self) {
+        let owner = self.owner.take();
         let Some(mut child) = self.child.take() else {
             return;
         };
+        let _stopped_then_released = owner;
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
@@ -297,6 +302,7 @@ impl NatsServer {
 
     /// Kill the server at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
+        let _released_after = self.owner.take();
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -320,6 +326,46 @@ impl NatsServer {
         *self = again;
         Ok(())
     }
+}
+
+/// The thread a server process was started from, kept until the server is
+/// stopped: dropping it ends the thread.
+#[derive(Debug)]
+struct Owner {
+    _release: mpsc::Sender<()>,
+}
+
+/// Start `command` from a thread of its own, with the kernel told to send the
+/// child SIGTERM when that thread ends (`PR_SET_PDEATHSIG`), and keep the
+/// thread until the returned [`Owner`] is dropped. A weir process killed
+/// with SIGKILL thus takes its private server with it (it would otherwise
+/// keep running, holding its port and store); the signal is tied to the
+/// thread, not the process, which is why the thread must outlive the child
+/// (a blocking-pool thread that started it could exit while it runs).
+fn spawn_owned(mut command: Command) -> std::io::Result<(Child, Owner)> {
+    use std::os::unix::process::CommandExt as _;
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs between fork and exec and makes one prctl
+    // system call, which is async-signal-safe; it allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+                .map_err(std::io::Error::from)
+        });
+    }
+    let (started_tx, started) = mpsc::channel();
+    let (release, released) = mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("weir-nats-owner".into())
+        .spawn(move || {
+            let _ = started_tx.send(command.spawn());
+            // Until the Owner is dropped (recv fails then).
+            let _ = released.recv();
+        })?;
+    let child = started.recv().map_err(|_| {
+        std::io::Error::other("the owner thread ended before starting the server")
+    })??;
+    Ok((child, Owner { _release: release }))
 }
 
 impl Drop for NatsServer {
