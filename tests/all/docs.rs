@@ -20,7 +20,7 @@ const README_MAX_BYTES: u64 = 12 * 1024;
 #[test]
 fn the_reference_pages_are_what_weir_generates() {
     let mut stale = Vec::new();
-    for page in ["cli", "config", "exit-codes"] {
+    for page in ["cli", "config", "exit-codes", "metrics"] {
         let out = Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(["reference", page])
             .output()
