@@ -114,7 +114,9 @@ export class Batch {
   }
 
   /**
-   * Redeliver event `index` after `delayMs` ms (the host caps the delay).
+   * Redeliver event `index` after `delayMs` ms (the host caps the delay at one
+   * hour; after the app's `delivery.max_deliver` deliveries, default 5, the
+   * event is dead-lettered).
    * @param {number} index
    * @param {number} delayMs
    * @throws {RangeError} if `index` is out of bounds or `delayMs` is not an
@@ -139,19 +141,20 @@ export class Batch {
     this.outcomes[index] = { tag: 'reject', val: String(reason) };
   }
 
-  /** Ask for a restart of service `unit`; executed only if granted. @param {string} unit */
+  /** Ask for a restart of service `unit`; executed only if the app's `[app.grants] restart` names it. @param {string} unit */
   restart(unit) {
     this.effect({ tag: 'restart', val: String(unit) });
   }
 
-  /** Ask for a reload of service `unit`; executed only if granted. @param {string} unit */
+  /** Ask for a reload of service `unit`; executed only if the app's `[app.grants] reload` names it. @param {string} unit */
   reload(unit) {
     this.effect({ tag: 'reload', val: String(unit) });
   }
 
   /**
    * Publish event `name` with `payload` (a string is sent as UTF-8) as this
-   * app (source `module/<app>`); only granted names are published.
+   * app (source `module/<app>`); only names the app's `[app.grants] publish`
+   * lists are published.
    * @param {string} name
    * @param {string | Uint8Array} payload
    */

@@ -126,7 +126,8 @@ class Batch:
 
     def retry(self, index: int, delay_ms: int) -> None:
         """Redeliver event ``index`` after ``delay_ms`` milliseconds (the host
-        caps the delay). Raises ``IndexError`` if ``index`` is out of bounds,
+        caps the delay at one hour; after the app's ``delivery.max_deliver``
+        deliveries, default 5, the event is dead-lettered). Raises ``IndexError`` if ``index`` is out of bounds,
         ``ValueError`` if ``delay_ms`` is not an integer from 0 to 2**32 - 1
         (the WIT type is ``u32``)."""
         self._check(index)
@@ -141,17 +142,19 @@ class Batch:
         self._outcomes[index] = _types.Outcome_Reject(str(reason))
 
     def restart(self, unit: str) -> None:
-        """Ask for a restart of service ``unit``; executed only if granted."""
+        """Ask for a restart of service ``unit``; executed only if the app's
+        ``[app.grants] restart`` names it."""
         self.effect(_types.Effect_Restart(str(unit)))
 
     def reload(self, unit: str) -> None:
-        """Ask for a reload of service ``unit``; executed only if granted."""
+        """Ask for a reload of service ``unit``; executed only if the app's
+        ``[app.grants] reload`` names it."""
         self.effect(_types.Effect_Reload(str(unit)))
 
     def publish(self, name: str, payload: Union[str, bytes]) -> None:
         """Publish event ``name`` with ``payload`` (a ``str`` is sent as
-        UTF-8) as this app (source ``module/<app>``); only granted names are
-        published."""
+        UTF-8) as this app (source ``module/<app>``); only names the app's
+        ``[app.grants] publish`` lists are published."""
         data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
         self.effect(_types.Effect_Publish(_types.Message(str(name), data)))
 

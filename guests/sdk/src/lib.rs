@@ -139,8 +139,10 @@ impl Batch {
         &self.outcomes[index]
     }
 
-    /// Ask the host to redeliver event `index` after `delay_ms` milliseconds
-    /// (the host caps the delay).
+    /// Ask the host to redeliver event `index` after `delay_ms` milliseconds.
+    /// The host caps the delay at one hour (`weir_host::pipeline::MAX_RETRY_DELAY`), and each
+    /// retry is a delivery: after the app's `delivery.max_deliver` (default
+    /// 5) the event is dead-lettered with the reason.
     ///
     /// # Panics
     ///
@@ -160,18 +162,21 @@ impl Batch {
 
     /// Ask for a restart of service `unit` (e.g. `"dovecot.service"`). Asking
     /// twice in one batch yields one effect. The host executes it only if the
-    /// app is granted that unit.
+    /// app's `[app.grants] restart` names that unit; otherwise it is refused
+    /// and counted (`effects_refused`).
     pub fn restart(&mut self, unit: impl Into<String>) {
         self.effect(Effect::Restart(unit.into()));
     }
 
-    /// Ask for a reload of service `unit`. Same rules as [`Batch::restart`].
+    /// Ask for a reload of service `unit`. Same rules as [`Batch::restart`],
+    /// with the grant `[app.grants] reload`.
     pub fn reload(&mut self, unit: impl Into<String>) {
         self.effect(Effect::Reload(unit.into()));
     }
 
     /// Ask the host to publish an event `name` with `payload` as this app
-    /// (source `module/<app>`). The host publishes only granted names.
+    /// (source `module/<app>`). The host publishes only names its
+    /// `[app.grants] publish` lists.
     pub fn publish(&mut self, name: impl Into<String>, payload: impl Into<Vec<u8>>) {
         self.effect(Effect::Publish(Message {
             name: name.into(),
