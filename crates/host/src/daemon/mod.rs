@@ -3,8 +3,10 @@
 //! [`Daemon::start`] takes a validated [`Plan`] and runs these phases in
 //! order; `/health` reports the current one from the first ([`Phase`]):
 //!
-//! 1. `serve_http`: `/health`, `/ready`, `/stats`, `/metrics`, `POST
-//!    /reload` (first, so a host that is still starting says so);
+//! 1. `serve_http`: the endpoints, when the daemon is given an adapter that
+//!    serves them ([`Endpoints`]; [`crate::http::start`] gives the HTTP one:
+//!    `/health`, `/ready`, `/stats`, `/metrics`, `POST /reload`), first, so
+//!    a host that is still starting says so;
 //! 2. `start_nats`: the configured URL, or a private nats-server on loopback
 //!    (the embedded default, stopped with the host);
 //! 3. `deploy_apps`: the runtime and every app (compiled, checked,
@@ -159,7 +161,9 @@ pub struct Daemon {
 
 impl Daemon {
     /// Start everything `plan` describes (see module docs); build the plan
-    /// with [`Config::plan`].
+    /// with [`Config::plan`]. No endpoints are served: use
+    /// [`crate::http::start`] (what `weir run` does) or
+    /// [`Daemon::start_with`].
     ///
     /// Cancel safety: dropping the future abandons the start and releases
     /// what it holds (the HTTP listener, the private nats-server, the NATS
@@ -169,8 +173,8 @@ impl Daemon {
     /// # Errors
     ///
     /// The first phase that fails, with every problem of that phase: the
-    /// HTTP address is taken, the private server cannot start (with the
-    /// install hint), an app cannot be deployed, a stream conflicts, a
+    /// private server cannot start (with the install hint, or its port is
+    /// taken), an app cannot be deployed, a stream conflicts, a
     /// consumer is refused [`CONSUMER_SETUP_ATTEMPTS`] times.
     pub async fn start(plan: Plan) -> anyhow::Result<Self> {
         Self::start_with(plan, None).await
