@@ -417,6 +417,39 @@ fn weir_bridge_serves_until_sigterm_and_refuses_bad_configs() {
         stderr.contains("redis_url") && stderr.contains("buffer_events"),
         "{stderr}"
     );
+    // A key the section does not have: 78, naming it.
+    write(&format!(
+        "[bridge]\nredis_url = \"{}\"\nfold_domain_ms = 200\n",
+        redis.url()
+    ));
+    let out = weir().output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("fold_domain_ms"), "{stderr}");
+    // A password file that cannot be read: the configuration's (78).
+    write(&format!(
+        "[bridge]\nredis_url = \"{}\"\nuser = \"weir\"\npassword_file = \"/nonexistent/redis-password\"\n",
+        redis.url()
+    ));
+    let out = weir().output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("/nonexistent/redis-password"), "{stderr}");
+    // The endpoints' address taken: unavailable (69), naming it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    write(&format!(
+        "[bridge]\nredis_url = \"{}\"\nlisten = \"{}\"\n",
+        redis.url(),
+        taken.local_addr().unwrap()
+    ));
+    let out = weir().output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(
+        stderr.contains(&taken.local_addr().unwrap().to_string()),
+        "{stderr}"
+    );
+    drop(taken);
     // A good one: serves, bridges, stops on SIGTERM with exit 0.
     write(&format!(
         "[bridge]\nredis_url = \"{}\"\nlisten = \"{listen}\"\n",

@@ -39,6 +39,16 @@ fn exit_codes_tell_usage_from_input_from_config() {
     assert!(text(&out.stderr).contains("no [[app]]: nothing to run"));
     let out = weir(&["permissions", "--config", "/nonexistent/weir.toml"]);
     assert_eq!(out.status.code(), Some(78));
+    // A credentials file the config names that cannot be read is the
+    // configuration's problem (78), found before any connection (nothing
+    // listens on port 1), not an unavailable server (69).
+    crate::common::marker_config("nats://127.0.0.1:1", &dir.path().join("m"), 1)
+        .nats(|n| n.creds_file = Some("/nonexistent/node1.creds".into()))
+        .write(&config)
+        .unwrap();
+    let out = weir(&["run", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out.stderr));
+    assert_stderr_has(&out, "/nonexistent/node1.creds");
     let events = dir.path().join("events.jsonl");
     std::fs::write(&events, "not json\n").unwrap();
     let out = weir(&[
@@ -777,6 +787,14 @@ fn check_config_reports_every_problem_offline() {
         "{}",
         text(&out.stdout)
     );
+    // A file that cannot be read: 78, naming it, with and without --json.
+    for json in [false, true] {
+        let mut args = vec!["check", "--config", "/nonexistent/weir.toml"];
+        args.extend(json.then_some("--json"));
+        let out = weir(&args);
+        assert_eq!(out.status.code(), Some(78), "{}", text(&out.stderr));
+        assert_stderr_has(&out, "/nonexistent/weir.toml");
+    }
     let text_of_good = std::fs::read_to_string(&good).unwrap();
     let check = |name: &str, text: String| {
         let path = dir.path().join(name);

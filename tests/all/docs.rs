@@ -1,7 +1,8 @@
 //! The documentation, checked: the book's generated reference pages match
 //! what `weir reference` prints (regenerate with `WEIR_REGENERATE_DOCS=1`),
 //! every relative link, anchor and `{{#include}}` of every Markdown file
-//! resolves, and the README stays within its size.
+//! resolves, every `weir.toml` excerpt in the book parses with the
+//! configuration types, and the README stays within its size.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -172,17 +173,27 @@ fn every_relative_link_anchor_and_include_resolves() {
         for (n, line) in text.lines().enumerate() {
             if let Some(start) = line.find("{{#include ") {
                 let rest = &line[start + "{{#include ".len()..];
-                let path = rest
-                    .split("}}")
-                    .next()
-                    .unwrap()
-                    .split(':')
-                    .next()
-                    .unwrap()
-                    .trim();
-                if !dir.join(path).exists() {
+                let spec = rest.split("}}").next().unwrap();
+                let (path, anchor) = spec.split_once(':').unwrap_or((spec, ""));
+                let path = path.trim();
+                let Ok(included) = std::fs::read_to_string(dir.join(path)) else {
                     broken.push(format!(
                         "{}:{}: include {path}: no such file",
+                        file.display(),
+                        n + 1
+                    ));
+                    continue;
+                };
+                // mdBook's `path:name` takes the lines between `ANCHOR: name`
+                // and `ANCHOR_END: name`, and nothing (silently) without them.
+                let anchor = anchor.trim();
+                if !anchor.is_empty()
+                    && anchor.parse::<usize>().is_err()
+                    && !(included.contains(&format!("ANCHOR: {anchor}"))
+                        && included.contains(&format!("ANCHOR_END: {anchor}")))
+                {
+                    broken.push(format!(
+                        "{}:{}: include {path}: no ANCHOR: {anchor} … ANCHOR_END: {anchor}",
                         file.display(),
                         n + 1
                     ));
@@ -205,4 +216,89 @@ fn the_link_checker_sees_a_broken_link_and_anchor() {
         slug("Adopting weir on NS8: the Redis bridge"),
         "adopting-weir-on-ns8-the-redis-bridge"
     );
+}
+
+/// Top-level sections of `weir.toml`: a ```` ```toml ```` block of the book
+/// whose keys are all among these is a `weir.toml` excerpt (the others are
+/// Cargo manifests and the like).
+const CONFIG_SECTIONS: &[&str] = &["node", "nats", "http", "engine", "effects", "app", "bridge"];
+
+/// The ```` ```toml ```` blocks of `text`, with the line each starts on.
+fn toml_blocks(text: &str) -> Vec<(String, usize)> {
+    let mut blocks = Vec::new();
+    let mut current: Option<(String, usize)> = None;
+    for (n, line) in text.lines().enumerate() {
+        match &mut current {
+            None if line.trim_start() == "```toml" => current = Some((String::new(), n + 2)),
+            Some((block, start)) if line.trim_start() == "```" => {
+                blocks.push((std::mem::take(block), *start));
+                current = None;
+            }
+            Some((block, _)) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            None => {}
+        }
+    }
+    blocks
+}
+
+/// Every `weir.toml` excerpt in the book, laid over the complete example
+/// (`weir config example`) section by section, parses with weir's
+/// configuration types (unknown keys are refused there) and, for
+/// `[bridge]`, with weir-bridge's. A key renamed in the code and not in the
+/// book fails here.
+#[test]
+fn every_config_excerpt_in_the_book_parses() {
+    let example = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["config", "example"])
+        .output()
+        .unwrap();
+    let example: toml::Table = toml::from_str(&String::from_utf8(example.stdout).unwrap()).unwrap();
+    let mut files = Vec::new();
+    markdown_files(&root().join("docs/src"), &mut files);
+    let (mut checked, mut wrong) = (0, Vec::new());
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for (block, line) in toml_blocks(&text) {
+            let at = format!("{}:{line}", file.display());
+            let Ok(excerpt) = toml::from_str::<toml::Table>(&block) else {
+                wrong.push(format!("{at}: not TOML"));
+                continue;
+            };
+            if excerpt.is_empty()
+                || !excerpt
+                    .keys()
+                    .all(|k| CONFIG_SECTIONS.contains(&k.as_str()))
+            {
+                continue;
+            }
+            checked += 1;
+            let mut whole = example.clone();
+            for (key, value) in excerpt {
+                whole.insert(key, value);
+            }
+            if let Err(e) = weir_host::config::Config::parse(&toml::to_string(&whole).unwrap()) {
+                wrong.push(format!("{at}: {e}"));
+            }
+            if let Some(toml::Value::Table(bridge)) = whole.get("bridge") {
+                if let Err(e) =
+                    weir_bridge::BridgeConfig::from_section(bridge, Path::new("/etc/weir"))
+                {
+                    wrong.push(format!("{at}: {}", e.join("; ")));
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "config excerpts that do not parse:\n{}",
+        wrong.join("\n")
+    );
+    assert!(
+        checked >= 4,
+        "only {checked} weir.toml excerpts found in the book"
+    );
+    eprintln!("{checked} weir.toml excerpts parse");
 }

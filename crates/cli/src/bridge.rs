@@ -59,9 +59,13 @@ pub fn run(args: BridgeArgs) -> Result<ExitCode, Failure> {
         let running = Bridge::start(config.node.id, &config.nats, &bridge, true)
             .await
             .map_err(|e| {
+                // A file the config names that cannot be read, or options
+                // refused, are the configuration's; the rest is unavailable.
                 let code = match e {
-                    BridgeError::Config(_) => exit::CONFIG,
-                    _ => exit::UNAVAILABLE,
+                    BridgeError::Config(_)
+                    | BridgeError::RedisClient(_)
+                    | BridgeError::Credentials(_) => exit::CONFIG,
+                    BridgeError::Nats(_) | BridgeError::Listen(_) => exit::UNAVAILABLE,
                 };
                 Failure {
                     code,

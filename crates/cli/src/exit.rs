@@ -68,7 +68,7 @@ pub const CODES: &[(i32, &str, &str)] = &[
     (
         CONFIG as i32,
         "invalid configuration",
-        "configuration: `weir.toml` cannot be read or is invalid (`EX_CONFIG`); `weir check --config` found a problem",
+        "configuration: `weir.toml` cannot be read or is invalid, or a file it names (credentials, a password) cannot be read (`EX_CONFIG`); `weir check --config` found a problem",
     ),
     (
         SECOND_SIGNAL,

@@ -15,7 +15,7 @@ use sd_notify::NotifyState;
 use weir_host::config::Plan;
 use weir_host::daemon::ReloadReply;
 use weir_host::daemon::reload::{ReloadError, ReloadReport};
-use weir_host::nats::TransportError;
+use weir_host::nats::{CredentialsError, TransportError};
 use weir_host::{Daemon, DeployError};
 
 use crate::exit::{self, Code as _, Failure};
@@ -53,8 +53,9 @@ impl Signals {
 }
 
 /// The exit code of a start that failed: 65 for a component that cannot be
-/// deployed, 78 for a stream whose configuration conflicts, 69 otherwise
-/// (the HTTP address, the private nats-server, the NATS server).
+/// deployed, 78 for a stream whose configuration conflicts or credentials
+/// that cannot be read, 69 otherwise (the HTTP address, the private
+/// nats-server, the NATS server).
 fn start_failure(error: anyhow::Error) -> Failure {
     let code = if error.chain().any(|e| e.is::<DeployError>()) {
         exit::DATA
@@ -62,7 +63,7 @@ fn start_failure(error: anyhow::Error) -> Failure {
         matches!(
             e.downcast_ref(),
             Some(TransportError::StreamConflict { .. })
-        )
+        ) || e.is::<CredentialsError>()
     }) {
         exit::CONFIG
     } else {

@@ -3,6 +3,7 @@
 // password rotation) or announced by this node's own ldapproxy (ldapproxy
 // port remaps are node-local). The same handler as guests/examples/mail (Rust)
 // and guests/python/mail; tests/all/conformance.rs compares the three.
+// ANCHOR: handler
 import { handler, log } from '../weir.js';
 
 export const handle = handler((batch) => {
@@ -18,3 +19,4 @@ export const handle = handler((batch) => {
     batch.restart('postfix.service');
   }
 });
+// ANCHOR_END: handler

@@ -4,6 +4,7 @@ rotation) or announced by this node's own ldapproxy (ldapproxy port remaps are
 node-local). The same handler as guests/examples/mail (Rust) and
 guests/js/mail; tests/all/conformance.rs compares the three.
 """
+# ANCHOR: handler
 from weir_sdk import Batch, handler, log
 
 
@@ -19,3 +20,4 @@ def handle(batch: Batch) -> None:
         log.info("user domain changed: restarting mail services")
         batch.restart("dovecot.service")
         batch.restart("postfix.service")
+# ANCHOR_END: handler

@@ -2,6 +2,7 @@
 //! app serves changes, if the change is cluster-wide (e.g. the openldap
 //! password rotation) or announced by this node's own ldapproxy (ldapproxy
 //! port remaps are node-local: apps talk to 127.0.0.1).
+// ANCHOR: handler
 use weir_guest::{Batch, EventExt, Handler};
 
 struct Mail;
@@ -22,3 +23,4 @@ impl Handler for Mail {
 }
 
 weir_guest::export!(Mail);
+// ANCHOR_END: handler
