@@ -188,7 +188,10 @@ fn every_relative_link_anchor_and_include_resolves() {
                 // and `ANCHOR_END: name`, and nothing (silently) without them.
                 let anchor = anchor.trim();
                 if !anchor.is_empty()
-                    && anchor.parse::<usize>().is_err()
+                    // `path:start:end` (either may be empty) is a line range.
+                    && !anchor
+                        .split(':')
+                        .all(|n| n.is_empty() || n.parse::<usize>().is_ok())
                     && !(included.contains(&format!("ANCHOR: {anchor}"))
                         && included.contains(&format!("ANCHOR_END: {anchor}")))
                 {
@@ -301,4 +304,116 @@ fn every_config_excerpt_in_the_book_parses() {
         "only {checked} weir.toml excerpts found in the book"
     );
     eprintln!("{checked} weir.toml excerpts parse");
+}
+
+/// The metric families `weir reference metrics` lists (from live
+/// registries), with their kinds: `(name, kind)`.
+fn metric_families() -> Vec<(String, String)> {
+    let page = std::fs::read_to_string(root().join("docs/src/reference/metrics.md")).unwrap();
+    page.lines()
+        .filter_map(|l| {
+            let mut cells = l.split('|').map(str::trim).skip(1);
+            let name = cells.next()?.strip_prefix('`')?.strip_suffix('`')?;
+            Some((name.to_owned(), cells.next()?.to_owned()))
+        })
+        .collect()
+}
+
+/// First words after `weir_` that make a token a metric name (the rest:
+/// crates, consumers, modules).
+const METRIC_STEMS: &[&str] = &[
+    "events",
+    "batches",
+    "dead",
+    "redeliveries",
+    "effect",
+    "effects",
+    "kv",
+    "fuel",
+    "memory",
+    "consumer",
+    "quarantines",
+    "app",
+    "apps",
+    "outcomes",
+    "traps",
+    "settle",
+    "bridge",
+];
+
+/// Every metric the book, the evidence files and the alerting rules name
+/// is one weir exposes: a family of the generated metrics page, or one of
+/// its exposed series (`_total` of a counter; `_bucket`, `_sum`, `_count` of
+/// a histogram).
+#[test]
+fn every_metric_the_docs_name_exists() {
+    let families = metric_families();
+    assert!(families.len() > 30, "{} families read", families.len());
+    let kind = |name: &str| {
+        families
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, k)| k.as_str())
+    };
+    let exists = |token: &str| {
+        kind(token).is_some()
+            || token.strip_suffix("_total").and_then(kind) == Some("counter")
+            || ["_bucket", "_sum", "_count"]
+                .iter()
+                .any(|s| token.strip_suffix(s).and_then(kind) == Some("histogram"))
+    };
+    let mut files = Vec::new();
+    markdown_files(&root().join("docs/src"), &mut files);
+    files.retain(|f| !f.ends_with("reference/metrics.md"));
+    files.extend(
+        [
+            "README.md",
+            "RELIABILITY.md",
+            "PERFORMANCE.md",
+            "deploy/prometheus/weir-alerts.yml",
+        ]
+        .map(|f| root().join(f)),
+    );
+    let (mut named, mut unknown) = (BTreeSet::new(), Vec::new());
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for (at, _) in text.match_indices("weir_") {
+            if at > 0
+                && (text.as_bytes()[at - 1].is_ascii_alphanumeric()
+                    || text.as_bytes()[at - 1] == b'_')
+            {
+                continue;
+            }
+            let token: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            let token = token.trim_end_matches('_');
+            let stem = token
+                .get("weir_".len()..)
+                .unwrap_or("")
+                .split('_')
+                .next()
+                .unwrap_or("");
+            if !METRIC_STEMS.contains(&stem) || token == "weir_bridge" {
+                continue;
+            }
+            if exists(token) {
+                named.insert(token.to_owned());
+            } else {
+                unknown.push(format!("{}: {token}", file.display()));
+            }
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "metrics weir does not expose:\n{}",
+        unknown.join("\n")
+    );
+    assert!(
+        named.len() >= 10,
+        "only {} metrics named: {named:?}",
+        named.len()
+    );
+    eprintln!("{} metric names in the docs exist", named.len());
 }
