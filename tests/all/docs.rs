@@ -186,15 +186,14 @@ fn every_relative_link_anchor_and_include_resolves() {
                 };
                 // mdBook's `path:name` takes the lines between `ANCHOR: name`
                 // and `ANCHOR_END: name`, and nothing (silently) without them.
+                // `path:start:end` (either may be empty) is a line range.
                 let anchor = anchor.trim();
-                if !anchor.is_empty()
-                    // `path:start:end` (either may be empty) is a line range.
-                    && !anchor
-                        .split(':')
-                        .all(|n| n.is_empty() || n.parse::<usize>().is_ok())
-                    && !(included.contains(&format!("ANCHOR: {anchor}"))
-                        && included.contains(&format!("ANCHOR_END: {anchor}")))
-                {
+                let is_range = anchor
+                    .split(':')
+                    .all(|n| n.is_empty() || n.parse::<usize>().is_ok());
+                let marked = included.contains(&format!("ANCHOR: {anchor}"))
+                    && included.contains(&format!("ANCHOR_END: {anchor}"));
+                if !is_range && !marked {
                     broken.push(format!(
                         "{}:{}: include {path}: no ANCHOR: {anchor} … ANCHOR_END: {anchor}",
                         file.display(),
@@ -285,12 +284,11 @@ fn every_config_excerpt_in_the_book_parses() {
             if let Err(e) = weir_host::config::Config::parse(&toml::to_string(&whole).unwrap()) {
                 wrong.push(format!("{at}: {e}"));
             }
-            if let Some(toml::Value::Table(bridge)) = whole.get("bridge") {
-                if let Err(e) =
+            if let Some(toml::Value::Table(bridge)) = whole.get("bridge")
+                && let Err(e) =
                     weir_bridge::BridgeConfig::from_section(bridge, Path::new("/etc/weir"))
-                {
-                    wrong.push(format!("{at}: {}", e.join("; ")));
-                }
+            {
+                wrong.push(format!("{at}: {}", e.join("; ")));
             }
         }
     }
