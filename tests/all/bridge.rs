@@ -404,50 +404,45 @@ fn weir_bridge_serves_until_sigterm_and_refuses_bad_configs() {
             .stderr(std::process::Stdio::piped());
         cmd
     };
+    // `section` is refused with exit `code`, stderr naming each of `named`.
+    let refused = |section: &str, code: i32, named: &[&str]| {
+        write(section);
+        let out = weir().output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{section}: {stderr}");
+        for name in named {
+            assert!(stderr.contains(name), "{section}: no {name:?} in {stderr}");
+        }
+    };
+    let redis_url = redis.url();
     // No [bridge], a bad URL: 78 with the reason.
-    write("");
-    let out = weir().output().unwrap();
-    assert_eq!(out.status.code(), Some(78));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no [bridge] section"));
-    write("[bridge]\nredis_url = \"http://x\"\nbuffer_events = 0\n");
-    let out = weir().output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{stderr}");
-    assert!(
-        stderr.contains("redis_url") && stderr.contains("buffer_events"),
-        "{stderr}"
+    refused("", 78, &["no [bridge] section"]);
+    refused(
+        "[bridge]\nredis_url = \"http://x\"\nbuffer_events = 0\n",
+        78,
+        &["redis_url", "buffer_events"],
     );
     // A key the section does not have: 78, naming it.
-    write(&format!(
-        "[bridge]\nredis_url = \"{}\"\nfold_domain_ms = 200\n",
-        redis.url()
-    ));
-    let out = weir().output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{stderr}");
-    assert!(stderr.contains("fold_domain_ms"), "{stderr}");
+    refused(
+        &format!("[bridge]\nredis_url = \"{redis_url}\"\nfold_domain_ms = 200\n"),
+        78,
+        &["fold_domain_ms"],
+    );
     // A password file that cannot be read: the configuration's (78).
-    write(&format!(
-        "[bridge]\nredis_url = \"{}\"\nuser = \"weir\"\npassword_file = \"/nonexistent/redis-password\"\n",
-        redis.url()
-    ));
-    let out = weir().output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{stderr}");
-    assert!(stderr.contains("/nonexistent/redis-password"), "{stderr}");
+    refused(
+        &format!(
+            "[bridge]\nredis_url = \"{redis_url}\"\nuser = \"weir\"\npassword_file = \"/nonexistent/redis-password\"\n"
+        ),
+        78,
+        &["/nonexistent/redis-password"],
+    );
     // The endpoints' address taken: unavailable (69), naming it.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    write(&format!(
-        "[bridge]\nredis_url = \"{}\"\nlisten = \"{}\"\n",
-        redis.url(),
-        taken.local_addr().unwrap()
-    ));
-    let out = weir().output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(69), "{stderr}");
-    assert!(
-        stderr.contains(&taken.local_addr().unwrap().to_string()),
-        "{stderr}"
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    refused(
+        &format!("[bridge]\nredis_url = \"{redis_url}\"\nlisten = \"{taken_addr}\"\n"),
+        69,
+        &[&taken_addr],
     );
     drop(taken);
     // A good one: serves, bridges, stops on SIGTERM with exit 0.
