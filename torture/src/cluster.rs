@@ -209,9 +209,10 @@ async fn settled_floor(urls: &str, since: Instant) -> anyhow::Result<(Floor, Dur
 async fn ack_floor(js: &async_nats::jetstream::Context) -> anyhow::Result<Floor> {
     let mut stream = js.get_stream(DEFAULT_STREAM).await?;
     let last = stream.info().await?.state.last_sequence;
-    let info = stream
-        .consumer_info(subjects::consumer_name(1, "ledger"))
-        .await?;
+    let info =
+        weir_test_support::nats::current_consumer(&stream, &subjects::consumer_name(1, "ledger"))
+            .await
+            .ok_or_else(|| anyhow::anyhow!("the ledger consumer does not answer"))?;
     Ok(Floor {
         floor: info.ack_floor.stream_sequence,
         last,

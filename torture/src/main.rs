@@ -20,9 +20,16 @@
 //! either is a failed check (a bar nobody measured is not met), and a run
 //! with no check at all exits 1. Every scenario starts its own nats-server (three,
 //! clustered, for `cluster`).
+//!
+//! On demand only (`--only cluster-scale`, `--only cluster-growth`):
+//! `cluster-scale`, the broker's cost of 3 hosts × 1,000 apps on a
+//! 3-server cluster with replicated and with one-replica consumers, with a
+//! fault round (several minutes); `cluster-growth`, the same at 100, 300
+//! and 1,000 apps per host (about 10 minutes).
 
 mod broker;
 mod cluster;
+mod cluster_scale;
 mod debounce;
 mod hostile;
 mod kill;
@@ -66,6 +73,10 @@ const SCENARIOS: [&str; 11] = [
     "burst",
 ];
 
+/// Scenarios run only when named (`--only`): long measurements, not bars
+/// every CI run checks.
+const ON_DEMAND: [&str; 2] = ["cluster-scale", "cluster-growth"];
+
 struct Options {
     mode: Mode,
     budget: Duration,
@@ -103,9 +114,13 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         }
     }
     if let Some(only) = &o.only
-        && let Some(bad) = only.iter().find(|n| !SCENARIOS.contains(&n.as_str()))
+        && let Some(bad) = only
+            .iter()
+            .find(|n| !SCENARIOS.contains(&n.as_str()) && !ON_DEMAND.contains(&n.as_str()))
     {
-        return Err(format!("unknown scenario {bad:?}; known: {SCENARIOS:?}"));
+        return Err(format!(
+            "unknown scenario {bad:?}; known: {SCENARIOS:?}, on demand: {ON_DEMAND:?}"
+        ));
     }
     Ok(o)
 }
@@ -163,7 +178,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    for name in SCENARIOS {
+    let on_demand = ON_DEMAND.into_iter().filter(|n| {
+        options
+            .only
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|x| x == n))
+    });
+    for name in SCENARIOS.into_iter().chain(on_demand) {
         if options
             .only
             .as_ref()
@@ -190,6 +211,8 @@ fn main() -> ExitCode {
             "poison" => rt.block_on(poison::run(&mut report, options.mode)),
             "load" => rt.block_on(load::sustained(&mut report, options.mode)),
             "burst" => rt.block_on(load::burst(&mut report)),
+            "cluster-scale" => rt.block_on(cluster_scale::run(&mut report)),
+            "cluster-growth" => rt.block_on(cluster_scale::growth(&mut report)),
             _ => unreachable!("checked against SCENARIOS"),
         };
         if let Err(e) = result {

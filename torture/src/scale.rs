@@ -27,7 +27,7 @@ use crate::util::{mib, rss_bytes, wait_for};
 /// Apps on the host: 1,000.
 const APPS: usize = 1_000;
 /// Event names per app: 3.
-const NAMES: [&str; 3] = ["a", "b", "c"];
+pub(crate) const NAMES: [&str; 3] = ["a", "b", "c"];
 /// Bar on first publish → last event invoked: 30 s.
 const SETTLE_BAR: Duration = Duration::from_secs(30);
 /// Bar on RSS after the traffic, as a multiple of idle: 1.5.
@@ -38,18 +38,64 @@ const LOG_BAR: u64 = 200;
 /// `weir.toml` of the scale host.
 fn config(url: &str, http: SocketAddr, cache: &std::path::Path) -> ConfigBuilder {
     let cache = cache.to_owned();
-    (0..APPS).fold(
+    with_apps(
         ConfigBuilder::new(1, url)
             .http(http)
             .engine(|e| e.cache_dir = Some(cache)),
-        |host, i| {
-            let events: Vec<String> = NAMES.iter().map(|n| format!("t{i:04}-{n}")).collect();
-            let events: Vec<&str> = events.iter().map(String::as_str).collect();
-            host.app(
-                AppBuilder::new(&format!("t{i:04}"), weir_test_artifacts::ECHO).events(&events),
-            )
-        },
+        APPS,
     )
+}
+
+/// `host` with `apps` apps `t0000`, `t0001`, …, each listening to its own
+/// [`NAMES`] (`t0000-a`, …).
+pub(crate) fn with_apps(host: ConfigBuilder, apps: usize) -> ConfigBuilder {
+    (0..apps).fold(host, |host, i| {
+        let events: Vec<String> = NAMES.iter().map(|n| format!("t{i:04}-{n}")).collect();
+        let events: Vec<&str> = events.iter().map(String::as_str).collect();
+        host.app(AppBuilder::new(&format!("t{i:04}"), weir_test_artifacts::ECHO).events(&events))
+    })
+}
+
+/// Publish one event on each name of each of `apps` apps ([`with_apps`]),
+/// all at once; how many the stream refused.
+pub(crate) async fn publish_one_each(publisher: &Transport, apps: usize) -> usize {
+    publish_round(publisher, apps, 0).await.len()
+}
+
+/// Publish one event on each name of each of `apps` apps, round `round`
+/// (its message ids differ from other rounds'), all at once; the names the
+/// stream refused.
+pub(crate) async fn publish_round(publisher: &Transport, apps: usize, round: u32) -> Vec<String> {
+    let names = (0..apps).flat_map(|i| NAMES.map(|n| format!("t{i:04}-{n}")));
+    publish_names(publisher, names, round).await
+}
+
+/// Publish one event on each of `names`, round `round`, all at once; the
+/// names the stream refused.
+pub(crate) async fn publish_names(
+    publisher: &Transport,
+    names: impl IntoIterator<Item = String>,
+    round: u32,
+) -> Vec<String> {
+    let publishes = names.into_iter().map(|name| {
+        let p = publisher.clone();
+        async move {
+            let id = if round == 0 {
+                name.clone()
+            } else {
+                format!("{name}.{round}")
+            };
+            let stored = p
+                .publish_event(&name, "cluster", Bytes::from_static(b"hello"), &id)
+                .await;
+            (name, stored.is_ok())
+        }
+    });
+    futures::future::join_all(publishes)
+        .await
+        .into_iter()
+        .filter_map(|(name, ok)| (!ok).then_some(name))
+        .collect()
 }
 
 /// Sums of every app's counters in `/stats`.
@@ -119,21 +165,7 @@ pub async fn run(report: &mut Report) -> anyhow::Result<()> {
     publisher.wait_connected().await;
     let expected = (APPS * NAMES.len()) as u64;
     let first_publish = Instant::now();
-    let publishes = (0..APPS).flat_map(|i| {
-        NAMES.map(|n| {
-            let p = publisher.clone();
-            async move {
-                let name = format!("t{i:04}-{n}");
-                p.publish_event(&name, "cluster", Bytes::from_static(b"hello"), &name)
-                    .await
-            }
-        })
-    });
-    let refused = futures::future::join_all(publishes)
-        .await
-        .into_iter()
-        .filter(Result::is_err)
-        .count();
+    let refused = publish_one_each(&publisher, APPS).await;
     let mut last = Totals::default();
     let mut settled = None;
     while first_publish.elapsed() < Duration::from_secs(120) {

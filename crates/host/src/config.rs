@@ -324,7 +324,7 @@ impl Config {
         let mut apps = Vec::with_capacity(self.apps.len());
         for app in &self.apps {
             let a = format!("app {:?}: ", app.name);
-            if let Err(e) = subjects::check_token("app name", &app.name) {
+            if let Err(e) = subjects::check_app_name(&app.name) {
                 p.push(format!("{a}{e}"));
             }
             if !names.insert(app.name.as_str()) {
@@ -392,7 +392,15 @@ impl Config {
                         timing: app.effects.clone(),
                         scope: app.scope,
                     },
-                    delivery: app.delivery.clone(),
+                    delivery: Delivery {
+                        // A node's own consumer takes `consumer_replicas`; a
+                        // consumer shared by hosts keeps the stream's.
+                        replicas: match app.scope {
+                            Scope::Node => self.nats.consumer_replicas,
+                            Scope::Cluster => 0,
+                        },
+                        ..app.delivery.clone()
+                    },
                     consumer: app.scope.consumer_name(self.node.id, &app.name),
                 });
             }

@@ -12,6 +12,7 @@
 //! | publish | `$JS.API.CONSUMER.CREATE.WEIR_EVENTS.weir_N_A` (and `.>`) | create or update the app's own consumer |
 //! | publish | `$JS.API.CONSUMER.INFO.WEIR_EVENTS.weir_N_A` | whether the consumer exists (it keeps its start position) |
 //! | publish | `$JS.API.CONSUMER.MSG.NEXT.WEIR_EVENTS.weir_N_A` | pull batches |
+//! | publish | the four above and the two ack subjects below for `weir_N_A~1` and `weir_N_A~2` too, and `$JS.API.CONSUMER.DELETE.WEIR_EVENTS.weir_N_A` (and `~1`, `~2`), on a replicated stream (`replicas` > 1) | failover: a one-replica consumer whose server stops answering is made again under the app's next name ([`subjects::consumer_generation`]), and the one it leaves is deleted |
 //! | publish | `$JS.ACK.WEIR_EVENTS.weir_N_A.>`, `$JS.ACK.*.*.WEIR_EVENTS.weir_N_A.>` | ack / nak / term, in both ack subject formats (the second, `$JS.ACK.<domain>.<account hash>.<stream>.<consumer>...`, is what newer servers may send) |
 //! | publish | `weir.dead.N.A` | dead letters |
 //! | publish | `weir.events.<name>.module.A` for each granted `publish` name | `publish` effects, only as the app itself |
@@ -111,16 +112,29 @@ pub fn for_host(config: &Config) -> Result<Permissions, subjects::SubjectError> 
         ]);
     }
     for app in &config.apps {
-        let consumer = app.scope.consumer_name(node, &app.name);
-        publish.extend([
-            format!("$JS.API.CONSUMER.CREATE.{stream}.{consumer}"),
-            format!("$JS.API.CONSUMER.CREATE.{stream}.{consumer}.>"),
-            format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}"),
-            format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
-            format!("$JS.ACK.{stream}.{consumer}.>"),
-            format!("$JS.ACK.*.*.{stream}.{consumer}.>"),
-            s.dead_letter(node, &app.name),
-        ]);
+        let base = app.scope.consumer_name(node, &app.name);
+        // On a replicated stream a failover makes the consumer again under
+        // its next name (and deletes the one it leaves).
+        let generations = if config.nats.replicas > 1 {
+            subjects::CONSUMER_GENERATIONS
+        } else {
+            1
+        };
+        for generation in 0..generations {
+            let consumer = subjects::consumer_generation(&base, generation);
+            publish.extend([
+                format!("$JS.API.CONSUMER.CREATE.{stream}.{consumer}"),
+                format!("$JS.API.CONSUMER.CREATE.{stream}.{consumer}.>"),
+                format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}"),
+                format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
+                format!("$JS.ACK.{stream}.{consumer}.>"),
+                format!("$JS.ACK.*.*.{stream}.{consumer}.>"),
+            ]);
+            if generations > 1 && app.scope == subjects::Scope::Node {
+                publish.push(format!("$JS.API.CONSUMER.DELETE.{stream}.{consumer}"));
+            }
+        }
+        publish.push(s.dead_letter(node, &app.name));
         for name in &app.grants.publish {
             publish.push(s.event(name, &format!("module/{}", app.name))?);
         }

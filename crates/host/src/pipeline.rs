@@ -374,6 +374,7 @@ impl AppPipeline {
                 _ = shutdown.changed() => break,
                 fetched = self.consumer.next_batch(limits.max_batch, linger, limits.linger_adaptive) => fetched,
             };
+            self.stats.consumer_failovers.set(self.consumer.failovers());
             match fetched {
                 Ok(batch) => {
                     self.stats.fetch_failing_since_ms.set(0);

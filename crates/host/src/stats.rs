@@ -237,6 +237,9 @@ pub struct AppStats {
     pub memory_high_water: Count,
     /// Events not yet delivered to the consumer (last reading).
     pub consumer_lag: Count,
+    /// Times the app's one-replica consumer was created again on a live
+    /// server after its own stopped answering.
+    pub consumer_failovers: Count,
     /// Times the app was quarantined (see [`crate::pipeline`]).
     pub quarantines: Count,
     /// When the current batch's invocation started, in ms since the Unix
@@ -345,6 +348,8 @@ pub struct AppStatsSnapshot {
     pub memory_high_water: u64,
     /// See [`AppStats::consumer_lag`].
     pub consumer_lag: u64,
+    /// See [`AppStats::consumer_failovers`].
+    pub consumer_failovers: u64,
     /// Running or quarantined (flattened: `"state": "running"` or
     /// `"state": "quarantined", "until_ms": .., "last_error": ".."`).
     #[serde(flatten)]
@@ -450,6 +455,7 @@ impl AppStats {
             fuel_high_water: get(&self.fuel_high_water),
             memory_high_water: get(&self.memory_high_water),
             consumer_lag: get(&self.consumer_lag),
+            consumer_failovers: get(&self.consumer_failovers),
             state: self.state(),
             quarantines: get(&self.quarantines),
             settle_latency_p50_ms: 0.0,
@@ -478,7 +484,7 @@ type Field = fn(&AppStatsSnapshot) -> u64;
 
 /// Every per-app counter and gauge `/metrics` exposes: name (counters get
 /// `_total`), type, help, value.
-const FAMILIES: [(&str, MetricType, &str, Field); 28] = [
+const FAMILIES: [(&str, MetricType, &str, Field); 29] = [
     (
         "weir_events_received",
         MetricType::Counter,
@@ -628,6 +634,12 @@ const FAMILIES: [(&str, MetricType, &str, Field); 28] = [
         MetricType::Gauge,
         "Events not yet delivered to the app's consumer.",
         |s| s.consumer_lag,
+    ),
+    (
+        "weir_consumer_failovers",
+        MetricType::Counter,
+        "Times the app's one-replica consumer was created again on a live server.",
+        |s| s.consumer_failovers,
     ),
     (
         "weir_quarantines",

@@ -368,13 +368,12 @@ pub fn reasons(dead: &HashMap<String, String>) -> Vec<(String, usize)> {
 pub async fn deliveries(url: &str, app: &str) -> anyhow::Result<u64> {
     let client = async_nats::connect(seed_list(url)).await?;
     let js = async_nats::jetstream::new(client);
-    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
-        .get_stream(DEFAULT_STREAM)
-        .await?
-        .get_consumer(&weir_host::nats::subjects::consumer_name(1, app))
-        .await
-        .map_err(|e| anyhow::anyhow!("consumer lookup: {e}"))?;
-    Ok(consumer.info().await?.delivered.consumer_sequence)
+    let stream = js.get_stream(DEFAULT_STREAM).await?;
+    let info =
+        crate::nats::current_consumer(&stream, &weir_host::nats::subjects::consumer_name(1, app))
+            .await
+            .ok_or_else(|| anyhow::anyhow!("consumer lookup: no answer"))?;
+    Ok(info.delivered.consumer_sequence)
 }
 
 /// The unit version 2 of echo restarts (`echo-v2` asks for `v2-<unit>`).

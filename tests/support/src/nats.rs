@@ -225,6 +225,11 @@ impl Cluster {
         self.server(i).url()
     }
 
+    /// Server `i`'s process id (`None` while it is killed).
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.servers[i].as_ref().and_then(NatsServer::pid)
+    }
+
     /// The number of servers.
     pub fn len(&self) -> usize {
         self.servers.len()
@@ -245,6 +250,20 @@ impl Cluster {
         if let Some(s) = &mut self.servers[i] {
             s.kill();
         }
+    }
+
+    /// Delete killed server `i`'s JetStream store (a lost disk): it comes
+    /// back from [`Cluster::restart`] with what its peers give it.
+    pub fn wipe_store(&mut self, i: usize) {
+        assert!(
+            self.pid(i).is_none(),
+            "kill server {i} before wiping its store"
+        );
+        let store = self._dir.path().join(format!("js{i}"));
+        std::fs::remove_dir_all(&store).expect("remove the store");
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(&store)
+            .expect("an empty store");
     }
 
     /// Start server `i` again (same port, store and routes) and wait until
@@ -296,6 +315,16 @@ impl Cluster {
         let js = async_nats::jetstream::new(client);
         let stream = js.get_stream(stream).await.ok()?;
         let info = stream.consumer_info(consumer).await.ok()?;
+        info.cluster.as_ref()?.leader.clone()
+    }
+
+    /// The name (`n<i>`) of the server holding the consumer `base` now,
+    /// under whichever of its names ([`current_consumer`]) is in use.
+    pub async fn current_consumer_leader(&self, stream: &str, base: &str) -> Option<String> {
+        let client = async_nats::connect(self.urls()).await.ok()?;
+        let js = async_nats::jetstream::new(client);
+        let stream = js.get_stream(stream).await.ok()?;
+        let info = current_consumer(&stream, base).await?;
         info.cluster.as_ref()?.leader.clone()
     }
 
@@ -378,4 +407,24 @@ pub async fn stored(url: &str, stream: &str) -> anyhow::Result<Vec<Stored>> {
         });
     }
     Ok(out)
+}
+
+/// The info of consumer `base` under the name weir uses now: of its names
+/// (`weir_host::nats::subjects::consumer_generation`; a failover makes the
+/// consumer again under the next), the newest that answers; `None` if none
+/// does.
+pub async fn current_consumer(
+    stream: &async_nats::jetstream::stream::Stream,
+    base: &str,
+) -> Option<async_nats::jetstream::consumer::Info> {
+    let mut newest: Option<async_nats::jetstream::consumer::Info> = None;
+    for generation in 0..weir_host::nats::subjects::CONSUMER_GENERATIONS {
+        let name = weir_host::nats::subjects::consumer_generation(base, generation);
+        if let Ok(info) = stream.consumer_info(&name).await
+            && newest.as_ref().is_none_or(|n| info.created > n.created)
+        {
+            newest = Some(info);
+        }
+    }
+    newest
 }

@@ -91,6 +91,22 @@ pub const DEFAULT_EMBEDDED_PORT: u16 = 4222;
 /// Most replicas of a stream or bucket: 5 (JetStream's own limit).
 pub const MAX_REPLICAS: usize = 5;
 
+/// Default `[nats] consumer_replicas`: 1. On a cluster each replicated
+/// consumer is a Raft group of its own: 3,000 idle durable consumers on an
+/// R3 stream of a 3-server cluster (nats-server 2.12.8, issue #26) took 75%
+/// of one core and 465 MiB per server at R3, 0.8% and 82 MiB at R1. A
+/// one-replica consumer lives on one server; weir makes it again elsewhere
+/// when that server stops answering ([`CONSUMER_FAILOVER_AFTER`]). 0 gives
+/// each consumer the stream's replicas (the default before this setting existed).
+pub const DEFAULT_CONSUMER_REPLICAS: usize = 1;
+
+/// How long a consumer of one replica may go without a server answering for
+/// it ("no responders": the server that holds it is down) before the host
+/// creates it again on a live server: 10 s. A server that restarts is back
+/// well within it (2-3 s on the reference machine), so a restart costs no
+/// redeliveries; a server that stays down costs at most this long a pause.
+pub const CONSUMER_FAILOVER_AFTER: Duration = Duration::from_secs(10);
+
 /// `[nats]`.
 #[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -103,11 +119,27 @@ pub struct NatsConfig {
     /// server first); the client also reconnects to the servers the cluster
     /// tells it about. Give `url` or `urls`, not both.
     pub urls: Option<Vec<String>>,
-    /// Replicas of the streams and the effect-records bucket weir creates
-    /// (consumers inherit them), 1 to [`MAX_REPLICAS`]. Default 1 (the
-    /// embedded server is one server); a cluster wants 3. An existing stream
-    /// with fewer is reported at start, never changed.
+    /// Replicas of the streams and the effect-records bucket weir creates,
+    /// 1 to [`MAX_REPLICAS`]. Default 1 (the embedded server is one
+    /// server); a cluster wants 3. An existing stream with fewer is reported
+    /// at start, never changed.
     pub replicas: usize,
+    /// Replicas of each app's own consumer (`scope = "node"`), 0 to
+    /// `replicas`; default 1 ([`DEFAULT_CONSUMER_REPLICAS`]); 0 gives it the
+    /// stream's. On a cluster each replicated consumer is a Raft group of its
+    /// own: 1,000 apps on 3 nodes make 3,000 groups that keep the servers
+    /// busy while idle; one replica removes that cost. A consumer of one
+    /// replica lives on one server: when that server stops answering for
+    /// [`CONSUMER_FAILOVER_AFTER`], or comes back without the consumer's
+    /// state, weir makes the consumer again on a live server, under the
+    /// app's next consumer name, from what this host has settled (an event
+    /// it handled whose ack died with the server is delivered again; the
+    /// effect records keep its effects from running twice). A host that
+    /// starts while its consumer's server is down waits for that server
+    /// for that app alone. Apps with `scope = "cluster"` share one consumer
+    /// between hosts and keep the stream's replicas. An existing consumer
+    /// is changed in place at start.
+    pub consumer_replicas: usize,
     /// Subject prefix. Default [`DEFAULT_PREFIX`].
     pub prefix: String,
     /// Events stream name. Default [`DEFAULT_STREAM`].
@@ -197,6 +229,7 @@ impl Default for NatsConfig {
             url: None,
             urls: None,
             replicas: 1,
+            consumer_replicas: DEFAULT_CONSUMER_REPLICAS,
             prefix: DEFAULT_PREFIX.into(),
             stream: DEFAULT_STREAM.into(),
             state_dir: None,
@@ -287,6 +320,12 @@ impl NatsConfig {
             p.push(format!(
                 "replicas = {} must be 1 to {MAX_REPLICAS}",
                 self.replicas
+            ));
+        }
+        if self.consumer_replicas > self.replicas {
+            p.push(format!(
+                "consumer_replicas = {} is above replicas = {} (a consumer cannot have more replicas than its stream; 0 gives it the stream's)",
+                self.consumer_replicas, self.replicas
             ));
         }
         if self.password.is_some() {
@@ -542,6 +581,11 @@ impl Transport {
     pub fn with_replicas(mut self, replicas: usize) -> Self {
         self.replicas = replicas.max(1);
         self
+    }
+
+    /// Replicas of the streams and buckets weir creates (1 by default).
+    pub fn replicas(&self) -> usize {
+        self.replicas
     }
 
     /// The dead-letter stream's name.

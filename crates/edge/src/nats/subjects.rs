@@ -256,6 +256,48 @@ pub fn consumer_name(node: u32, app: &str) -> String {
     format!("weir_{node}_{app}")
 }
 
+/// Names one app's consumer may have on a replicated stream: 3. A
+/// one-replica consumer whose server stops answering is made again under
+/// another of them (its server may come back with the old one, which is
+/// deleted then); [`consumer_generation`] gives each. Three, so one can be
+/// in use and one waiting to be deleted while a second failover needs a
+/// third; NATS permission wildcards match whole tokens only, so `weir
+/// permissions` lists each.
+pub const CONSUMER_GENERATIONS: u32 = 3;
+
+/// Name `generation` (0 to [`CONSUMER_GENERATIONS`] − 1) of the consumer
+/// `base`: `base` itself for 0, `base~<generation>` after it. App names
+/// cannot end in `~<digits>` ([`check_app_name`]), so no app's own consumer
+/// is another's generation.
+pub fn consumer_generation(base: &str, generation: u32) -> String {
+    if generation == 0 {
+        base.to_owned()
+    } else {
+        format!("{base}~{generation}")
+    }
+}
+
+/// An app name is a subject token ([`check_token`]) that does not end in
+/// `~` and digits (reserved for [`consumer_generation`]).
+///
+/// # Errors
+///
+/// [`SubjectError`] saying why.
+pub fn check_app_name(value: &str) -> Result<(), SubjectError> {
+    check_token("app name", value)?;
+    if let Some((_, digits)) = value.rsplit_once('~')
+        && !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(SubjectError {
+            what: "app name",
+            value: value.to_owned(),
+            why: "it ends in '~' and digits (reserved for consumer generations)",
+        });
+    }
+    Ok(())
+}
+
 /// Which hosts share an app's durable consumer (`[[app]] scope`).
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize, schemars::JsonSchema,
@@ -293,6 +335,18 @@ pub fn cluster_consumer_name(app: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consumer_generations_are_never_another_apps_consumer() {
+        assert_eq!(consumer_generation("weir_1_mail", 0), "weir_1_mail");
+        assert_eq!(consumer_generation("weir_1_mail", 2), "weir_1_mail~2");
+        for ok in ["mail", "mail~", "mail~x", "a~1b", "~"] {
+            assert!(check_app_name(ok).is_ok(), "{ok}");
+        }
+        for refused in ["mail~1", "mail~0042", "~7", "a.b", ""] {
+            assert!(check_app_name(refused).is_err(), "{refused}");
+        }
+    }
 
     #[test]
     fn event_subjects_round_trip() {

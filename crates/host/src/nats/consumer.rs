@@ -12,16 +12,36 @@ use futures::FutureExt as _;
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
+use super::cursor::{Cursor, HOLD_CHECK};
 use super::unreadable::{self, DECIDED_MEMORY, MsgGetReply, SCAN_MAX_MESSAGES};
 use super::{
     LINGER_IDLE_GAP, LINGER_MARGIN, LONG_POLL, MIN_LINGER_PULL, MSG_ID_HEADER, PULL_HEARTBEAT,
     PULL_REPLY_MARGIN, RECOVERY_HEARTBEAT, RELEASE_TIMEOUT, Transport, TransportError, js_err,
 };
+use weir_edge::nats::CONSUMER_FAILOVER_AFTER;
+use weir_edge::nats::subjects::{CONSUMER_GENERATIONS, consumer_generation};
 
 /// Shortest time between two scans for unreadable deliveries of one
 /// consumer ([`unreadable`]): 1 s, so a flapping connection does not turn
 /// into a stream of API requests.
 pub const SCAN_MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Longest wait for the answer to deleting a consumer whose server is down,
+/// on failover: 5 s. The delete is applied by the cluster's metadata
+/// leader, and its answer may never come; creating the consumer again
+/// before the delete is applied times out (seen on nats-server 2.12.8 after
+/// a 2 s wait).
+pub const FAILOVER_DELETE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Wait before another failover attempt after one failed (no metadata
+/// quorum, the create's answer lost): 2 s.
+pub const FAILOVER_RETRY: Duration = Duration::from_secs(2);
+
+/// Pause between attempts to delete a consumer left behind by a failover
+/// (its server is down: the delete is applied by the metadata leader, but
+/// its answer comes from the consumer's server; asked again until one
+/// answers, "not found" included): 10 s.
+pub const STALE_DELETE_RETRY: Duration = Duration::from_secs(10);
 
 /// Default most deliveries of one event before it is dead-lettered: 5.
 /// weir counts them itself (JetStream's own limit is off), so an event is
@@ -136,6 +156,12 @@ pub struct Delivery {
     /// after which the app is quarantined; 0 never quarantines. Default
     /// [`DEFAULT_QUARANTINE_AFTER`].
     pub quarantine_after: u32,
+    /// Replicas of the consumer, 0 for the stream's: not a key of
+    /// `[app.delivery]`, the plan sets it from `[nats] consumer_replicas`
+    /// and the app's scope.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub replicas: usize,
 }
 
 impl Default for Delivery {
@@ -147,6 +173,7 @@ impl Default for Delivery {
             backoff_ms: DEFAULT_BACKOFF_MS.to_vec(),
             start: Start::New,
             quarantine_after: DEFAULT_QUARANTINE_AFTER,
+            replicas: 0,
         }
     }
 }
@@ -215,6 +242,7 @@ pub(crate) async fn create(
         ack_wait: Duration::from_millis(delivery.ack_wait_ms),
         max_deliver: -1,
         max_ack_pending: i64::from(delivery.max_ack_pending),
+        num_replicas: delivery.replicas,
         // No consumer `backoff`: JetStream would use it in place of
         // `ack_wait` for unacknowledged deliveries, redelivering any batch
         // slower than its first step. weir applies `backoff_ms` itself,
@@ -226,21 +254,55 @@ pub(crate) async fn create(
         .get_stream(transport.stream())
         .await
         .map_err(|e| js_err("stream lookup")(e))?;
-    let deliver_policy = match stream.consumer_info(&name).await {
-        Ok(existing) => existing.config.deliver_policy,
-        Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => delivery.start.deliver_policy(),
-        Err(e) => return Err(js_err("consumer info")(e)),
+    // On a replicated stream the consumer may have been made again under
+    // another name by a failover: the newest that answers is the one.
+    let generations = if transport.replicas() > 1 {
+        CONSUMER_GENERATIONS
+    } else {
+        1
+    };
+    let found = find_generations(&stream, durable, generations).await?;
+    let one_replica = delivery.replicas == 1 && transport.replicas() > 1;
+    let unread = matches!(found.current, Current::Unanswered(_));
+    let (name, deliver_policy) = match found.current {
+        Current::Answered(name, existing) => (name, existing.config.deliver_policy),
+        Current::Unanswered(name) => (name, delivery.start.deliver_policy()),
+        Current::None => (name, delivery.start.deliver_policy()),
     };
     let config = jetstream::consumer::pull::Config {
+        durable_name: Some(name.clone()),
         deliver_policy,
         ..config
     };
-    let consumer: PullConsumer = stream
-        .create_consumer(config)
-        .await
-        .map_err(|e| js_err("consumer create")(e))?;
-    Ok(AppConsumer {
+    let consumer: PullConsumer = if unread {
+        // Its server is down: pull from it all the same (the app waits for
+        // it, the others start); what it settled is read when it answers
+        // again (a failover needs that).
+        tracing::warn!(consumer = %name, "the server holding this consumer does not answer; the app waits for it");
+        unanswered(transport.jetstream(), transport.stream(), &name, &config)?
+    } else {
+        stream
+            .create_consumer(config.clone())
+            .await
+            .map_err(|e| js_err("consumer create")(e))?
+    };
+    let cursor = (one_replica && !unread).then(|| cursor_of(consumer.cached_info()));
+    let mut consumer = AppConsumer {
+        last_delivery: cursor
+            .as_ref()
+            .map(|_| consumer.cached_info().delivered.consumer_sequence)
+            .filter(|&d| d > 0),
+        config,
+        cursor,
+        cursor_unread: one_replica && unread,
         consumer,
+        leaderless_since: None,
+        failovers: 0,
+        last_hold_check: None,
+        failover_pending: None,
+        reset: false,
+        base: durable.to_owned(),
+        stale: StaleConsumers::default(),
         name,
         stream: transport.stream().to_owned(),
         filter_subjects,
@@ -252,13 +314,216 @@ pub(crate) async fn create(
         lag: 0,
         last_published_ns: None,
         recovering: false,
-        last_delivery: None,
         // A delivery lost before this process started leaves no gap to
         // see: look once.
         scan_due: true,
         last_scan: None,
         decided: std::collections::VecDeque::new(),
-    })
+    };
+    for old in found.stale {
+        consumer.stale.add(&consumer.js, &consumer.stream, old);
+    }
+    Ok(consumer)
+}
+
+/// What [`find_generations`] found of one consumer's names.
+struct Found {
+    current: Current,
+    /// The other names that exist: left behind by a failover, to delete.
+    stale: Vec<String>,
+}
+
+/// The consumer name in use.
+enum Current {
+    /// The newest (by creation time) that answers.
+    Answered(String, Box<jetstream::consumer::Info>),
+    /// None answers; this one exists and its server is down.
+    Unanswered(String),
+    /// None exists: make the base name.
+    None,
+}
+
+/// Look up each of the first `generations` names of `base`
+/// ([`consumer_generation`]) at once: the newest that answers is in use,
+/// the other existing ones are stale. When none answers but one exists on
+/// a server that is down, that one is in use (a host starting while its
+/// consumer's server is down).
+///
+/// # Errors
+///
+/// [`TransportError::JetStream`] when JetStream refuses a lookup, or no
+/// name could be looked up at all (no metadata leader: retried by the
+/// caller).
+async fn find_generations(
+    stream: &jetstream::stream::Stream,
+    base: &str,
+    generations: u32,
+) -> Result<Found, TransportError> {
+    let names: Vec<String> = (0..generations)
+        .map(|g| consumer_generation(base, g))
+        .collect();
+    let infos = futures::future::join_all(names.iter().map(|n| stream.consumer_info(n))).await;
+    let mut answered = Vec::new();
+    let mut unanswered = Vec::new();
+    let mut last_error = None;
+    for (name, info) in names.into_iter().zip(infos) {
+        match info {
+            Ok(info) => answered.push((name, info)),
+            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => {}
+            Err(e) if generations > 1 && unanswered_error(&e.kind()) => {
+                last_error = Some(e.to_string());
+                unanswered.push(name);
+            }
+            Err(e) => return Err(js_err("consumer info")(e)),
+        }
+    }
+    if unanswered.len() == generations as usize {
+        return Err(js_err("consumer info")(
+            last_error.unwrap_or_else(|| "no answer".to_owned()),
+        ));
+    }
+    answered.sort_by_key(|(_, info)| std::cmp::Reverse(info.created));
+    let mut stale: Vec<String> = unanswered.clone();
+    let current = if answered.is_empty() {
+        match stale.pop() {
+            Some(name) => Current::Unanswered(name),
+            None => Current::None,
+        }
+    } else {
+        let (name, info) = answered.remove(0);
+        stale.extend(answered.into_iter().map(|(n, _)| n));
+        Current::Answered(name, Box::new(info))
+    };
+    Ok(Found { current, stale })
+}
+
+/// Whether a lookup failed because no server answers for the consumer.
+fn unanswered_error(kind: &ConsumerInfoErrorKind) -> bool {
+    match kind {
+        ConsumerInfoErrorKind::Offline
+        | ConsumerInfoErrorKind::TimedOut
+        | ConsumerInfoErrorKind::NoResponders
+        | ConsumerInfoErrorKind::Request => true,
+        ConsumerInfoErrorKind::JetStream(e) => e.code() == 503,
+        _ => false,
+    }
+}
+
+/// The settled floor of a consumer as it is opened: its ack floor, held
+/// there until the server's ack floor passes what was delivered before
+/// (taken by a previous process and maybe not settled: JetStream delivers
+/// them again, and this host never saw them).
+fn cursor_of(info: &jetstream::consumer::Info) -> Cursor {
+    let cursor = Cursor::new(info.ack_floor.stream_sequence);
+    if info.delivered.stream_sequence > info.ack_floor.stream_sequence {
+        cursor.hold(info.delivered.stream_sequence);
+    }
+    cursor
+}
+
+/// A handle on consumer `name`, whose server does not answer, without
+/// asking the server: pulls go to its subject and meet "no responders"
+/// until the server is back.
+///
+/// # Errors
+///
+/// [`TransportError::JetStream`] if the handle cannot be made.
+fn unanswered(
+    js: &jetstream::Context,
+    stream: &str,
+    name: &str,
+    config: &pull::Config,
+) -> Result<PullConsumer, TransportError> {
+    use jetstream::consumer::IntoConsumerConfig as _;
+    let consumer_config: jetstream::consumer::Config = config.clone().into_consumer_config();
+    let zero = serde_json::json!({"consumer_seq": 0, "stream_seq": 0});
+    let info: jetstream::consumer::Info = serde_json::from_value(serde_json::json!({
+        "stream_name": stream,
+        "name": name,
+        "created": "1970-01-01T00:00:00Z",
+        "config": consumer_config,
+        "delivered": zero,
+        "ack_floor": zero,
+        "num_ack_pending": 0,
+        "num_redelivered": 0,
+        "num_waiting": 0,
+        "num_pending": 0,
+    }))
+    .map_err(|e| js_err("consumer handle")(e))?;
+    Ok(PullConsumer::new(config.clone(), info, js.clone()))
+}
+
+/// Consumers left behind by failovers, deleted in the background (their
+/// servers may be down: asked again every [`STALE_DELETE_RETRY`] until
+/// applied). The task ends with the [`AppConsumer`].
+#[derive(Default)]
+struct StaleConsumers {
+    names: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+    task: Option<AbortOnDrop>,
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl StaleConsumers {
+    fn names(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
+        self.names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether `name` is still to be deleted.
+    fn contains(&self, name: &str) -> bool {
+        self.names().contains(name)
+    }
+
+    /// Delete `name` (now, and again until applied).
+    fn add(&mut self, js: &jetstream::Context, stream: &str, name: String) {
+        self.names().insert(name);
+        if self.task.as_ref().is_some_and(|t| !t.0.is_finished()) {
+            return;
+        }
+        let names = self.names.clone();
+        let js = js.clone();
+        let stream = stream.to_owned();
+        self.task = Some(AbortOnDrop(tokio::spawn(async move {
+            loop {
+                let pending: Vec<String> = names
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .iter()
+                    .cloned()
+                    .collect();
+                if pending.is_empty() {
+                    return;
+                }
+                for name in pending {
+                    let deleted = tokio::time::timeout(
+                        FAILOVER_DELETE_TIMEOUT,
+                        js.delete_consumer_from_stream(&name, &stream),
+                    )
+                    .await;
+                    // Any answer (deleted, not found, refused) ends it.
+                    let answered = matches!(&deleted, Ok(Ok(_)))
+                        || matches!(&deleted, Ok(Err(e)) if matches!(e.kind(), jetstream::stream::ConsumerErrorKind::JetStream(_)));
+                    if answered {
+                        tracing::debug!(consumer = %name, "consumer left behind by a failover deleted");
+                        names
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .remove(&name);
+                    }
+                }
+                tokio::time::sleep(STALE_DELETE_RETRY).await;
+            }
+        })));
+    }
 }
 
 /// Delete the durable consumer `name` (a reload removed its app and
@@ -298,6 +563,33 @@ pub(crate) async fn delete(transport: &Transport, name: &str) -> Result<(), Tran
 /// heartbeat.)
 pub struct AppConsumer {
     consumer: PullConsumer,
+    /// The settings it was created with (to create it again on failover).
+    config: pull::Config,
+    /// What this host settled, for a consumer of one replica on a
+    /// replicated stream ([`cursor`]); `None` otherwise.
+    cursor: Option<Cursor>,
+    /// Since when every pull has met "no responders" (no server holds the
+    /// consumer).
+    leaderless_since: Option<tokio::time::Instant>,
+    /// A one-replica consumer opened while its server was down: its ack
+    /// floor is read when the server answers again (no failover before).
+    cursor_unread: bool,
+    /// Times the consumer was created again on a live server.
+    failovers: u64,
+    /// When a held floor last asked the server ([`HOLD_CHECK`]).
+    last_hold_check: Option<tokio::time::Instant>,
+    /// The name a failover's create was sent for when its answer did not
+    /// come: it may have been applied, and is looked up before another.
+    failover_pending: Option<String>,
+    /// The consumer started over (its delivery sequence went back: its
+    /// server lost its store and made it again from its configured start):
+    /// nothing more is taken from it; it is made again from the floor.
+    reset: bool,
+    /// The app's consumer name in its scope ([`consumer_generation`] 0).
+    base: String,
+    /// Names left behind by failovers, being deleted.
+    stale: StaleConsumers,
+    /// The name in use: `base` or one of its generations.
     name: String,
     /// The events stream.
     stream: String,
@@ -471,7 +763,7 @@ impl AppConsumer {
                     if self.decided.len() > DECIDED_MEMORY {
                         self.decided.pop_front();
                     }
-                    self.partial.push(inbound);
+                    self.push(inbound);
                 }
             }
             Err(e) => {
@@ -634,9 +926,34 @@ impl AppConsumer {
     }
 
     fn take(&mut self, msg: jetstream::Message) {
+        // After a failover, what the consumer it replaced still sends is
+        // not this consumer's (delivered again by this one).
+        if self.cursor.is_some() && msg.info().is_ok_and(|i| i.consumer != self.name) {
+            return;
+        }
         let inbound = Inbound::new(msg);
         let delivery = inbound.consumer_sequence;
         if delivery > 0 {
+            if let Some(cursor) = &self.cursor {
+                if self.reset || self.last_delivery.is_some_and(|last| delivery <= last) {
+                    // Delivery sequences only grow: this consumer started
+                    // over. Take nothing more from it (what it delivers is
+                    // delivered again by the one made from the floor).
+                    if !self.reset {
+                        tracing::warn!(consumer = %self.name, delivery, "the consumer started over (its server lost its store?); making it again from what this host settled");
+                        self.reset = true;
+                        let now = tokio::time::Instant::now();
+                        self.leaderless_since =
+                            Some(now.checked_sub(CONSUMER_FAILOVER_AFTER).unwrap_or(now));
+                    }
+                    return;
+                }
+                if self.last_delivery.is_some_and(|last| delivery > last + 1) {
+                    // Deliveries never arrived (below this one): keep the
+                    // floor below them until the server settled them.
+                    cursor.hold(inbound.sequence.saturating_sub(1));
+                }
+            }
             if self.last_delivery.is_some_and(|last| delivery > last + 1) {
                 self.scan_due = true;
             }
@@ -644,6 +961,15 @@ impl AppConsumer {
         }
         self.lag = inbound.pending;
         self.last_published_ns = Some(inbound.published_ns);
+        self.push(inbound);
+    }
+
+    /// Hold `inbound` for the batch being formed, known to the cursor.
+    fn push(&mut self, mut inbound: Inbound) {
+        if let Some(cursor) = &self.cursor {
+            cursor.delivered(inbound.sequence);
+            inbound.cursor = Some(cursor.clone());
+        }
         self.partial.push(inbound);
     }
 
@@ -655,6 +981,13 @@ impl AppConsumer {
         if want == 0 {
             return Ok(());
         }
+        if self
+            .leaderless_since
+            .is_some_and(|since| since.elapsed() >= CONSUMER_FAILOVER_AFTER)
+        {
+            self.failover().await;
+        }
+        self.check_hold().await;
         let beat = if self.recovering {
             RECOVERY_HEARTBEAT
         } else {
@@ -717,6 +1050,16 @@ impl AppConsumer {
                     // Any answer but "no responders" means the consumer is
                     // served again.
                     self.recovering = matches!(reply, PullReply::Leaderless);
+                    if !self.recovering {
+                        if !self.reset {
+                            self.leaderless_since = None;
+                        }
+                        if self.cursor_unread {
+                            self.read_cursor().await;
+                        }
+                    } else if self.cursor.is_some() && self.leaderless_since.is_none() {
+                        self.leaderless_since = Some(tokio::time::Instant::now());
+                    }
                     match reply {
                         PullReply::Leaderless => {
                             // Its leader died and the election takes
@@ -739,6 +1082,146 @@ impl AppConsumer {
             }
         }
         Ok(())
+    }
+
+    /// A held floor ([`Cursor::hold`]) learns the consumer's ack floor from
+    /// its server, every [`HOLD_CHECK`] at most, while the server answers.
+    async fn check_hold(&mut self) {
+        let Some(cursor) = &self.cursor else {
+            return;
+        };
+        if !cursor.held()
+            || self.leaderless_since.is_some()
+            || self
+                .last_hold_check
+                .is_some_and(|t| t.elapsed() < HOLD_CHECK)
+        {
+            return;
+        }
+        self.last_hold_check = Some(tokio::time::Instant::now());
+        let cursor = cursor.clone();
+        if let Ok(Ok(info)) = tokio::time::timeout(HOLD_CHECK, self.consumer.info()).await {
+            cursor.server_floor(info.ack_floor.stream_sequence);
+        }
+    }
+
+    /// The consumer was opened while its server was down and answers now:
+    /// its ack floor is where this host's cursor starts.
+    async fn read_cursor(&mut self) {
+        if let Ok(info) = self.consumer.info().await {
+            self.cursor = Some(cursor_of(info));
+            self.last_delivery = Some(info.delivered.consumer_sequence).filter(|&d| d > 0);
+            self.cursor_unread = false;
+        }
+    }
+
+    /// Make the consumer again, under its next free name
+    /// ([`consumer_generation`]), on a server that answers, from what this
+    /// host settled: the server holding this one-replica consumer has not
+    /// answered for [`CONSUMER_FAILOVER_AFTER`] (or the consumer started
+    /// over). A new name, because the old consumer may come back with its
+    /// server (a delete sent while its server is down may not be applied;
+    /// seen on nats-server 2.12.8) and must not be confused with the new
+    /// one; the old name is deleted in the background until that is
+    /// applied. The new consumer starts after the settled floor, so nothing
+    /// unsettled is skipped. A failed attempt (no metadata quorum, the
+    /// answer lost) is tried again after [`FAILOVER_RETRY`], first looking
+    /// up whether the lost create was applied.
+    async fn failover(&mut self) {
+        let Some(cursor) = &self.cursor else {
+            return;
+        };
+        let floor = cursor.floor();
+        self.leaderless_since = Some(tokio::time::Instant::now());
+        let created = async {
+            let stream = self
+                .js
+                .get_stream(&self.stream)
+                .await
+                .map_err(|e| js_err("stream lookup")(e))?;
+            // The last attempt's create was not answered: it may have been
+            // applied, on a live server (use it) or on the dead one (the
+            // metadata leader counts a SIGKILLed server as active for a
+            // minute or more, and places a one-replica consumer on any of
+            // the stream's active servers): delete it, try another name.
+            if let Some(pending) = self.failover_pending.take() {
+                match tokio::time::timeout(
+                    FAILOVER_DELETE_TIMEOUT,
+                    stream.get_consumer::<pull::Config>(&pending),
+                )
+                .await
+                {
+                    Ok(Ok(consumer)) => return Ok(consumer),
+                    _ => self.stale.add(&self.js, &self.stream, pending),
+                }
+            }
+            let next = (0..CONSUMER_GENERATIONS)
+                .map(|g| consumer_generation(&self.base, g))
+                .find(|n| *n != self.name && !self.stale.contains(n))
+                .ok_or_else(|| {
+                    js_err("failover")("every consumer name is waiting to be deleted".to_owned())
+                })?;
+            self.failover_pending = Some(next.clone());
+            let config = pull::Config {
+                durable_name: Some(next.clone()),
+                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: floor + 1,
+                },
+                ..self.config.clone()
+            };
+            stream
+                .create_consumer(config)
+                .await
+                .map_err(|e| js_err("consumer create")(e))
+        }
+        .await;
+        let durable = created
+            .as_ref()
+            .ok()
+            .and_then(|c: &PullConsumer| c.cached_info().config.durable_name.clone());
+        match created {
+            Ok(consumer) => {
+                let next = consumer.cached_info().name.clone();
+                let old = std::mem::replace(&mut self.name, next);
+                self.config.durable_name = durable;
+                self.consumer = consumer;
+                self.recovering = false;
+                self.reset = false;
+                self.stale.add(&self.js, &self.stream, old.clone());
+                tracing::warn!(
+                    consumer = %self.name,
+                    replaces = %old,
+                    from_sequence = floor + 1,
+                    "the consumer's server did not answer (or it started over): made it again on a live server"
+                );
+                // Requests made of the old consumer answer on a new inbox.
+                self.subscription = None;
+                self.failovers += 1;
+                self.failover_pending = None;
+                self.leaderless_since = None;
+                self.last_delivery = None;
+                self.scan_due = true;
+            }
+            Err(e) => {
+                tracing::warn!(consumer = %self.name, error = %e, "failover of an unanswered consumer failed; trying again");
+                self.failover_retry();
+            }
+        }
+    }
+
+    /// Try the failover again after [`FAILOVER_RETRY`].
+    fn failover_retry(&mut self) {
+        let now = tokio::time::Instant::now();
+        self.leaderless_since = Some(
+            now.checked_sub(CONSUMER_FAILOVER_AFTER.saturating_sub(FAILOVER_RETRY))
+                .unwrap_or(now),
+        );
+    }
+
+    /// Times the consumer was created again on a live server (failover of
+    /// a one-replica consumer whose server stopped answering).
+    pub fn failovers(&self) -> u64 {
+        self.failovers
     }
 
     /// Hand back every event taken but not handled (a cancelled batch) and
@@ -846,6 +1329,8 @@ pub struct Inbound {
     pub header_error: Option<String>,
     /// The consumer's delivery sequence (0 if unknown).
     consumer_sequence: u64,
+    /// Told when this event is settled (one-replica consumers).
+    cursor: Option<Cursor>,
 }
 
 impl Inbound {
@@ -902,6 +1387,7 @@ impl Inbound {
             metadata_error,
             header_error: None,
             consumer_sequence,
+            cursor: None,
         }
     }
 
@@ -920,7 +1406,15 @@ impl Inbound {
     ///
     /// If the ack could not be sent (the event will be redelivered).
     pub async fn ack(&self) -> Result<(), TransportError> {
-        self.msg.ack().await.map_err(|e| js_err("ack")(e))
+        self.msg.ack().await.map_err(|e| js_err("ack")(e))?;
+        self.settled();
+        Ok(())
+    }
+
+    fn settled(&self) {
+        if let Some(cursor) = &self.cursor {
+            cursor.settled(self.sequence);
+        }
     }
 
     /// Negative ack: redeliver after `delay`.
@@ -944,7 +1438,9 @@ impl Inbound {
         self.msg
             .ack_with(AckKind::Term)
             .await
-            .map_err(|e| js_err("term")(e))
+            .map_err(|e| js_err("term")(e))?;
+        self.settled();
+        Ok(())
     }
 }
 

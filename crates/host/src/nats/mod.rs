@@ -34,6 +34,7 @@
 
 pub mod buckets;
 pub mod consumer;
+pub mod cursor;
 pub mod records;
 pub mod unreadable;
 
