@@ -138,6 +138,7 @@ async fn weir_pipeline(w: &Weir, app_name: &str, event: &str) -> (AppPipeline, A
             &weir_host::nats::subjects::consumer_name(1, app_name),
             &filter.event_names(),
             &delivery,
+            &weir_host::nats::KnownConsumers::default(),
         )
         .await
         .unwrap();

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use weir_host::nats::Delivery;
+use weir_host::nats::KnownConsumers;
 use weir_host::nats::NatsServer;
 use weir_host::nats::TransportExt as _;
 use weir_host::nats::subjects::Subjects;
@@ -40,6 +41,7 @@ pub async fn app_consumer(
         &weir_host::nats::subjects::consumer_name(1, app),
         names,
         &Delivery::default(),
+        &KnownConsumers::default(),
     )
     .await
     .unwrap()
@@ -326,6 +328,38 @@ fn unreadable_metadata_is_reported_not_defaulted() {
 /// `start` applies to a consumer created for the first time: `new` skips
 /// what the stream holds, `all` and a duration replay it; a consumer that
 /// exists resumes from its cursor whatever `start` says now.
+/// The host lists the stream's consumers once at start and looks up only
+/// the names listed: the list is paged by the server (1,024 names a page),
+/// so it must hold every consumer past the first page, and nothing else.
+#[test]
+fn the_consumer_listing_holds_every_consumer_past_a_page() {
+    use futures::StreamExt as _;
+    const CONSUMERS: usize = 1_100; // over nats-server's 1,024 a page
+    let (server, _dir) = server();
+    rt().block_on(async {
+        let t = publisher(&server).await;
+        let stream = t.jetstream().get_stream(t.stream()).await.unwrap();
+        let names: Vec<String> = (0..CONSUMERS)
+            .map(|i| weir_host::nats::subjects::consumer_name(1, &format!("app{i}")))
+            .collect();
+        let created: Vec<_> = futures::stream::iter(names.iter().map(|name| {
+            stream.create_consumer(async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                ..Default::default()
+            })
+        }))
+        .buffer_unordered(32)
+        .collect()
+        .await;
+        assert!(created.iter().all(Result::is_ok));
+        let known = KnownConsumers::list(&t).await.unwrap();
+        let missing: Vec<&String> = names.iter().filter(|n| !known.may_exist(n)).collect();
+        assert!(missing.is_empty(), "not listed: {missing:?}");
+        assert!(!known.may_exist(&weir_host::nats::subjects::consumer_name(1, "absent")));
+        assert!(KnownConsumers::default().may_exist("anything"));
+    });
+}
+
 #[test]
 fn start_positions_apply_only_to_new_consumers() {
     use weir_host::nats::Start;
@@ -355,6 +389,7 @@ fn start_positions_apply_only_to_new_consumers() {
                 &weir_host::nats::subjects::consumer_name(1, "fresh"),
                 &["s"],
                 &delivery(Start::New),
+                &KnownConsumers::default(),
             )
             .await
             .unwrap();
@@ -363,6 +398,7 @@ fn start_positions_apply_only_to_new_consumers() {
                 &weir_host::nats::subjects::consumer_name(1, "all"),
                 &["s"],
                 &delivery(Start::All),
+                &KnownConsumers::default(),
             )
             .await
             .unwrap();
@@ -371,6 +407,7 @@ fn start_positions_apply_only_to_new_consumers() {
                 &weir_host::nats::subjects::consumer_name(1, "hour"),
                 &["s"],
                 &delivery(Start::Ago(Duration::from_secs(3600))),
+                &KnownConsumers::default(),
             )
             .await
             .unwrap();
@@ -385,12 +422,17 @@ fn start_positions_apply_only_to_new_consumers() {
             assert_eq!(ids(&got), ["old-1", "old-2", "new-1"]);
         }
         // The same consumer again, now asking for everything: it resumes.
+        // Looked up through the host's one listing of the stream's
+        // consumers, as at start (a name missing from it would be made
+        // anew, and JetStream refuses the changed start).
         drop(fresh);
+        let known = KnownConsumers::list(&t).await.unwrap();
         let mut again = t
             .consumer(
                 &weir_host::nats::subjects::consumer_name(1, "fresh"),
                 &["s"],
                 &delivery(Start::All),
+                &known,
             )
             .await
             .unwrap();

@@ -163,6 +163,7 @@ fn host_runs_with_exactly_its_least_privilege_permissions() {
                 &weir_host::nats::subjects::consumer_name(2, "mail2"),
                 &["test"],
                 &weir_host::nats::Delivery::default(),
+                &weir_host::nats::KnownConsumers::default(),
             )
             .await;
         assert!(other_consumer.is_err(), "node 2's consumer must be refused");

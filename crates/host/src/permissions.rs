@@ -74,6 +74,9 @@ pub fn for_host(config: &Config) -> Result<Permissions, subjects::SubjectError> 
     let limits_stream = format!("KV_{limits}");
     let mut publish = vec![
         format!("$JS.API.STREAM.INFO.{stream}"),
+        // The stream's consumer names, listed once at start (names only),
+        // so that only the consumers that exist are looked up.
+        format!("$JS.API.CONSUMER.NAMES.{stream}"),
         format!("$JS.API.STREAM.MSG.GET.{stream}"),
         format!("$JS.API.STREAM.INFO.{dead_stream}"),
         format!("$JS.API.STREAM.INFO.{kv_stream}"),

@@ -51,8 +51,8 @@ use crate::filter::Filter;
 pub mod health;
 use crate::effects::{LimitStore, PendingStore};
 use crate::nats::{
-    AppConsumer, Delivery, EffectRecords, NatsServer, Subjects, Transport, TransportError,
-    TransportExt as _,
+    AppConsumer, Delivery, EffectRecords, KnownConsumers, NatsServer, Subjects, Transport,
+    TransportError, TransportExt as _,
 };
 use crate::pipeline::{AppPipeline, SwapSlot};
 use crate::stats::AppCounters;
@@ -245,11 +245,21 @@ impl Daemon {
             // Collected first: a stream over a borrowing closure would make
             // `start`'s future not `Send` for every lifetime ("implementation of
             // `FnOnce` is not general enough" where it is spawned).
+            // The stream's consumers listed once, so only names that exist
+            // are looked up (none on a first start); without the list every
+            // app looks up each of its names.
+            daemon.transport.wait_connected().await;
+            let known = KnownConsumers::list(&daemon.transport)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::debug!(error = %e, "consumer names not listed; each app looks up its own");
+                    KnownConsumers::default()
+                });
             let setups: Vec<_> = plan
                 .apps
                 .iter()
                 .zip(&deployed)
-                .map(|(app_plan, (app, _))| daemon.set_up_app(app, app_plan))
+                .map(|(app_plan, (app, _))| daemon.set_up_app(app, app_plan, &known))
                 .collect();
             futures::stream::iter(setups)
                 .buffered(CONSUMER_SETUP_CONCURRENCY)
@@ -281,21 +291,35 @@ impl Daemon {
     }
 
     /// Attach `app`'s buckets and set up its consumer.
-    async fn set_up_app(&self, app: &App, app_plan: &AppPlan) -> anyhow::Result<AppConsumer> {
+    async fn set_up_app(
+        &self,
+        app: &App,
+        app_plan: &AppPlan,
+        known: &KnownConsumers,
+    ) -> anyhow::Result<AppConsumer> {
         self.attach_buckets(app).await?;
-        self.set_up_consumer(app_plan).await
+        self.set_up_consumer(app_plan, known).await
     }
 
     /// Create or update the consumer of one app, retrying through
     /// JetStream's temporary unavailability ([`CONSUMER_SETUP_ATTEMPTS`] ×
-    /// [`SETUP_RETRY`]).
-    async fn set_up_consumer(&self, app_plan: &AppPlan) -> anyhow::Result<AppConsumer> {
+    /// [`SETUP_RETRY`]). The first attempt looks up only the names in
+    /// `known`; a retry looks up all (the failed attempt may have made one).
+    async fn set_up_consumer(
+        &self,
+        app_plan: &AppPlan,
+        known: &KnownConsumers,
+    ) -> anyhow::Result<AppConsumer> {
         let events = app_plan.filter.event_names();
         let name = &app_plan.spec.name;
+        let attempt = std::sync::atomic::AtomicU32::new(0);
         let setup = || async {
             self.transport.wait_connected().await;
+            let first = attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0;
+            let unknown = KnownConsumers::default();
+            let known = if first { known } else { &unknown };
             self.transport
-                .consumer(&app_plan.consumer, &events, &app_plan.delivery)
+                .consumer(&app_plan.consumer, &events, &app_plan.delivery, known)
                 .await
         };
         let consumer = setup

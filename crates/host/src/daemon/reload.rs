@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use super::{Daemon, RunningApp, app_value, digest, owned_events};
 use crate::config::{AppPlan, Config, ConfigError, Plan};
-use crate::nats::TransportExt as _;
+use crate::nats::{KnownConsumers, TransportExt as _};
 use crate::pipeline::Swap;
 use weir_runtime::{App, Runtime};
 
@@ -288,7 +288,12 @@ impl Daemon {
             let event_refs: Vec<&str> = events.iter().map(String::as_str).collect();
             match self
                 .transport
-                .consumer(&app_plan.consumer, &event_refs, &app_plan.delivery)
+                .consumer(
+                    &app_plan.consumer,
+                    &event_refs,
+                    &app_plan.delivery,
+                    &KnownConsumers::default(),
+                )
                 .await
             {
                 Ok(c) => consumers.push(Some(c)),

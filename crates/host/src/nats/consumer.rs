@@ -229,6 +229,7 @@ pub(crate) async fn create(
     durable: &str,
     event_names: &[&str],
     delivery: &Delivery,
+    known: &KnownConsumers,
 ) -> Result<AppConsumer, TransportError> {
     let filter_subjects = event_names
         .iter()
@@ -249,9 +250,12 @@ pub(crate) async fn create(
         // as the delay of the nak of a failed batch.
         ..Default::default()
     };
+    // A handle without STREAM.INFO (a request to the stream's leader per
+    // app, 1,000 per host at start): the stream exists (the transport made
+    // or checked it), and a consumer request names it anyway.
     let stream = transport
         .jetstream()
-        .get_stream(transport.stream())
+        .get_stream_no_info(transport.stream())
         .await
         .map_err(|e| js_err("stream lookup")(e))?;
     // On a replicated stream the consumer may have been made again under
@@ -261,7 +265,7 @@ pub(crate) async fn create(
     } else {
         1
     };
-    let found = find_generations(&stream, durable, generations).await?;
+    let found = find_generations(&stream, durable, generations, known).await?;
     let one_replica = delivery.replicas == 1 && transport.replicas() > 1;
     let unread = matches!(found.current, Current::Unanswered(_));
     let (name, deliver_policy) = match found.current {
@@ -326,6 +330,43 @@ pub(crate) async fn create(
     Ok(consumer)
 }
 
+/// The names of the stream's consumers as listed once
+/// (`$JS.API.CONSUMER.NAMES`, one request per 1,024 names, answered from
+/// the cluster's metadata: consumers on a server that is down are listed),
+/// so that setting up many apps looks up only the names that exist: a
+/// host opening 1,000 apps on a replicated stream asked 3,000
+/// `CONSUMER.INFO`s of the metadata leader (3 generations each) where a
+/// first start needs none. [`KnownConsumers::default`] knows nothing: every
+/// name is looked up (a reload, a retried set-up, a failed listing).
+#[derive(Debug, Clone, Default)]
+pub struct KnownConsumers(Option<std::sync::Arc<std::collections::HashSet<String>>>);
+
+impl KnownConsumers {
+    /// List the consumers of `transport`'s stream.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::JetStream`] if a page is refused or not answered.
+    pub async fn list(transport: &Transport) -> Result<Self, TransportError> {
+        let stream = transport
+            .jetstream()
+            .get_stream_no_info(transport.stream())
+            .await
+            .map_err(|e| js_err("stream lookup")(e))?;
+        let mut names = stream.consumer_names();
+        let mut known = std::collections::HashSet::new();
+        while let Some(name) = names.next().await {
+            known.insert(name.map_err(|e| js_err("consumer names")(e))?);
+        }
+        Ok(Self(Some(std::sync::Arc::new(known))))
+    }
+
+    /// Whether consumer `name` may exist: listed, or nothing is known.
+    pub fn may_exist(&self, name: &str) -> bool {
+        self.0.as_ref().is_none_or(|known| known.contains(name))
+    }
+}
+
 /// What [`find_generations`] found of one consumer's names.
 struct Found {
     current: Current,
@@ -354,14 +395,23 @@ enum Current {
 /// [`TransportError::JetStream`] when JetStream refuses a lookup, or no
 /// name could be looked up at all (no metadata leader: retried by the
 /// caller).
-async fn find_generations(
-    stream: &jetstream::stream::Stream,
+async fn find_generations<I>(
+    stream: &jetstream::stream::Stream<I>,
     base: &str,
     generations: u32,
+    known: &KnownConsumers,
 ) -> Result<Found, TransportError> {
     let names: Vec<String> = (0..generations)
         .map(|g| consumer_generation(base, g))
+        .filter(|name| known.may_exist(name))
         .collect();
+    if names.is_empty() {
+        return Ok(Found {
+            current: Current::None,
+            stale: Vec::new(),
+        });
+    }
+    let looked_up = names.len();
     let infos = futures::future::join_all(names.iter().map(|n| stream.consumer_info(n))).await;
     let mut answered = Vec::new();
     let mut unanswered = Vec::new();
@@ -377,7 +427,7 @@ async fn find_generations(
             Err(e) => return Err(js_err("consumer info")(e)),
         }
     }
-    if unanswered.len() == generations as usize {
+    if unanswered.len() == looked_up {
         return Err(js_err("consumer info")(
             last_error.unwrap_or_else(|| "no answer".to_owned()),
         ));
@@ -536,7 +586,7 @@ impl StaleConsumers {
 pub(crate) async fn delete(transport: &Transport, name: &str) -> Result<(), TransportError> {
     let stream = transport
         .jetstream()
-        .get_stream(transport.stream())
+        .get_stream_no_info(transport.stream())
         .await
         .map_err(|e| js_err("stream lookup")(e))?;
     match stream.delete_consumer(name).await {
@@ -1136,7 +1186,7 @@ impl AppConsumer {
         let created = async {
             let stream = self
                 .js
-                .get_stream(&self.stream)
+                .get_stream_no_info(&self.stream)
                 .await
                 .map_err(|e| js_err("stream lookup")(e))?;
             // The last attempt's create was not answered: it may have been

@@ -40,7 +40,7 @@ pub mod unreadable;
 
 pub use weir_edge::nats::*;
 
-pub use consumer::{AppConsumer, Delivery, Inbound, Start};
+pub use consumer::{AppConsumer, Delivery, Inbound, KnownConsumers, Start};
 pub use records::EffectRecords;
 
 use std::future::Future;
@@ -106,7 +106,8 @@ pub const EFFECT_RECORDS_MAX_BYTES: i64 = 256 << 20;
 pub trait TransportExt {
     /// Create or update the durable pull consumer `durable` (an app's name
     /// in its scope: [`subjects::Scope::consumer_name`]), filtered to
-    /// `event_names`; see [`consumer`] for the settings.
+    /// `event_names`; see [`consumer`] for the settings. Only the names
+    /// `known` may hold are looked up ([`KnownConsumers::default`]: all).
     ///
     /// # Errors
     ///
@@ -116,6 +117,7 @@ pub trait TransportExt {
         durable: &str,
         event_names: &[&str],
         delivery: &Delivery,
+        known: &KnownConsumers,
     ) -> impl Future<Output = Result<AppConsumer, TransportError>> + Send;
 
     /// Delete the durable consumer `name` (a reload removed its app and
@@ -179,8 +181,9 @@ impl TransportExt for Transport {
         durable: &str,
         event_names: &[&str],
         delivery: &Delivery,
+        known: &KnownConsumers,
     ) -> Result<AppConsumer, TransportError> {
-        consumer::create(self, durable, event_names, delivery).await
+        consumer::create(self, durable, event_names, delivery, known).await
     }
 
     async fn delete_consumer(&self, name: &str) -> Result<(), TransportError> {
