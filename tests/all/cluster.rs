@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use weir_host::Daemon;
+use weir_host::config::Plan;
 use weir_host::nats::CONSUMER_FAILOVER_AFTER;
 use weir_host::nats::PULL_HEARTBEAT;
 use weir_host::nats::TransportExt as _;
@@ -140,6 +141,25 @@ async fn verdict(
     (v, dead)
 }
 
+/// The ledger host's plan on the cluster `urls`: R3 streams, each app's
+/// consumer at `consumer_replicas` (0: the stream's).
+fn ledger_plan(urls: &[String], scratch: &Scratch, consumer_replicas: usize) -> Plan {
+    ledger::host_config(
+        &urls.join(","),
+        weir_test_artifacts::ECHO,
+        &scratch.ledger,
+        &scratch.cache,
+        DEFAULT_ACK_WAIT_MS,
+    )
+    .nats(|n| {
+        n.replicas = 3;
+        n.consumer_replicas = consumer_replicas;
+    })
+    .valid()
+    .plan()
+    .unwrap()
+}
+
 #[test]
 fn replicated_streams_survive_sigkill_of_the_leader_and_of_weirs_own_server() {
     let _heavy = heavy();
@@ -147,23 +167,10 @@ fn replicated_streams_survive_sigkill_of_the_leader_and_of_weirs_own_server() {
         let mut cluster = Cluster::start(3).await;
         let urls = cluster.urls();
         let scratch = Scratch::new().unwrap();
-        let plan = ledger::host_config(
-            &urls.join(","),
-            weir_test_artifacts::ECHO,
-            &scratch.ledger,
-            &scratch.cache,
-            DEFAULT_ACK_WAIT_MS,
-        )
-        .nats(|n| {
-            n.replicas = 3;
-            // Replicated consumers (`scope = "cluster"` apps keep them, and
-            // `consumer_replicas = 0` asks for them): their leader moves
-            // by election. One-replica consumers are the next test's.
-            n.consumer_replicas = 0;
-        })
-        .valid()
-        .plan()
-        .unwrap();
+        // Replicated consumers (`scope = "cluster"` apps keep them, and
+        // `consumer_replicas = 0` asks for them): their leader moves by
+        // election. One-replica consumers are the next test's.
+        let plan = ledger_plan(&urls, &scratch, 0);
         let host = Daemon::start(plan).await.unwrap();
         for stream in [
             DEFAULT_STREAM.to_owned(),
@@ -314,22 +321,7 @@ fn one_replica_consumers_fail_over_when_their_server_dies() {
         let mut cluster = Cluster::start(3).await;
         let urls = cluster.urls();
         let scratch = Scratch::new().unwrap();
-        let plan = |consumer_replicas: usize| {
-            ledger::host_config(
-                &urls.join(","),
-                weir_test_artifacts::ECHO,
-                &scratch.ledger,
-                &scratch.cache,
-                DEFAULT_ACK_WAIT_MS,
-            )
-            .nats(|n| {
-                n.replicas = 3;
-                n.consumer_replicas = consumer_replicas;
-            })
-            .valid()
-            .plan()
-            .unwrap()
-        };
+        let plan = |consumer_replicas| ledger_plan(&urls, &scratch, consumer_replicas);
         let consumer = subjects::consumer_name(1, "ledger");
         let client = async_nats::connect(urls.clone()).await.unwrap();
         let js = jetstream::new(client);

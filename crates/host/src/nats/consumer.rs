@@ -978,10 +978,10 @@ impl AppConsumer {
     fn take(&mut self, msg: jetstream::Message) {
         // After a failover, what the consumer it replaced still sends is
         // not this consumer's (delivered again by this one).
-        if self.cursor.is_some() && msg.info().is_ok_and(|i| i.consumer != self.name) {
+        let own = self.cursor.is_some().then_some(self.name.as_str());
+        let Some(inbound) = Inbound::read(msg, own) else {
             return;
-        }
-        let inbound = Inbound::new(msg);
+        };
         let delivery = inbound.consumer_sequence;
         if delivery > 0 {
             if let Some(cursor) = &self.cursor {
@@ -1386,8 +1386,15 @@ pub struct Inbound {
 impl Inbound {
     /// Wrap a delivered message, reading its JetStream metadata.
     pub fn new(msg: jetstream::Message) -> Self {
+        Self::read(msg, None).expect("no consumer to compare with")
+    }
+
+    /// [`Inbound::new`], or `None` when the metadata names a consumer
+    /// other than `consumer` (given): read once per event.
+    fn read(msg: jetstream::Message, consumer: Option<&str>) -> Option<Self> {
         let (attempt, sequence, consumer_sequence, published_ns, stream, pending, metadata_error) =
             match msg.info() {
+                Ok(info) if consumer.is_some_and(|c| info.consumer != c) => return None,
                 Ok(info) => (
                     u32::try_from(info.delivered).unwrap_or(u32::MAX),
                     info.stream_sequence,
@@ -1424,7 +1431,7 @@ impl Inbound {
             (Some(_), ":0") => format!("unknown:{}", msg.reply.as_deref().unwrap_or("no-reply")),
             _ => id,
         };
-        Self {
+        Some(Self {
             subject: msg.subject.to_string(),
             payload: msg.payload.clone(),
             msg,
@@ -1438,7 +1445,7 @@ impl Inbound {
             header_error: None,
             consumer_sequence,
             cursor: None,
-        }
+        })
     }
 
     /// Time since the stream stored this event (zero if unknown or in the
