@@ -351,7 +351,16 @@ fn the_consumer_listing_holds_every_consumer_past_a_page() {
         .buffer_unordered(32)
         .collect()
         .await;
-        assert!(created.iter().all(Result::is_ok));
+        let refused: Vec<String> = created
+            .into_iter()
+            .filter_map(|r| r.err().map(|e| e.to_string()))
+            .collect();
+        assert!(
+            refused.is_empty(),
+            "{} refused: {:?}",
+            refused.len(),
+            refused.first()
+        );
         let known = KnownConsumers::list(&t).await.unwrap();
         let missing: Vec<&String> = names.iter().filter(|n| !known.may_exist(n)).collect();
         assert!(missing.is_empty(), "not listed: {missing:?}");

@@ -81,6 +81,14 @@ pub const DEFAULT_DEAD_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// longer than this misses events (set `nats.stream_max_age_s` to keep more).
 pub const DEFAULT_STREAM_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// Consumers a stream weir creates may hold: 100,000 (100 nodes × 1,000
+/// apps, the generation names of a failover beside them). Set on the
+/// stream because nats-server 2.15 gives every stream that sets none a
+/// limit of 1,000 (`default_max_consumers`, nats-server PR #8337), which
+/// one node of 1,000 apps fills; a stream made by an earlier weir or by
+/// hand keeps its own (see the cluster runbook).
+pub const STREAM_MAX_CONSUMERS: i32 = 100_000;
+
 /// Window in which JetStream drops a repeated `Nats-Msg-Id`: 2 minutes.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
@@ -794,6 +802,7 @@ impl Transport {
                         duplicate_window: DUPLICATE_WINDOW,
                         discard: stream::DiscardPolicy::New,
                         num_replicas: self.replicas,
+                        max_consumers: STREAM_MAX_CONSUMERS,
                         ..Default::default()
                     };
                     self.js
