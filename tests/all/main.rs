@@ -52,6 +52,7 @@ mod layout;
 mod nats;
 mod operations;
 mod permissions;
+mod replay;
 mod runtime;
 mod scaffold;
 mod table_bomb;

@@ -8,6 +8,8 @@ use std::process::ExitCode;
 
 /// The verdict is no (refused component, failed batch).
 pub const NO: u8 = 1;
+/// `weir replay`: the candidate decided differently on some events.
+pub const CHANGED: u8 = 2;
 /// `EX_USAGE`: the command line is wrong.
 pub const USAGE: u8 = 64;
 /// `EX_DATAERR`: an input file cannot be used.
@@ -34,6 +36,11 @@ pub const CODES: &[(i32, &str, &str)] = &[
         NO as i32,
         "refused component or failed batch",
         "the verdict is no: `check` refused the component, a batch of `invoke` failed",
+    ),
+    (
+        CHANGED as i32,
+        "replay found changes",
+        "changes: `weir replay`'s candidate decided differently on some events, or asked for different effects (the report lists them)",
     ),
     (
         USAGE as i32,

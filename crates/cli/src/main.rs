@@ -9,6 +9,8 @@
 //! - `weir new` ([`new`]): write a handler project in Rust, Python or
 //!   JavaScript;
 //! - `weir publish` ([`publish`]): publish one event or replay a corpus;
+//! - `weir replay` ([`mod@replay`]): a new version of an app's handler beside
+//!   the one it runs, on the events the stream holds, compared;
 //! - `weir permissions` ([`permissions`]): the NATS permissions a host needs;
 //! - `weir reload` ([`reload`]) and `weir stats` ([`stats`]): a running
 //!   host's loopback endpoints ([`admin`]);
@@ -32,6 +34,7 @@ mod permissions;
 mod publish;
 mod reference;
 mod reload;
+mod replay;
 mod run;
 mod stats;
 mod watch;
@@ -153,6 +156,13 @@ enum Command {
     /// Print a running host's per-app counters as a table (`--json` for the
     /// raw `/stats`, `--watch` to refresh).
     Stats(stats::StatsArgs),
+    /// Run a new version of an app's handler beside the one it runs now on
+    /// the events the stream holds, effects intercepted, and print what
+    /// changed. Exits 0 when nothing did, 2 when some events changed.
+    #[command(after_long_help = "Examples:\n  \
+        weir replay --app mail1 --component mail-v2.wasm --since 24h\n  \
+        weir replay --app mail1 --component mail-v2.wasm --from-seq 1000 --to-seq 2000 --batch 1 --json")]
+    Replay(replay::ReplayArgs),
     /// Ask the privileged effect helper to restart or reload a unit (the
     /// command executor's command when the host runs unprivileged; see
     /// deploy/weir-effects.socket). Exits 0 when done, 1 when refused or
@@ -197,6 +207,7 @@ fn main() -> ExitCode {
         Command::Permissions(args) => permissions::run(args),
         Command::Reload(args) => reload::run(args),
         Command::Stats(args) => stats::run(args),
+        Command::Replay(args) => replay::run(args),
         Command::EffectRequest(args) => effect::request(args),
         Command::EffectHelper(args) => effect::helper(args),
         Command::Completions(args) => docs::completions(args),

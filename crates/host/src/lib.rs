@@ -21,6 +21,9 @@
 //! - [`effects`]: grants, idempotency, debounce, rate limits, executors, and
 //!   their stores (pending effects, limit windows);
 //! - [`stats`]: per-app counters and latency histograms (Prometheus);
+//! - [`replay`]: a candidate component beside the app's own on the events
+//!   the stream holds, effects intercepted, decisions compared (`weir
+//!   replay`);
 //! - [`config`]: `weir.toml`, every problem at once, parsed once into a
 //!   [`config::Plan`]; each section is defined by the module that uses it
 //!   (`[bridge]` is kept as text for `weir-bridge`);
@@ -64,6 +67,7 @@ pub mod http;
 pub mod nats;
 pub mod permissions;
 pub mod pipeline;
+pub mod replay;
 pub mod stats;
 
 /// The sandbox (`weir-runtime`), whose main types are also re-exported at

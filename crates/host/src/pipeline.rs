@@ -273,6 +273,52 @@ pub enum DecodeError {
     Envelope(String),
 }
 
+/// What a message of the events stream carries, delivered or read back.
+#[derive(Debug, Clone, Copy)]
+pub struct Stored<'a> {
+    /// The subject it was published on.
+    pub subject: &'a str,
+    /// Its event id (`Nats-Msg-Id`, else `<stream>:<sequence>`).
+    pub id: &'a str,
+    /// The payload as published.
+    pub payload: &'a [u8],
+    /// Its stream sequence.
+    pub sequence: u64,
+    /// Publish time, ms since the Unix epoch.
+    pub published_ms: u64,
+}
+
+/// Stage 1 past the delivery's own metadata: subject, id cap and envelope
+/// of a message (`attempt`: its delivery, 1-based), with payloads up to
+/// `max_payload_bytes`. `weir replay` decodes what it reads back the same way.
+///
+/// # Errors
+///
+/// The [`DecodeError`] whose `Display` is the dead-letter reason.
+pub fn decode(
+    subjects: &crate::nats::Subjects,
+    message: Stored<'_>,
+    attempt: u32,
+    max_payload_bytes: usize,
+) -> Result<Event, DecodeError> {
+    let Some((name, source)) = subjects.parse_event(message.subject) else {
+        return Err(DecodeError::Subject(message.subject.to_owned()));
+    };
+    if message.id.len() > envelope::MAX_EVENT_ID_BYTES {
+        return Err(DecodeError::IdTooLong(message.id.len()));
+    }
+    let meta = EventMeta {
+        id: message.id.to_owned(),
+        name: name.to_owned(),
+        source,
+        attempt,
+        sequence: message.sequence,
+        published_ms: message.published_ms,
+    };
+    envelope::event(meta, message.payload.to_vec(), max_payload_bytes)
+        .map_err(|e| DecodeError::Envelope(e.to_string()))
+}
+
 /// Why a batch failed as a whole (its events are isolated, retried or
 /// dead-lettered; the kind is counted in `/stats`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -560,22 +606,18 @@ impl AppPipeline {
         if let Some(e) = &inbound.header_error {
             return Err(DecodeError::Headers(e.clone()));
         }
-        let Some((name, source)) = self.transport.subjects().parse_event(&inbound.subject) else {
-            return Err(DecodeError::Subject(inbound.subject.clone()));
-        };
-        if inbound.id.len() > envelope::MAX_EVENT_ID_BYTES {
-            return Err(DecodeError::IdTooLong(inbound.id.len()));
-        }
-        let meta = EventMeta {
-            id: inbound.id.clone(),
-            name: name.to_owned(),
-            source,
-            attempt: inbound.attempt,
-            sequence: inbound.sequence,
-            published_ms: inbound.published_ms,
-        };
-        envelope::event(meta, inbound.payload.to_vec(), self.max_payload_bytes)
-            .map_err(|e| DecodeError::Envelope(e.to_string()))
+        decode(
+            self.transport.subjects(),
+            Stored {
+                subject: &inbound.subject,
+                id: &inbound.id,
+                payload: &inbound.payload,
+                sequence: inbound.sequence,
+                published_ms: inbound.published_ms,
+            },
+            inbound.attempt,
+            self.max_payload_bytes,
+        )
     }
 
     /// Invoke one batch and settle it. If a batch of several events fails,
@@ -767,9 +809,11 @@ fn counted(naks: &std::sync::Mutex<Naks>, msg: &Inbound) -> u32 {
 
 /// Split `items` into chunks whose payloads add up to at most `max_bytes`
 /// (an event larger than that is a chunk of its own), in order.
-fn chunks_by_bytes(items: Vec<(Inbound, Event)>, max_bytes: usize) -> Vec<Vec<(Inbound, Event)>> {
+/// `items` (each with its event) in order, cut into chunks of at most
+/// `max_bytes` of payload (an event larger alone is a chunk of its own).
+pub fn chunks_by_bytes<T>(items: Vec<(T, Event)>, max_bytes: usize) -> Vec<Vec<(T, Event)>> {
     let mut chunks = Vec::new();
-    let mut chunk: Vec<(Inbound, Event)> = Vec::new();
+    let mut chunk: Vec<(T, Event)> = Vec::new();
     let mut bytes = 0usize;
     for item in items {
         let size = item.1.payload.len();

@@ -27,6 +27,9 @@ pub struct AppBuckets {
     client: async_nats::Client,
     own: Option<kv::Store>,
     shared: HashMap<String, kv::Store>,
+    /// Granted buckets that do not exist, read as empty ([`open_existing`]:
+    /// `""` for the app's own).
+    absent: Vec<String>,
 }
 
 impl std::fmt::Debug for AppBuckets {
@@ -64,6 +67,9 @@ impl AppBuckets {
 impl KvBackend for AppBuckets {
     fn get<'a>(&'a self, bucket: &'a str, key: &'a str) -> KvFuture<'a, Option<(Vec<u8>, u64)>> {
         Box::pin(async move {
+            if self.absent.iter().any(|b| b == bucket) {
+                return Ok(None);
+            }
             let store = self.store(bucket)?;
             match store.entry(key).await.map_err(unavailable)? {
                 Some(e) if e.operation == kv::Operation::Put => {
@@ -132,6 +138,9 @@ impl KvBackend for AppBuckets {
         limit: usize,
     ) -> KvFuture<'a, Vec<String>> {
         Box::pin(async move {
+            if self.absent.iter().any(|b| b == bucket) {
+                return Ok(Vec::new());
+            }
             let store = self.store(bucket)?;
             let filter = if prefix.is_empty() {
                 format!("{}>", store.prefix)
@@ -219,5 +228,71 @@ pub(crate) async fn open(
         client: transport.client().clone(),
         own,
         shared,
+        absent: Vec::new(),
     })
+}
+
+/// The buckets `grant` gives app `app` as they are, for reading (`weir
+/// replay`): none is created, and one that does not exist reads as empty.
+///
+/// # Errors
+///
+/// [`TransportError::JetStream`] for the first bucket that cannot be looked
+/// up (other than not existing).
+pub async fn open_existing(
+    transport: &Transport,
+    app: &str,
+    grant: &KvGrant,
+) -> Result<AppBuckets, TransportError> {
+    let mut buckets = AppBuckets {
+        client: transport.client().clone(),
+        own: None,
+        shared: HashMap::new(),
+        absent: Vec::new(),
+    };
+    let mut wanted = Vec::new();
+    if grant.own {
+        wanted.push((
+            String::new(),
+            subjects::app_kv_bucket(transport.stream(), app),
+        ));
+    }
+    for name in &grant.shared {
+        wanted.push((
+            name.clone(),
+            subjects::shared_kv_bucket(transport.stream(), name),
+        ));
+    }
+    for (id, bucket) in wanted {
+        // Looked up as a stream first: only "not found" reads as empty.
+        match transport
+            .jetstream()
+            .get_stream(format!("KV_{bucket}"))
+            .await
+        {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                ) =>
+            {
+                buckets.absent.push(id);
+                continue;
+            }
+            Err(e) => return Err(super::js_err("key-value bucket")(e)),
+        }
+        let store = transport
+            .jetstream()
+            .get_key_value(&bucket)
+            .await
+            .map_err(super::js_err("key-value bucket"))?;
+        if id.is_empty() {
+            buckets.own = Some(store);
+        } else {
+            buckets.shared.insert(id, store);
+        }
+    }
+    Ok(buckets)
 }

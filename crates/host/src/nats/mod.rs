@@ -27,6 +27,8 @@
 //!   consumer and header name;
 //! - [`unreadable`]: deliveries whose header block the client cannot read,
 //!   found through the JSON message-get API and dead-lettered;
+//! - [`history`]: the stream's stored events by sequence, for `weir replay`
+//!   (the same API: no consumer, no header parser);
 //! - [`server`] (from `weir-edge`): a private nats-server process (the
 //!   embedded default, tests);
 //! - publishing events (with `Nats-Msg-Id`) and dead letters, each awaited
@@ -35,6 +37,7 @@
 pub mod buckets;
 pub mod consumer;
 pub mod cursor;
+pub mod history;
 pub mod records;
 pub mod unreadable;
 

@@ -107,6 +107,9 @@ pub(super) struct StoredMessage {
     /// The payload, base64.
     #[serde(default)]
     pub data: Option<String>,
+    /// When it was stored (RFC 3339, UTC).
+    #[serde(default)]
+    pub time: Option<String>,
 }
 
 impl StoredMessage {
