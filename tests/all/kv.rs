@@ -36,7 +36,7 @@ async fn kv_app(name: &str, grant: KvGrant, transport: &Transport) -> App {
 }
 
 /// The value of `key` in bucket `bucket` on `url`, as text.
-async fn value(url: &str, bucket: &str, key: &str) -> Option<String> {
+pub async fn value(url: &str, bucket: &str, key: &str) -> Option<String> {
     let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
     let store = js.get_key_value(bucket).await.unwrap();
     store
