@@ -369,3 +369,32 @@ fn listed(effects: &[String]) -> String {
     }
     format!("[{text}]")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn effects_gained_and_lost_are_multiset_differences() {
+        let a = strings(&["restart:a", "restart:a", "restart:b"]);
+        let b = strings(&["restart:a", "restart:c"]);
+        assert_eq!(difference(&a, &b), strings(&["restart:a", "restart:b"]));
+        assert_eq!(difference(&b, &a), strings(&["restart:c"]));
+        assert!(difference(&a, &a).is_empty());
+    }
+
+    #[test]
+    fn long_effect_lists_are_cut_and_counted() {
+        let many: Vec<String> = (0..MAX_LISTED_EFFECTS + 3)
+            .map(|i| format!("e{i}"))
+            .collect();
+        let text = listed(&many);
+        assert!(text.ends_with(" … and 3 more]"), "{text}");
+        assert!(!text.contains(&format!("e{MAX_LISTED_EFFECTS}")), "{text}");
+        assert_eq!(listed(&many[..2]), "[e0, e1]");
+    }
+}

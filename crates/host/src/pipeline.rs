@@ -808,9 +808,8 @@ fn counted(naks: &std::sync::Mutex<Naks>, msg: &Inbound) -> u32 {
 }
 
 /// Split `items` into chunks whose payloads add up to at most `max_bytes`
-/// (an event larger than that is a chunk of its own), in order.
-/// `items` (each with its event) in order, cut into chunks of at most
-/// `max_bytes` of payload (an event larger alone is a chunk of its own).
+/// (an event larger than that is a chunk of its own), in order. Shared
+/// with `weir replay`, which keeps its own item beside each event.
 pub fn chunks_by_bytes<T>(items: Vec<(T, Event)>, max_bytes: usize) -> Vec<Vec<(T, Event)>> {
     let mut chunks = Vec::new();
     let mut chunk: Vec<(T, Event)> = Vec::new();

@@ -273,11 +273,11 @@ pub async fn replay(
     if from <= to {
         let mut stored = std::pin::pin!(history::read(transport, from, to));
         while let Some(message) = stored.next().await {
-            replayer.report.read += 1;
             let Some(message) = message? else {
                 replayer.report.gaps += 1;
                 continue;
             };
+            replayer.report.read += 1;
             if !replayer.is_the_apps(&message) {
                 replayer.report.other_events += 1;
                 continue;
@@ -289,7 +289,7 @@ pub async fn replay(
             if last_progress.elapsed() >= PROGRESS_EVERY {
                 last_progress = Instant::now();
                 progress(Progress {
-                    read: replayer.report.read,
+                    read: replayer.report.read + replayer.report.gaps,
                     range,
                     events: replayer.report.events,
                 });
@@ -299,8 +299,6 @@ pub async fn replay(
     if !pending.is_empty() {
         replayer.fetched(pending).await;
     }
-    // `read` counted gaps too: a read is a message found.
-    report.read -= report.gaps;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)
 }

@@ -134,7 +134,10 @@ impl KvBackend for OverlayKv {
             };
             if let Some(base) = &self.base {
                 let hidden = written.iter().filter(|(_, live)| !live).count();
-                keys.extend(base.keys(bucket, prefix, limit + hidden).await?);
+                keys.extend(
+                    base.keys(bucket, prefix, limit.saturating_add(hidden))
+                        .await?,
+                );
             }
             let under = format!("{prefix}.");
             for (key, live) in written {
