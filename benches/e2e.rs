@@ -6,7 +6,12 @@
 //!   same size and acking each message, over the same pre-published events;
 //! - latency: at a fixed moderate rate, time from the stream's publish
 //!   timestamp to the event being settled (weir: acked after the handler ran;
-//!   raw: acked on receipt); p50 and p99 of each.
+//!   raw: acked on receipt); p50 and p99 of each;
+//! - shadow run (`[app.canary] mode = "shadow"`): the same throughput run
+//!   with a candidate (`echo` again) beside the live version, against the
+//!   run without in the same process: live events/s, the process's CPU
+//!   per event (user + system, from `/proc/self/stat`) until the candidate
+//!   has run every batch, and the batches it skipped.
 //!
 //! Run: `cargo bench -p weir-benches --bench e2e`. Prints the floor, weir's
 //! figure and the ratio. Needs `nats-server` (see README).
@@ -122,7 +127,12 @@ struct Weir {
     app: weir_host::App,
 }
 
-async fn weir_pipeline(w: &Weir, app_name: &str, event: &str) -> (AppPipeline, Arc<AppStats>) {
+async fn weir_pipeline(
+    w: &Weir,
+    app_name: &str,
+    event: &str,
+    shadow: Option<weir_host::App>,
+) -> (AppPipeline, Arc<AppStats>) {
     let rules: Vec<RuleConfig> = vec![toml::from_str(&format!("event = \"{event}\"")).unwrap()];
     let filter = Filter::new(&rules, 1, DomainSet::default()).unwrap();
     let delivery = Delivery {
@@ -143,6 +153,11 @@ async fn weir_pipeline(w: &Weir, app_name: &str, event: &str) -> (AppPipeline, A
         .await
         .unwrap();
     let stats = Arc::new(AppStats::default());
+    let observer = shadow.map(|candidate| {
+        let (shadow, _task) =
+            weir_host::canary::shadow::Shadow::start(candidate, stats.clone(), None);
+        shadow as Arc<dyn weir_host::pipeline::Observer>
+    });
     let pipeline = AppPipeline::new(
         w.app.clone(),
         1,
@@ -153,13 +168,20 @@ async fn weir_pipeline(w: &Weir, app_name: &str, event: &str) -> (AppPipeline, A
         stats.clone(),
     )
     .with_delivery(delivery)
+    .with_observer(observer)
     .with_max_payload_bytes(1 << 20);
     (pipeline, stats)
 }
 
 /// weir: the app's pipeline until `n` events are done; returns elapsed.
-async fn weir_consume(w: &Weir, app_name: &str, event: &str, n: u64) -> (Duration, Arc<AppStats>) {
-    let (pipeline, stats) = weir_pipeline(w, app_name, event).await;
+async fn weir_consume(
+    w: &Weir,
+    app_name: &str,
+    event: &str,
+    n: u64,
+    shadow: Option<weir_host::App>,
+) -> (Duration, Arc<AppStats>) {
+    let (pipeline, stats) = weir_pipeline(w, app_name, event, shadow).await;
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let start = Instant::now();
     let task = tokio::spawn(pipeline.run(stop_rx));
@@ -170,6 +192,22 @@ async fn weir_consume(w: &Weir, app_name: &str, event: &str, n: u64) -> (Duratio
     stop.send(true).unwrap();
     task.await.unwrap();
     (elapsed, stats)
+}
+
+/// This process's CPU time so far, user + system (`/proc/self/stat`,
+/// fields 14 and 15, in clock ticks of 10 ms: `sysconf(_SC_CLK_TCK)` is 100
+/// on Linux).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The command name (field 2) may hold spaces: count after its `)`.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -203,7 +241,8 @@ fn main() {
             let subject = format!("weir.events.t{r}.cluster");
             publish_burst(&js, &subject, EVENTS, &format!("t{r}")).await;
             raw.push(raw_consume(&js, &format!("raw{r}"), &subject, EVENTS, None).await);
-            let (elapsed, stats) = weir_consume(&w, &format!("app{r}"), &format!("t{r}"), EVENTS as u64).await;
+            let (elapsed, stats) =
+                weir_consume(&w, &format!("app{r}"), &format!("t{r}"), EVENTS as u64, None).await;
             assert_eq!(stats.received.get(), EVENTS as u64);
             weir.push(elapsed);
         }
@@ -214,6 +253,59 @@ fn main() {
             rate(raw),
             rate(weir),
             rate(weir) / rate(raw)
+        );
+
+        println!(
+            "\nshadow run: {EVENTS} events, batches of {BATCH}, a candidate (echo) beside the live version (median of {ROUNDS}):"
+        );
+        let candidate = runtime
+            .deploy_file(
+                AppSpec { limits: Limits { max_batch: BATCH, ..Limits::default() }, ..AppSpec::new("echo", 1, "node1") },
+                weir_test_artifacts::ECHO.as_ref(),
+            )
+            .unwrap();
+        let (mut alone, mut beside) = (Vec::new(), Vec::new());
+        for r in 0..ROUNDS {
+            for (shadow, out) in [(false, &mut alone), (true, &mut beside)] {
+                let tag = format!("s{}{r}", u8::from(shadow));
+                let subject = format!("weir.events.{tag}.cluster");
+                publish_burst(&js, &subject, EVENTS, &tag).await;
+                let cpu = cpu_time();
+                let (elapsed, stats) = weir_consume(
+                    &w,
+                    &format!("app{tag}"),
+                    &tag,
+                    EVENTS as u64,
+                    shadow.then(|| candidate.clone()),
+                )
+                .await;
+                // The candidate's queue drained: every batch run or skipped.
+                while shadow
+                    && stats.shadow_batches.get() + stats.shadow_skipped_batches.get()
+                        < stats.batches.get()
+                {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                let cpu = cpu_time() - cpu;
+                out.push((elapsed, cpu, stats.shadow_batches.get(), stats.shadow_skipped_batches.get()));
+            }
+        }
+        let pick = |v: &mut Vec<(Duration, Duration, u64, u64)>| {
+            v.sort_by_key(|x| x.0);
+            v[v.len() / 2]
+        };
+        let (a, b) = (pick(&mut alone), pick(&mut beside));
+        let per_event = |d: Duration| d.as_secs_f64() * 1e6 / EVENTS as f64;
+        println!(
+            "  live version alone: {:>9.0} events/s, {:.1} µs CPU per event\n  with the shadow candidate: {:>9.0} events/s, {:.1} µs CPU per event ({} batches run, {} skipped)\n  ratio with/alone: throughput {:.2}, CPU {:.2}",
+            rate(a.0),
+            per_event(a.1),
+            rate(b.0),
+            per_event(b.1),
+            b.2,
+            b.3,
+            rate(b.0) / rate(a.0),
+            per_event(b.1) / per_event(a.1),
         );
 
         println!("\nlatency: {RATE} events/s for {LATENCY_SECS} s, publish timestamp → settled:");
@@ -234,7 +326,7 @@ fn main() {
         raw_consume(&js, "lraw", "weir.events.lraw.cluster", n, Some(&mut raw_lat)).await;
         publisher.await.unwrap();
         // weir: the pipeline records publish → settle latency in its stats.
-        let (pipeline, stats) = weir_pipeline(&w, "lweir", "lweir").await;
+        let (pipeline, stats) = weir_pipeline(&w, "lweir", "lweir", None).await;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(pipeline.run(stop_rx));
         let mut tick = tokio::time::interval(interval);

@@ -168,6 +168,17 @@ mod fixtures {
         // The guest's panic message reached the log (stderr) and was counted.
         let inv = app.invoke_blocking(&directive("panic"));
         assert!(inv.stats.log.lines >= 1, "{:?}", inv.stats.log);
+        // A `poison` event anywhere in the batch: a trap; alone, the events
+        // beside it are acked.
+        let batch = vec![
+            event("test", "cluster", "fine"),
+            event("test", "cluster", "poison"),
+        ];
+        assert!(matches!(
+            app.invoke_blocking(&batch).result,
+            Err(InvokeError::Trap(_))
+        ));
+        assert!(app.invoke_blocking(&batch[..1]).result.is_ok());
     }
 
     pub fn infinite_loop(path: &str) {

@@ -24,6 +24,8 @@
 //! - `auth`: mutual TLS with a TLS-first handshake, an nkey user, a JWT user
 //!   from a `.creds` file;
 //! - `cluster`: a 3-server cluster, R3 streams, servers SIGKILLed under load;
+//! - `canary`: a candidate on one of three hosts, rolled back when it
+//!   traps, kept when healthy, counted in shadow;
 //! - `operations`: reload under load, quarantine, `/ready`, SIGHUP,
 //!   `weir reload` and `weir stats`;
 //! - `table_bomb`: a table-growth bomb written in component text;
@@ -36,6 +38,7 @@ extern crate weir_test_support;
 
 mod auth;
 mod bridge;
+mod canary;
 mod cli;
 mod cluster;
 mod cluster_state;

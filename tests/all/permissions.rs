@@ -11,9 +11,12 @@ use weir_host::nats::NatsServer;
 use weir_host::nats::TransportExt as _;
 use weir_host::nats::subjects::Subjects;
 use weir_host::nats::{ConnectAuth, Credentials, Transport};
+use weir_test_support::config::AppBuilder;
 
 /// The marker-file host of `crate::common` as user `node1`, also granted
-/// `publish = ["echoed"]` and a second unit.
+/// `publish = ["echoed"]` and a second unit, with two more apps: `here`,
+/// whose live canary (the `trap` component) runs on node 1, and `there`,
+/// whose canary runs on node 2 (node 1 reports its window).
 fn host_config(url: &str, marker: &std::path::Path) -> Config {
     // The password sits in a file next to the marker, never in the config.
     let password_file = marker.with_file_name("node1.password");
@@ -23,6 +26,22 @@ fn host_config(url: &str, marker: &std::path::Path) -> Config {
             n.user = Some("node1".into());
             n.password_file = Some(password_file);
         })
+        .app(
+            AppBuilder::new("here", weir_test_artifacts::ECHO)
+                .events(&["here"])
+                .canary(&format!(
+                    "component = {:?}\nnodes = [1]",
+                    weir_test_artifacts::TRAP
+                )),
+        )
+        .app(
+            AppBuilder::new("there", weir_test_artifacts::ECHO)
+                .events(&["there"])
+                .canary(&format!(
+                    "component = {:?}\nnodes = [2]",
+                    weir_test_artifacts::TRAP
+                )),
+        )
         .valid();
     config.apps[0].grants.publish = vec!["echoed".into()];
     config
@@ -107,6 +126,7 @@ fn host_runs_with_exactly_its_least_privilege_permissions() {
         .await
         .unwrap();
         let mut echoed = client.subscribe("weir.events.echoed.>").await.unwrap();
+        let mut canary = client.subscribe("weir.admin.canary.>").await.unwrap();
         admin
             .publish_event("test", "cluster", Bytes::from_static(b"restart:u1"), "e1")
             .await
@@ -149,6 +169,39 @@ fn host_runs_with_exactly_its_least_privilege_permissions() {
         // record was stored, and the server logged no violation.
         let echo = host.stats().into_iter().find(|s| s.app == "echo").unwrap();
         assert_eq!(echo.effect_records_failed, 0, "{echo:?}");
+        // Canaries: node 1 reports `there`'s window, and rolls `here`'s
+        // candidate back (every event panics) and says so.
+        for i in 0..weir_host::canary::DEFAULT_MIN_EVENTS {
+            admin
+                .publish_event(
+                    "here",
+                    "cluster",
+                    Bytes::from_static(b"panic"),
+                    &format!("h{i}"),
+                )
+                .await
+                .unwrap();
+        }
+        let mut heard = std::collections::BTreeSet::new();
+        let listen = async {
+            while heard.len() < 2 {
+                let m = futures::StreamExt::next(&mut canary).await.unwrap();
+                heard.insert(m.subject.to_string());
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(30), listen)
+            .await
+            .is_err()
+        {
+            panic!("not within 30 s: a reference report and the rollback; heard {heard:?}");
+        }
+        assert_eq!(
+            heard.into_iter().collect::<Vec<_>>(),
+            [
+                "weir.admin.canary.here.rolled_back.1",
+                "weir.admin.canary.there.reference.1"
+            ]
+        );
         assert_eq!(violations(&server), Vec::<String>::new());
 
         // With the same credentials, acting as another app or node fails.

@@ -38,6 +38,8 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("app.effects.limit.effect", "\"restart:*\""),
     ("app.effects.limit.max", "1"),
     ("app.effects.limit.per_s", "60"),
+    ("app.canary.component", "\"/var/lib/weir/mail-v2.wasm\""),
+    ("app.canary.nodes", "[2]"),
     ("bridge.redis_url", "\"redis://127.0.0.1:6379\""),
 ];
 
@@ -220,9 +222,17 @@ fn write_table(out: &mut String, root: &Value, schema: &Value, path: &str, prefi
     for (full, prop, s, many) in nested {
         out.push('\n');
         comment(out, &description(root, prop));
-        // Arrays of tables other than `[[app]]` and its rule are shown
-        // commented out: an example, not a default.
-        let commented = if many && !matches!(full.as_str(), "app" | "app.rule") {
+        // Arrays of tables other than `[[app]]` and its rule, and optional
+        // tables (`[app.canary]`), are shown commented out: an example, not
+        // a default.
+        let optional = prop
+            .get("anyOf")
+            .and_then(Value::as_array)
+            .is_some_and(|a| {
+                a.iter()
+                    .any(|n| n.get("type").and_then(Value::as_str) == Some("null"))
+            });
+        let commented = if optional || (many && !matches!(full.as_str(), "app" | "app.rule")) {
             "# "
         } else {
             prefix
@@ -349,6 +359,20 @@ mod tests {
             toml::from_str(&bridge).unwrap_or_else(|e| panic!("{e}\n{bridge}"));
         weir_bridge::BridgeConfig::from_section(&table, std::path::Path::new("/"))
             .unwrap_or_else(|e| panic!("{e:?}\n{bridge}"));
+        // So does the commented-out [app.canary], with no problem.
+        let canary: String = text
+            .lines()
+            .skip_while(|l| *l != "# [app.canary]")
+            .skip(1)
+            .take_while(|l| !l.starts_with("# [") && !l.starts_with('['))
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.contains(" = ") && !l.trim_end().ends_with('='))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let canary: weir_host::canary::CanaryConfig =
+            toml::from_str(&canary).unwrap_or_else(|e| panic!("{e}\n{canary}"));
+        assert_eq!(canary.problems(), Vec::<String>::new());
+        assert_eq!(canary.nodes, Some(vec![2]));
     }
 
     #[test]

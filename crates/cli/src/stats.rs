@@ -133,8 +133,60 @@ fn grid(columns: &[(&str, Cell)], apps: &[Value]) -> String {
     out
 }
 
+/// One line on an app's canary (`/stats`' `canary`), or `None`.
+fn canary(a: &Value) -> Option<String> {
+    let c = a.get("canary").filter(|c| c.is_object())?;
+    let w = &c["window"];
+    let counts = |w: &Value| {
+        format!(
+            "{} events, {} failed, {} rejected, {} effects",
+            text(&w["events"]),
+            text(&w["failed"]),
+            text(&w["rejected"]),
+            text(&w["effects"])
+        )
+    };
+    let candidate = text(&c["candidate"]);
+    let line = match c["state"].as_str() {
+        Some("trial") => {
+            let reference = if c["reference"].is_object() {
+                format!(
+                    "reference ({} nodes): {}",
+                    text(&c["reference_nodes"]),
+                    counts(&c["reference"])
+                )
+            } else {
+                "no reference yet".to_owned()
+            };
+            format!(
+                "candidate {candidate} on trial; last {} s: {}; {reference}",
+                text(&c["window_s"]),
+                counts(w)
+            )
+        }
+        Some("rolled_back") => format!(
+            "candidate {candidate} ROLLED BACK: {}; the stable component runs until [app.canary] or a component changes",
+            text(&c["reason"])
+        ),
+        Some("reference") => format!(
+            "stable component here, reporting its window to the candidate's nodes; last {} s: {}",
+            text(&c["window_s"]),
+            counts(w)
+        ),
+        Some("shadow") => format!(
+            "candidate {candidate} in shadow: {} of {} events changed, {} failed, {} batches skipped",
+            text(&a["shadow_changed_events"]),
+            text(&a["shadow_events"]),
+            text(&a["shadow_failed_events"]),
+            text(&a["shadow_skipped_batches"])
+        ),
+        _ => return None,
+    };
+    Some(format!("{}: canary: {line}\n", text(&a["app"])))
+}
+
 /// `/stats` as a table: a header line, one line per app, then the last
-/// errors of quarantined apps and the last reload.
+/// errors of quarantined apps, the apps' canaries and the last reload.
 pub fn table(stats: &Value) -> String {
     let apps = stats["apps"].as_array().cloned().unwrap_or_default();
     let mut out = format!("node {}\n", text(&stats["node"]));
@@ -143,6 +195,9 @@ pub fn table(stats: &Value) -> String {
         if let Some(e) = a["last_error"].as_str() {
             out += &format!("{}: last error: {e}\n", text(&a["app"]));
         }
+    }
+    for a in &apps {
+        out += &canary(a).unwrap_or_default();
     }
     let last = &stats["reload"]["last"];
     if last.is_object() {
@@ -294,6 +349,38 @@ mod tests {
         assert!(lines[3].contains(" 5  "), "traps summed: {t}");
         assert_eq!(lines[4], "bad: last error: trap: unreachable");
         assert_eq!(lines[5], "last reload refused: [\"x\"]");
+    }
+
+    #[test]
+    fn canaries_get_a_line_each_by_state() {
+        let w = serde_json::json!({"events": 40, "failed": 12, "rejected": 0, "effects": 3});
+        let stats = serde_json::json!({
+            "node": 3,
+            "apps": [
+                {"app": "a", "canary": {"state": "trial", "candidate": "abc", "window_s": 60,
+                 "window": w, "reference": w, "reference_nodes": 2}},
+                {"app": "b", "canary": {"state": "rolled_back", "candidate": "def",
+                 "reason": "12 of 40 events failed"}},
+                {"app": "c", "canary": {"state": "shadow", "candidate": "123"},
+                 "shadow_changed_events": 5, "shadow_events": 50, "shadow_failed_events": 4,
+                 "shadow_skipped_batches": 0},
+                {"app": "d"}
+            ]
+        });
+        let t = table(&stats);
+        assert!(
+            t.contains("a: canary: candidate abc on trial; last 60 s: 40 events, 12 failed, 0 rejected, 3 effects; reference (2 nodes): 40 events"),
+            "{t}"
+        );
+        assert!(
+            t.contains("b: canary: candidate def ROLLED BACK: 12 of 40 events failed;"),
+            "{t}"
+        );
+        assert!(
+            t.contains("c: canary: candidate 123 in shadow: 5 of 50 events changed, 4 failed, 0 batches skipped"),
+            "{t}"
+        );
+        assert!(!t.contains("d: canary"), "{t}");
     }
 
     #[test]

@@ -43,6 +43,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::canary::{CanaryConfig, CanaryPlan};
 use crate::effects::{AppEffects, EffectPolicy, EffectsConfig, Grants};
 use crate::filter::{Filter, RuleConfig};
 use crate::nats::subjects::{self, Scope};
@@ -190,6 +191,10 @@ pub struct AppConfig {
     /// Consumer settings.
     #[serde(default)]
     pub delivery: Delivery,
+    /// A candidate component on chosen nodes, live with guard rails or in
+    /// shadow (`[app.canary]`: [`CanaryConfig`]); none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryConfig>,
 }
 
 /// Why a configuration cannot be used.
@@ -252,6 +257,11 @@ impl Config {
         for app in &mut config.apps {
             if app.component.is_relative() {
                 app.component = base.join(&app.component);
+            }
+            if let Some(canary) = &mut app.canary
+                && canary.component.is_relative()
+            {
+                canary.component = base.join(&canary.component);
             }
         }
         Ok(config)
@@ -352,6 +362,15 @@ impl Config {
                 .map_err(|errors| prefixed(&mut p, &a, errors))
                 .ok();
             prefixed(&mut p, &format!("{a}grants: "), app.grants.problems());
+            if let Some(canary) = &app.canary {
+                prefixed(&mut p, &format!("{a}canary: "), canary.problems());
+                if !canary.component.is_file() {
+                    p.push(format!(
+                        "{a}canary: component {} does not exist",
+                        canary.component.display()
+                    ));
+                }
+            }
             prefixed(&mut p, &format!("{a}effects."), app.effects.problems());
             if app.grants.kv && !subjects::is_bucket_token(&app.name) {
                 p.push(format!(
@@ -402,6 +421,10 @@ impl Config {
                         ..app.delivery.clone()
                     },
                     consumer: app.scope.consumer_name(self.node.id, &app.name),
+                    canary: app.canary.as_ref().map(|c| CanaryPlan {
+                        config: c.clone(),
+                        here: c.chooses(&app.name, self.node.id),
+                    }),
                 });
             }
         }
@@ -459,6 +482,8 @@ pub struct AppPlan {
     pub delivery: Delivery,
     /// Its durable consumer's name ([`Scope::consumer_name`]).
     pub consumer: String,
+    /// Its canary ([`crate::canary`]), if `[app.canary]` is set.
+    pub canary: Option<CanaryPlan>,
 }
 
 #[cfg(test)]

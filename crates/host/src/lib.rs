@@ -21,6 +21,8 @@
 //! - [`effects`]: grants, idempotency, debounce, rate limits, executors, and
 //!   their stores (pending effects, limit windows);
 //! - [`stats`]: per-app counters and latency histograms (Prometheus);
+//! - [`canary`]: a candidate component on chosen nodes, live with guard
+//!   rails and automatic rollback, or in shadow beside the stable one;
 //! - [`replay`]: a candidate component beside the app's own on the events
 //!   the stream holds, effects intercepted, decisions compared (`weir
 //!   replay`);
@@ -57,6 +59,7 @@
 //! ```
 
 pub mod admin_token;
+pub mod canary;
 pub mod config;
 pub mod corpus;
 pub mod daemon;

@@ -22,7 +22,9 @@
 //! | publish | `$JS.API.STREAM.INFO.KV_WEIR_LIMITS`, `$KV.WEIR_LIMITS.nN.>`, `$JS.API.DIRECT.GET.KV_WEIR_LIMITS.$KV.WEIR_LIMITS.nN.>` (and `cluster.>` with a cluster-scope limit) | effect rate-limit windows |
 //! | publish | `$JS.API.CONSUMER.CREATE.KV_WEIR_PENDING` (and `.>`) | list the pending effects at start (an ordered consumer of key names; it can see the names of other nodes' pending keys, never change them) |
 //! | publish | `$JS.API.STREAM.INFO.KV_WEIR_KV_A`, `$KV.WEIR_KV_A.>`, `$JS.API.DIRECT.GET.KV_WEIR_KV_A.>`, `$JS.API.CONSUMER.CREATE.KV_WEIR_KV_A` (and `.>`) (and the same for `WEIR_KVS_<name>` per `kv_shared` name) | the app's key-value buckets (`grants.kv`, `grants.kv_shared`): read, write, list keys |
+//! | publish | `weir.admin.canary.A.reference.N` (an app whose live canary runs on other nodes), `weir.admin.canary.A.rolled_back.N` (an app whose live canary runs here) | a canary's reference window and its rollback announcement ([`crate::canary`]) |
 //! | subscribe | `<inbox>.>` (default `_INBOX_weir_nodeN`) | replies: JetStream API, publish acks, pulled events |
+//! | subscribe | `weir.admin.canary.A.reference.*` (an app whose live canary runs here) | the reference nodes' windows |
 //!
 //! Nothing else: no stream creation or deletion (an operator creates the
 //! streams and the bucket once, e.g. with an unrestricted `weir run`), no
@@ -72,6 +74,7 @@ pub fn for_host(config: &Config) -> Result<Permissions, subjects::SubjectError> 
     let pending_stream = format!("KV_{pending}");
     let limits = subjects::limits_bucket(stream);
     let limits_stream = format!("KV_{limits}");
+    let mut subscribe: Vec<String> = Vec::new();
     let mut publish = vec![
         format!("$JS.API.STREAM.INFO.{stream}"),
         // The stream's consumer names, listed once at start (names only),
@@ -138,6 +141,16 @@ pub fn for_host(config: &Config) -> Result<Permissions, subjects::SubjectError> 
             }
         }
         publish.push(s.dead_letter(node, &app.name));
+        if let Some(canary) = &app.canary {
+            if canary.chooses(&app.name, node) {
+                if canary.mode == crate::canary::CanaryMode::Live {
+                    publish.push(s.canary_rolled_back(&app.name, node));
+                    subscribe.push(s.canary_references(&app.name));
+                }
+            } else if canary.mode == crate::canary::CanaryMode::Live {
+                publish.push(s.canary_reference(&app.name, node));
+            }
+        }
         for name in &app.grants.publish {
             publish.push(s.event(name, &format!("module/{}", app.name))?);
         }
@@ -166,10 +179,8 @@ pub fn for_host(config: &Config) -> Result<Permissions, subjects::SubjectError> 
         }
     }
     let inbox = inbox_prefix(config);
-    Ok(Permissions {
-        publish,
-        subscribe: vec![format!("{inbox}.>")],
-    })
+    subscribe.insert(0, format!("{inbox}.>"));
+    Ok(Permissions { publish, subscribe })
 }
 
 /// The least-privilege permissions of `weir bridge` for the node `config`

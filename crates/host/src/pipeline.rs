@@ -7,6 +7,7 @@
 //!   -> admit      weir's own delivery count                (past max_deliver: dead letter)
 //!   -> chunk      by max_batch_bytes
 //!   -> invoke     fresh instance, the app's caps
+//!   -> observe    a shadow candidate is offered the batch ([`Observer`])
 //!   -> effects    grants, idempotency, execute once (before any ack)
 //!   -> settle     done -> ack | retry -> nak(delay) | reject -> dead letter + term
 //!   -> isolate    a failed batch (trap, cap, effect failure) runs its events
@@ -41,7 +42,8 @@
 //!
 //! **Reload.** A [`Swap`] left in the pipeline's [`SwapSlot`] is applied
 //! before the next batch: the batch in progress finishes on the old
-//! component, the next one runs on the new.
+//! component, the next one runs on the new. A canary's rollback
+//! ([`crate::canary`]) is such a swap.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -79,6 +81,15 @@ pub const QUARANTINE_MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Most characters of a batch failure kept as an app's `last_error`: 512.
 pub const MAX_LAST_ERROR_CHARS: usize = 512;
 
+/// Sees every successful invocation of an app's pipeline: its events and
+/// what the handler decided (the shadow run of a canary candidate,
+/// [`crate::canary::shadow`]). Called on the pipeline's task before the
+/// effects run: it must not block (queue the work, or drop it).
+pub trait Observer: Send + Sync + std::fmt::Debug {
+    /// `events` were handled as `handled` says.
+    fn handled(&self, events: &Arc<[Event]>, handled: &weir_runtime::Handled);
+}
+
 /// A new version of an app (a reload), applied by its running pipeline
 /// before its next batch.
 #[derive(Debug)]
@@ -93,6 +104,8 @@ pub struct Swap {
     pub delivery: Delivery,
     /// The component itself changed: lifts a quarantine at once.
     pub new_component: bool,
+    /// What sees its successful invocations (a shadow run), if anything.
+    pub observer: Option<Arc<dyn Observer>>,
 }
 
 /// Where a reload leaves the next [`Swap`] of one pipeline: the latest
@@ -176,6 +189,7 @@ pub struct AppPipeline {
     /// Set for a batch whose failure quarantines (or keeps quarantined) the
     /// app: its failures are excused, not counted against `max_deliver`.
     excusing: bool,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl AppPipeline {
@@ -207,7 +221,14 @@ impl AppPipeline {
             failed_in_row: 0,
             quarantine: None,
             excusing: false,
+            observer: None,
         }
+    }
+
+    /// What sees the pipeline's successful invocations ([`Observer`]).
+    pub fn with_observer(mut self, observer: Option<Arc<dyn Observer>>) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// Where reloads leave this pipeline's [`Swap`]s.
@@ -475,6 +496,7 @@ impl AppPipeline {
         self.filter = swap.filter;
         self.policy = swap.effects;
         self.delivery = swap.delivery;
+        self.observer = swap.observer;
         if swap.new_component {
             self.failed_in_row = 0;
             if self.quarantine.take().is_some() {
@@ -686,6 +708,10 @@ impl AppPipeline {
                 return Err(BatchFailure::Invoke(e));
             }
         };
+        s.effects_requested.add(handled.effects.len() as u64);
+        if let Some(observer) = &self.observer {
+            observer.handled(&events, &handled);
+        }
         let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
         let report = self
             .effects
@@ -742,6 +768,7 @@ impl AppPipeline {
     /// probe of a quarantined one), the delivery is excused and the event
     /// nak'd without delay: it waits in the stream for the next probe.
     async fn fail(&self, inbound: &[Inbound], error: &BatchFailure, naks: &std::sync::Mutex<Naks>) {
+        self.stats.failed_events.add(inbound.len() as u64);
         for msg in inbound {
             if self.excusing {
                 naks.lock()

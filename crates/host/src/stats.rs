@@ -250,6 +250,33 @@ pub struct AppStats {
     /// When fetching started failing without a success since, in ms since
     /// the Unix epoch; 0 while fetches succeed (read by `/ready`).
     pub fetch_failing_since_ms: Count,
+    /// Events whose invocation failed alone (trapped, hit a cap or had an
+    /// effect fail, after their batch failed or in a batch of one):
+    /// retried or dead-lettered.
+    pub failed_events: Count,
+    /// Effects the handler asked for (distinct within a batch, as its
+    /// answer holds them), before grants, coalescing with earlier batches
+    /// and debounce (what canary guard rails compare).
+    pub effects_requested: Count,
+    /// Times a canary candidate was rolled back on this node
+    /// ([`crate::canary`]).
+    pub canary_rollbacks: Count,
+    /// Shadow run ([`crate::canary::shadow`]): live batches the candidate
+    /// also ran on, effects intercepted.
+    pub shadow_batches: Count,
+    /// Shadow run: the events of those batches.
+    pub shadow_events: Count,
+    /// Shadow run: events whose decision or whose batch's effects differ
+    /// between the live version and the candidate (as `weir replay`
+    /// counts them).
+    pub shadow_changed_events: Count,
+    /// Shadow run: events the candidate failed on (trap or cap, alone).
+    pub shadow_failed_events: Count,
+    /// Shadow run: live batches the candidate did not run because its
+    /// queue was full ([`crate::canary::shadow::SHADOW_QUEUE_BATCHES`]).
+    pub shadow_skipped_batches: Count,
+    /// The app's canary, if its `[app.canary]` concerns this node.
+    canary: Mutex<Option<CanaryStatus>>,
     /// Failed batches by [`crate::InvokeError::kind`].
     traps: Mutex<BTreeMap<&'static str, u64>>,
     /// Effects executed (or logged, with `executor = "log"`) by effect,
@@ -277,6 +304,95 @@ pub enum AppState {
         /// The failure of the last batch.
         last_error: String,
     },
+}
+
+/// What one version decided over a window, as canary guard rails read
+/// it ([`AppStats::window_counts`] at two instants, subtracted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct WindowCounts {
+    /// Events decided: done, retry, reject, or failed alone (a failed
+    /// event counts once per delivery that failed).
+    pub events: u64,
+    /// Of `events`, those whose invocation failed alone (trap, cap or
+    /// effect failure).
+    pub failed: u64,
+    /// Of `events`, those the handler rejected.
+    pub rejected: u64,
+    /// Effects the handler asked for (distinct within a batch; before
+    /// grants and coalescing with earlier batches).
+    pub effects: u64,
+}
+
+impl WindowCounts {
+    /// What was counted after `earlier` (saturating: never below 0).
+    pub fn since(self, earlier: Self) -> Self {
+        Self {
+            events: self.events.saturating_sub(earlier.events),
+            failed: self.failed.saturating_sub(earlier.failed),
+            rejected: self.rejected.saturating_sub(earlier.rejected),
+            effects: self.effects.saturating_sub(earlier.effects),
+        }
+    }
+
+    /// Both counts together (several nodes' windows).
+    pub fn plus(self, other: Self) -> Self {
+        Self {
+            events: self.events.saturating_add(other.events),
+            failed: self.failed.saturating_add(other.failed),
+            rejected: self.rejected.saturating_add(other.rejected),
+            effects: self.effects.saturating_add(other.effects),
+        }
+    }
+}
+
+/// Where an app's canary stands on this node, as `/stats` reports it
+/// under `canary` ([`crate::canary`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CanaryStatus {
+    /// `"live"` (the candidate handles events on its nodes) or `"shadow"`
+    /// (it runs beside the stable version, effects intercepted).
+    pub mode: &'static str,
+    /// `"trial"`: the candidate handles this node's events, guard rails
+    /// watched; `"rolled_back"`: a guard rail tripped, the stable
+    /// component runs again until the configuration changes;
+    /// `"reference"`: this node runs the stable component and reports
+    /// its window to the candidate's nodes; `"shadow"`: the candidate runs
+    /// beside the stable component here.
+    pub state: &'static str,
+    /// The candidate component's SHA-256, first 12 hex digits.
+    pub candidate: String,
+    /// When this state began, ms since the Unix epoch.
+    pub since_ms: u64,
+    /// The guard rails' window, seconds.
+    pub window_s: u64,
+    /// This node's window (the candidate's on trial, the stable's on a
+    /// reference node); the last one before a rollback.
+    pub window: WindowCounts,
+    /// The stable version's window on the reference nodes heard from
+    /// (none yet: `null`).
+    pub reference: Option<WindowCounts>,
+    /// Reference nodes heard from within [`crate::canary::REFERENCE_STALE`].
+    pub reference_nodes: u32,
+    /// Why the candidate was rolled back.
+    pub reason: Option<String>,
+}
+
+impl CanaryStatus {
+    /// A status of `state` since now, with empty windows and no reason
+    /// (`candidate`: its full digest, shortened here).
+    pub fn new(mode: &'static str, state: &'static str, candidate: &str, window_s: u64) -> Self {
+        Self {
+            mode,
+            state,
+            candidate: candidate.chars().take(12).collect(),
+            since_ms: unix_ms(),
+            window_s,
+            window: WindowCounts::default(),
+            reference: None,
+            reference_nodes: 0,
+            reason: None,
+        }
+    }
 }
 
 /// Now, in ms since the Unix epoch.
@@ -356,6 +472,26 @@ pub struct AppStatsSnapshot {
     pub state: AppState,
     /// See [`AppStats::quarantines`].
     pub quarantines: u64,
+    /// See [`AppStats::failed_events`].
+    pub failed_events: u64,
+    /// See [`AppStats::effects_requested`].
+    pub effects_requested: u64,
+    /// See [`AppStats::canary_rollbacks`].
+    pub canary_rollbacks: u64,
+    /// See [`AppStats::shadow_batches`].
+    pub shadow_batches: u64,
+    /// See [`AppStats::shadow_events`].
+    pub shadow_events: u64,
+    /// See [`AppStats::shadow_changed_events`].
+    pub shadow_changed_events: u64,
+    /// See [`AppStats::shadow_failed_events`].
+    pub shadow_failed_events: u64,
+    /// See [`AppStats::shadow_skipped_batches`].
+    pub shadow_skipped_batches: u64,
+    /// The app's canary on this node ([`CanaryStatus`]); absent without
+    /// one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryStatus>,
     /// Publish → acked latency, median, in ms (bucket upper bound).
     pub settle_latency_p50_ms: f64,
     /// Publish → acked latency, 99th percentile, in ms (bucket upper bound).
@@ -409,6 +545,34 @@ impl AppStats {
             .clone()
     }
 
+    /// Set or clear the app's canary status.
+    pub fn set_canary(&self, status: Option<CanaryStatus>) {
+        *self
+            .canary
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = status;
+    }
+
+    /// The app's canary status.
+    pub fn canary(&self) -> Option<CanaryStatus> {
+        self.canary
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The decisions counted so far, for a window ([`WindowCounts`]).
+    pub fn window_counts(&self) -> WindowCounts {
+        let failed = get(&self.failed_events);
+        let rejected = get(&self.outcome_reject);
+        WindowCounts {
+            events: get(&self.outcome_done) + get(&self.outcome_retry) + rejected + failed,
+            failed,
+            rejected,
+            effects: get(&self.effects_requested),
+        }
+    }
+
     /// A snapshot for app `app`.
     pub fn snapshot(&self, app: &str) -> AppStatsSnapshot {
         AppStatsSnapshot {
@@ -458,6 +622,15 @@ impl AppStats {
             consumer_failovers: get(&self.consumer_failovers),
             state: self.state(),
             quarantines: get(&self.quarantines),
+            failed_events: get(&self.failed_events),
+            effects_requested: get(&self.effects_requested),
+            canary_rollbacks: get(&self.canary_rollbacks),
+            shadow_batches: get(&self.shadow_batches),
+            shadow_events: get(&self.shadow_events),
+            shadow_changed_events: get(&self.shadow_changed_events),
+            shadow_failed_events: get(&self.shadow_failed_events),
+            shadow_skipped_batches: get(&self.shadow_skipped_batches),
+            canary: self.canary(),
             settle_latency_p50_ms: 0.0,
             settle_latency_p99_ms: 0.0,
             settle_latency: ExposedHistogram::default(),
@@ -484,7 +657,7 @@ type Field = fn(&AppStatsSnapshot) -> u64;
 
 /// Every per-app counter and gauge `/metrics` exposes: name (counters get
 /// `_total`), type, help, value.
-const FAMILIES: [(&str, MetricType, &str, Field); 29] = [
+const FAMILIES: [(&str, MetricType, &str, Field); 38] = [
     (
         "weir_events_received",
         MetricType::Counter,
@@ -652,6 +825,60 @@ const FAMILIES: [(&str, MetricType, &str, Field); 29] = [
         MetricType::Gauge,
         "1 while the app is quarantined, else 0.",
         |s| u64::from(s.state != AppState::Running),
+    ),
+    (
+        "weir_failed_events",
+        MetricType::Counter,
+        "Events whose invocation failed alone (trap or cap).",
+        |s| s.failed_events,
+    ),
+    (
+        "weir_effects_requested",
+        MetricType::Counter,
+        "Effects handlers asked for (distinct within a batch), before grants.",
+        |s| s.effects_requested,
+    ),
+    (
+        "weir_canary_rollbacks",
+        MetricType::Counter,
+        "Times the app's canary candidate was rolled back on this node.",
+        |s| s.canary_rollbacks,
+    ),
+    (
+        "weir_canary_trial",
+        MetricType::Gauge,
+        "1 while the app's canary candidate handles this node's events, else 0.",
+        |s| u64::from(s.canary.as_ref().is_some_and(|c| c.state == "trial")),
+    ),
+    (
+        "weir_shadow_batches",
+        MetricType::Counter,
+        "Live batches the shadow candidate also ran on.",
+        |s| s.shadow_batches,
+    ),
+    (
+        "weir_shadow_events",
+        MetricType::Counter,
+        "Events of the batches the shadow candidate ran on.",
+        |s| s.shadow_events,
+    ),
+    (
+        "weir_shadow_changed_events",
+        MetricType::Counter,
+        "Events the shadow candidate decided differently (decision or batch effects).",
+        |s| s.shadow_changed_events,
+    ),
+    (
+        "weir_shadow_failed_events",
+        MetricType::Counter,
+        "Events the shadow candidate failed on (trap or cap).",
+        |s| s.shadow_failed_events,
+    ),
+    (
+        "weir_shadow_skipped_batches",
+        MetricType::Counter,
+        "Live batches the shadow candidate skipped because its queue was full.",
+        |s| s.shadow_skipped_batches,
     ),
     (
         "weir_apps",

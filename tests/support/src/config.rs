@@ -151,8 +151,19 @@ impl AppBuilder {
                 scope: Scope::Node,
                 limits: Limits::default(),
                 delivery: Delivery::default(),
+                canary: None,
             },
         }
+    }
+
+    /// The app's `[app.canary]`, written as the body of that table, e.g.
+    /// `component = "/path/c.wasm"\nnodes = [3]`.
+    pub fn canary(mut self, toml_body: &str) -> Self {
+        self.app.canary = Some(
+            toml::from_str(toml_body)
+                .unwrap_or_else(|e| panic!("bad [app.canary] {toml_body:?}: {e}")),
+        );
+        self
     }
 
     /// Add a rule written as the body of one `[[app.rule]]` table, e.g.

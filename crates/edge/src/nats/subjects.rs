@@ -249,6 +249,31 @@ impl Subjects {
     pub fn dead_letter(&self, node: u32, app: &str) -> String {
         format!("{}.dead.{node}.{app}", self.prefix)
     }
+
+    /// Every admin subject: `<prefix>.admin.>` (core NATS, not captured by
+    /// any stream weir creates).
+    pub fn all_admin(&self) -> String {
+        format!("{}.admin.>", self.prefix)
+    }
+
+    /// Where a node running `app`'s stable component while a canary runs
+    /// elsewhere reports its window:
+    /// `<prefix>.admin.canary.<app>.reference.<node>`.
+    pub fn canary_reference(&self, app: &str, node: u32) -> String {
+        format!("{}.admin.canary.{app}.reference.{node}", self.prefix)
+    }
+
+    /// Every node's reference report for `app`:
+    /// `<prefix>.admin.canary.<app>.reference.*`.
+    pub fn canary_references(&self, app: &str) -> String {
+        format!("{}.admin.canary.{app}.reference.*", self.prefix)
+    }
+
+    /// Where `node` announces that it rolled `app`'s canary back:
+    /// `<prefix>.admin.canary.<app>.rolled_back.<node>`.
+    pub fn canary_rolled_back(&self, app: &str, node: u32) -> String {
+        format!("{}.admin.canary.{app}.rolled_back.{node}", self.prefix)
+    }
 }
 
 /// Durable consumer name of `app` on `node`: `weir_<node>_<app>`.

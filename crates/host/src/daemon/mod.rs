@@ -31,6 +31,7 @@
 //! `DRAIN_TIMEOUT` + [`SHUTDOWN_SLACK`] even when NATS is gone.
 
 pub mod reload;
+mod rollout;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,7 +40,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use backon::{ConstantBuilder, Retryable as _};
 use futures::{StreamExt as _, TryStreamExt as _};
-use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -58,7 +58,9 @@ use crate::pipeline::{AppPipeline, SwapSlot};
 use crate::stats::AppCounters;
 use crate::stats::{AppStats, AppStatsSnapshot};
 pub use health::{Health, Phase, ReloadReply};
-use weir_runtime::{App, DeployError, Runtime};
+use rollout::{Arming, Deployed};
+use weir_runtime::kv::KvBackend;
+use weir_runtime::{App, Runtime};
 
 /// Pause between attempts to set up streams and consumers at start: 1 s.
 pub const SETUP_RETRY: Duration = Duration::from_secs(1);
@@ -129,6 +131,18 @@ struct RunningApp {
     swaps: Arc<SwapSlot>,
     stop: watch::Sender<bool>,
     task: AbortOnDrop,
+    /// Its canary's task (guard rails, reference reports or shadow run).
+    canary: AbortOnDrop,
+    /// Its counters.
+    stats: Arc<AppStats>,
+}
+
+/// What an app's set-up found, for its pipeline and canary.
+struct SetUp {
+    /// The app's buckets, if granted any.
+    live_kv: Option<Arc<dyn KvBackend>>,
+    /// This node rolled its canary's candidate back before.
+    rolled_back: bool,
 }
 
 /// A running daemon: every app consuming, the HTTP endpoints served.
@@ -142,6 +156,8 @@ pub struct Daemon {
     transport: Transport,
     runtime: Runtime,
     effects: Arc<EffectRunner>,
+    /// The node's effect records (canary rollbacks are recorded there too).
+    records: EffectRecords,
     apps: Vec<RunningApp>,
     /// Pipelines of removed apps, draining (then their consumer deleted if
     /// `nats.delete_consumer`).
@@ -205,7 +221,7 @@ impl Daemon {
         let (records, pending, limits) = set_up_streams(&transport, plan.config.node.id).await?;
         let effects = Arc::new(
             EffectRunner::new(plan.config.effects.clone(), Some(transport.clone()))
-                .with_durable_records(records)
+                .with_durable_records(records.clone())
                 .with_pending(pending, limits, stats.clone()),
         );
         let (pending_stop, pending_stop_rx) = watch::channel(false);
@@ -227,6 +243,7 @@ impl Daemon {
             transport,
             runtime,
             effects,
+            records,
             apps: Vec::with_capacity(plan.apps.len()),
             retiring: JoinSet::new(),
             reload_requests: Some(reload_requests),
@@ -241,7 +258,7 @@ impl Daemon {
         // Buckets and consumers, CONSUMER_SETUP_CONCURRENCY apps at a time
         // (each is a JetStream API round trip and files on the server's
         // disk); the apps start in order once all are set up.
-        let consumers: Vec<AppConsumer> = {
+        let consumers: Vec<(AppConsumer, SetUp)> = {
             // Collected first: a stream over a borrowing closure would make
             // `start`'s future not `Send` for every lifetime ("implementation of
             // `FnOnce` is not general enough" where it is spawned).
@@ -259,21 +276,21 @@ impl Daemon {
                 .apps
                 .iter()
                 .zip(&deployed)
-                .map(|(app_plan, (app, _))| daemon.set_up_app(app, app_plan, &known))
+                .map(|(app_plan, d)| daemon.set_up_app(d, app_plan, &known))
                 .collect();
             futures::stream::iter(setups)
                 .buffered(CONSUMER_SETUP_CONCURRENCY)
                 .try_collect()
                 .await?
         };
-        for (((app_plan, app_config), (app, digest)), consumer) in plan
+        for (((app_plan, app_config), deployed), (consumer, set_up)) in plan
             .apps
             .iter()
             .zip(&plan.config.apps)
             .zip(deployed)
             .zip(consumers)
         {
-            let running = daemon.spawn_app(app_plan, app_config, app, digest, consumer);
+            let running = daemon.spawn_app(app_plan, app_config, deployed, set_up, consumer);
             daemon.apps.push(running);
         }
         tracing::info!(apps = daemon.apps.len(), "apps consuming");
@@ -290,15 +307,25 @@ impl Daemon {
         Ok(daemon)
     }
 
-    /// Attach `app`'s buckets and set up its consumer.
+    /// Attach the app's buckets (a live canary candidate's too) and set
+    /// up its consumer; with the buckets, if any, and whether this node
+    /// rolled its canary's candidate back before.
     async fn set_up_app(
         &self,
-        app: &App,
+        deployed: &Deployed,
         app_plan: &AppPlan,
         known: &KnownConsumers,
-    ) -> anyhow::Result<AppConsumer> {
-        self.attach_buckets(app).await?;
-        self.set_up_consumer(app_plan, known).await
+    ) -> anyhow::Result<(AppConsumer, SetUp)> {
+        let live_kv = self.attach_buckets(&deployed.app).await?;
+        attach_candidate_kv(deployed, app_plan, live_kv.as_ref());
+        let rolled_back = rollout::rolled_back_before(&self.records, app_plan, deployed).await;
+        Ok((
+            self.set_up_consumer(app_plan, known).await?,
+            SetUp {
+                live_kv,
+                rolled_back,
+            },
+        ))
     }
 
     /// Create or update the consumer of one app, retrying through
@@ -338,10 +365,10 @@ impl Daemon {
     /// Give `app` its key-value buckets (created if missing) when it is
     /// granted any, retrying through JetStream's temporary unavailability
     /// like the consumers.
-    async fn attach_buckets(&self, app: &App) -> anyhow::Result<()> {
+    async fn attach_buckets(&self, app: &App) -> anyhow::Result<Option<Arc<dyn KvBackend>>> {
         let grant = app.kv_grant().clone();
         if !grant.any() {
-            return Ok(());
+            return Ok(None);
         }
         let setup = || async {
             self.transport.wait_connected().await;
@@ -355,8 +382,9 @@ impl Daemon {
             )
             .notify(|e, _| tracing::warn!(app = %app.name(), error = %e, "key-value bucket setup failed; retrying"))
             .await?;
-        app.attach_kv(Arc::new(buckets));
-        Ok(())
+        let buckets: Arc<dyn KvBackend> = Arc::new(buckets);
+        app.attach_kv(buckets.clone());
+        Ok(Some(buckets))
     }
 
     /// Start the pipeline of one deployed app on `consumer`, counted in
@@ -365,8 +393,11 @@ impl Daemon {
         &self,
         app_plan: &AppPlan,
         app_config: &AppConfig,
-        app: App,
-        digest: String,
+        deployed: Deployed,
+        SetUp {
+            live_kv,
+            rolled_back,
+        }: SetUp,
         consumer: AppConsumer,
     ) -> RunningApp {
         let name = app_plan.spec.name.clone();
@@ -381,15 +412,28 @@ impl Daemon {
         }
         tracing::debug!(app = %name, consumer = %consumer.name(), events = ?app_plan.filter.event_names(), "app consuming");
         let swaps = Arc::new(SwapSlot::default());
+        let digest = deployed.digests();
+        let armed = rollout::arm(Arming {
+            plan: app_plan,
+            node: self.config.node.id,
+            deployed,
+            live_kv,
+            stats: app_stats.clone(),
+            swaps: swaps.clone(),
+            transport: &self.transport,
+            records: Some(self.records.clone()),
+            rolled_back,
+        });
         let pipeline = AppPipeline::new(
-            app,
+            armed.app,
             self.config.node.id,
             app_plan.filter.clone(),
             consumer,
             self.transport.clone(),
             self.effects.clone(),
-            app_stats,
+            app_stats.clone(),
         )
+        .with_observer(armed.observer)
         .with_effects(app_plan.effects.clone())
         .with_delivery(app_plan.delivery.clone())
         .with_max_payload_bytes(DEFAULT_MAX_PAYLOAD_BYTES)
@@ -406,6 +450,8 @@ impl Daemon {
             swaps,
             stop,
             task: AbortOnDrop(Some(task)),
+            canary: AbortOnDrop(armed.task),
+            stats: app_stats,
         }
     }
 
@@ -669,7 +715,7 @@ async fn start_nats(config: &Config) -> anyhow::Result<(Option<NatsServer>, Vec<
 async fn deploy_apps(
     engine: weir_runtime::EngineConfig,
     apps: Vec<AppPlan>,
-) -> anyhow::Result<(Runtime, Vec<(App, String)>)> {
+) -> anyhow::Result<(Runtime, Vec<Deployed>)> {
     tokio::task::spawn_blocking(move || {
         let cache_dir = engine.cache_dir.clone();
         let runtime = Runtime::new(engine)?;
@@ -680,9 +726,9 @@ async fn deploy_apps(
         // directory, or found in memory (an identical component).
         let mut sources = [0usize; 3];
         for app in &apps {
-            match deploy(&runtime, app) {
+            match rollout::deploy(&runtime, app) {
                 Ok(a) => {
-                    sources[match a.0.report().source {
+                    sources[match a.app.report().source {
                         LoadSource::Compiled => 0,
                         LoadSource::Disk => 1,
                         LoadSource::Memory => 2,
@@ -712,19 +758,21 @@ async fn deploy_apps(
     .context("deploy thread failed")?
 }
 
-/// Read, compile, check and prepare one app; with its component's SHA-256
-/// (hex).
-fn deploy(runtime: &Runtime, app: &AppPlan) -> Result<(App, String), DeployError> {
-    let bytes = std::fs::read(&app.component).map_err(|source| DeployError::Read {
-        path: app.component.clone(),
-        source,
-    })?;
-    Ok((runtime.deploy(app.spec.clone(), &bytes)?, digest(&bytes)))
-}
-
-/// A component's SHA-256, hex.
-fn digest(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+/// Give a live canary candidate the app's buckets (`live_kv`): it handles
+/// the app's events for real. A shadow candidate gets an overlay instead
+/// ([`crate::canary::shadow`]).
+fn attach_candidate_kv(
+    deployed: &Deployed,
+    app_plan: &AppPlan,
+    live_kv: Option<&Arc<dyn KvBackend>>,
+) {
+    let live = app_plan
+        .canary
+        .as_ref()
+        .is_some_and(|c| c.config.mode == crate::canary::CanaryMode::Live);
+    if let (true, Some((candidate, _)), Some(kv)) = (live, &deployed.candidate, live_kv) {
+        candidate.attach_kv(kv.clone());
+    }
 }
 
 /// An `[[app]]` entry as a value, to tell whether a reload changed it.

@@ -25,11 +25,12 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::{Daemon, RunningApp, app_value, digest, owned_events};
+use super::rollout::{self, Arming, Deployed};
+use super::{AbortOnDrop, Daemon, RunningApp, SetUp, app_value, attach_candidate_kv, owned_events};
 use crate::config::{AppPlan, Config, ConfigError, Plan};
 use crate::nats::{KnownConsumers, TransportExt as _};
 use crate::pipeline::Swap;
-use weir_runtime::{App, Runtime};
+use weir_runtime::Runtime;
 
 /// What a reload changed, app by app (names in config order).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -110,14 +111,29 @@ enum Change {
 /// Step 1's outcome: the added and changed apps, deployed; the names of
 /// those left as they are; every problem.
 struct Checked {
-    ready: Vec<(AppPlan, Change, App, String)>,
+    ready: Vec<(AppPlan, Change, Deployed)>,
     unchanged: Vec<String>,
     problems: Vec<String>,
 }
 
+/// The digests a reload compares for `app_plan` ([`Deployed::digests`]):
+/// its component's, and its candidate's on a node that runs it.
+fn digests(app_plan: &AppPlan) -> Result<String, String> {
+    let read = |path: &Path| {
+        std::fs::read(path)
+            .map(|bytes| rollout::digest(&bytes))
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let stable = read(&app_plan.component)?;
+    match app_plan.canary.as_ref().filter(|c| c.runs_candidate()) {
+        Some(c) => Ok(format!("{stable}+{}", read(&c.config.component)?)),
+        None => Ok(stable),
+    }
+}
+
 /// Step 1: read and hash every component of `apps` (each with its
 /// `[[app]]` entry as a value), compare with the `running` apps (name,
-/// entry, digest), deploy the added and changed ones.
+/// entry, digests), deploy the added and changed ones.
 fn check(
     runtime: &Runtime,
     running: &[(String, serde_json::Value, String)],
@@ -130,17 +146,13 @@ fn check(
     };
     for (app_plan, value) in apps {
         let name = app_plan.spec.name.clone();
-        let bytes = match std::fs::read(&app_plan.component) {
-            Ok(bytes) => bytes,
+        let digest = match digests(&app_plan) {
+            Ok(digest) => digest,
             Err(e) => {
-                checked.problems.push(format!(
-                    "app {name}: cannot read {}: {e}",
-                    app_plan.component.display()
-                ));
+                checked.problems.push(format!("app {name}: {e}"));
                 continue;
             }
         };
-        let digest = digest(&bytes);
         let change = match running.iter().find(|(n, _, _)| *n == name) {
             None => Change::Added,
             Some((_, config, old)) if *config != value || *old != digest => Change::Changed {
@@ -151,8 +163,8 @@ fn check(
                 continue;
             }
         };
-        match runtime.deploy(app_plan.spec.clone(), &bytes) {
-            Ok(app) => checked.ready.push((app_plan, change, app, digest)),
+        match rollout::deploy(runtime, &app_plan) {
+            Ok(deployed) => checked.ready.push((app_plan, change, deployed)),
             Err(e) => checked.problems.push(format!("app {name}: {e}")),
         }
     }
@@ -264,14 +276,28 @@ impl Daemon {
 
         // Step 2: consumers on the server.
         let mut consumers = Vec::with_capacity(ready.len());
-        for (app_plan, change, app, _) in &ready {
+        let mut live_kvs = Vec::with_capacity(ready.len());
+        for (app_plan, change, deployed) in &ready {
             let name = &app_plan.spec.name;
+            let app = &deployed.app;
+            let mut live_kv = None;
             if app.kv_grant().any() {
                 match self.transport.app_buckets(name, app.kv_grant()).await {
-                    Ok(buckets) => app.attach_kv(std::sync::Arc::new(buckets)),
+                    Ok(buckets) => {
+                        let buckets: std::sync::Arc<dyn weir_runtime::kv::KvBackend> =
+                            std::sync::Arc::new(buckets);
+                        app.attach_kv(buckets.clone());
+                        attach_candidate_kv(deployed, app_plan, Some(&buckets));
+                        live_kv = Some(buckets);
+                    }
                     Err(e) => problems.push(format!("app {name}: key-value bucket: {e}")),
                 }
             }
+            let rolled_back = rollout::rolled_back_before(&self.records, app_plan, deployed).await;
+            live_kvs.push(SetUp {
+                live_kv,
+                rolled_back,
+            });
             let events = owned_events(&app_plan.filter);
             let needed = match change {
                 Change::Added => true,
@@ -317,7 +343,9 @@ impl Daemon {
             .iter()
             .map(|a| (a.name.as_str(), a))
             .collect();
-        for ((app_plan, change, app, digest), consumer) in ready.into_iter().zip(consumers) {
+        for (((app_plan, change, deployed), consumer), set_up) in
+            ready.into_iter().zip(consumers).zip(live_kvs)
+        {
             let name = app_plan.spec.name.clone();
             let app_config = configs[name.as_str()];
             match change {
@@ -325,21 +353,42 @@ impl Daemon {
                     let Some(consumer) = consumer else {
                         continue;
                     };
-                    let running = self.spawn_app(&app_plan, app_config, app, digest, consumer);
+                    let running = self.spawn_app(&app_plan, app_config, deployed, set_up, consumer);
                     self.apps.push(running);
                     report.added.push(name);
                 }
                 Change::Changed { new_component } => {
+                    let node = self.config.node.id;
+                    let transport = self.transport.clone();
+                    let records = self.records.clone();
                     let Some(running) = self.apps.iter_mut().find(|a| a.name == name) else {
                         continue;
                     };
+                    let digest = deployed.digests();
+                    // The old canary's task stops before the new one
+                    // starts (a rollback it left in the slot is replaced
+                    // by this swap).
+                    running.canary = AbortOnDrop(None);
+                    let armed = rollout::arm(Arming {
+                        plan: &app_plan,
+                        node,
+                        deployed,
+                        live_kv: set_up.live_kv,
+                        stats: running.stats.clone(),
+                        swaps: running.swaps.clone(),
+                        transport: &transport,
+                        records: Some(records),
+                        rolled_back: set_up.rolled_back,
+                    });
                     running.swaps.put(Swap {
-                        app,
+                        app: armed.app,
                         filter: app_plan.filter.clone(),
                         effects: app_plan.effects.clone(),
                         delivery: app_plan.delivery.clone(),
                         new_component,
+                        observer: armed.observer,
                     });
+                    running.canary = AbortOnDrop(armed.task);
                     running.config = app_value(app_config);
                     running.digest = digest;
                     running.events = owned_events(&app_plan.filter);

@@ -135,6 +135,42 @@ impl Run {
     }
 }
 
+impl Run {
+    /// What a live invocation decided, as a run of one invocation (the
+    /// stable side of a shadow run; fuel and time are not kept).
+    pub fn of(handled: &weir_runtime::Handled) -> Self {
+        let mut run = Run {
+            decisions: handled.outcomes.iter().map(Decision::of).collect(),
+            invocations: 1,
+            ..Run::default()
+        };
+        run.take(&handled.effects);
+        run.compared.sort();
+        run
+    }
+}
+
+/// The events (indices of a batch of `events`) whose decision differs
+/// between `a` and `b`, or all of them when the batch's effects differ:
+/// the events `weir replay` and the shadow run count as changed. A
+/// missing decision reads as `done`.
+pub fn changed(a: &Run, b: &Run, events: usize) -> impl Iterator<Item = usize> {
+    let all = effects_differ(a, b);
+    let decision = |r: &Run, i: usize| r.decisions.get(i).cloned().unwrap_or(Decision::Done);
+    let differs: Vec<bool> = (0..events)
+        .map(|i| all || decision(a, i) != decision(b, i))
+        .collect();
+    differs
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, d)| d.then_some(i))
+}
+
+/// How many events of a batch of `events` are [`changed`].
+pub fn changed_events(a: &Run, b: &Run, events: usize) -> usize {
+    changed(a, b, events).count()
+}
+
 /// Run `events` through `app` as a live host would: one invocation, and if
 /// it fails with more than one event, each event alone.
 pub async fn run(app: &App, events: Arc<[Event]>) -> Run {

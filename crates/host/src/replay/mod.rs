@@ -379,8 +379,8 @@ impl Replayer<'_> {
     }
 
     fn compare(&mut self, messages: &[StoredEvent], stable: &Run, candidate: &Run) {
-        let effects_differ = compare::effects_differ(stable, candidate);
-        for (i, message) in messages.iter().enumerate() {
+        for i in compare::changed(stable, candidate, messages.len()) {
+            let message = &messages[i];
             let (a, b) = (
                 stable.decisions.get(i).cloned().unwrap_or(Decision::Done),
                 candidate
@@ -389,9 +389,6 @@ impl Replayer<'_> {
                     .cloned()
                     .unwrap_or(Decision::Done),
             );
-            if a == b && !effects_differ {
-                continue;
-            }
             self.report.changed += 1;
             if self.report.changes.len() < self.options.limit {
                 self.report.changes.push(Change {

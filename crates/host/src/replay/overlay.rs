@@ -36,6 +36,15 @@ impl OverlayKv {
         }
     }
 
+    /// Forget every write (the shadow run clears its overlay before each
+    /// batch, which keeps it bounded by one batch's kv calls).
+    pub fn clear(&self) {
+        self.written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
     /// Keys written or deleted here, in all buckets.
     pub fn writes(&self) -> usize {
         self.written
