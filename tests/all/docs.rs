@@ -338,6 +338,51 @@ const METRIC_STEMS: &[&str] = &[
 /// is one weir exposes: a family of the generated metrics page, or one of
 /// its exposed series (`_total` of a counter; `_bucket`, `_sum`, `_count` of
 /// a histogram).
+/// The Grafana dashboard is JSON Grafana can import: panels with unique
+/// ids, each (rows aside) with at least one query; every query of a host
+/// metric selects the dashboard's `$node` and `$app`. (That every metric
+/// it names exists is [`every_metric_the_docs_name_exists`].)
+#[test]
+fn the_grafana_dashboard_is_importable_and_filters_by_node_and_app() {
+    let text = std::fs::read_to_string(root().join("deploy/grafana/weir-dashboard.json")).unwrap();
+    let d: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let variables: Vec<&str> = d["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(variables, ["datasource", "node", "app"]);
+    let (mut ids, mut queries) = (BTreeSet::new(), 0);
+    for p in d["panels"].as_array().unwrap() {
+        let title = p["title"].as_str().unwrap();
+        assert!(
+            ids.insert(p["id"].as_u64().unwrap()),
+            "{title}: id repeated"
+        );
+        if p["type"] == "row" {
+            continue;
+        }
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title}: no query");
+        for t in targets {
+            let expr = t["expr"].as_str().unwrap();
+            queries += 1;
+            if expr.contains("weir_") && !expr.contains("weir_bridge_") {
+                assert!(
+                    expr.contains(r#"node=~"$node""#) && expr.contains(r#"app=~"$app""#),
+                    "{title}: {expr}"
+                );
+            }
+        }
+    }
+    assert!(
+        ids.len() > 25 && queries > 30,
+        "{} panels, {queries} queries",
+        ids.len()
+    );
+}
+
 #[test]
 fn every_metric_the_docs_name_exists() {
     let families = metric_families();
@@ -364,6 +409,7 @@ fn every_metric_the_docs_name_exists() {
             "RELIABILITY.md",
             "PERFORMANCE.md",
             "deploy/prometheus/weir-alerts.yml",
+            "deploy/grafana/weir-dashboard.json",
         ]
         .map(|f| root().join(f)),
     );
