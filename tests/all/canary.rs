@@ -208,6 +208,28 @@ fn a_healthy_canary_stays_and_a_shadow_candidate_only_counts() {
     rt().block_on(async {
         let p = publisher(&server).await;
         let hosts = start(&server, &canary).await;
+        // Hostile reference reports, every 200 ms for the whole scenario:
+        // bytes that are not JSON, a report of a node running another
+        // stable component, and one with counts that cannot add up. None
+        // is counted (a foreign or unreadable report is dropped), none
+        // stops node 3.
+        let forger = {
+            let client = p.client().clone();
+            tokio::spawn(async move {
+                let subject = "weir.admin.canary.work.reference.9";
+                let reports: [&[u8]; 3] = [
+                    b"\xff\x00{not json",
+                    br#"{"node":9,"stable":"another","window":{"events":1000,"failed":0,"rejected":0,"effects":0}}"#,
+                    br#"{"node":8,"stable":"another","window":{"events":18446744073709551615,"failed":18446744073709551615,"rejected":0,"effects":18446744073709551615}}"#,
+                ];
+                loop {
+                    for r in reports {
+                        let _ = client.publish(subject, bytes::Bytes::from_static(r)).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            })
+        };
         publish(&p, mixed(false)).await;
         assert_each_event_done_once(&hosts, &p).await;
         // The rails were checked with both references and enough events.
@@ -222,6 +244,7 @@ fn a_healthy_canary_stays_and_a_shadow_candidate_only_counts() {
                 })
             }
         );
+        forger.abort();
         let node3 = work(&hosts[2]);
         let status = node3.canary.unwrap();
         assert_eq!((status.state, status.reason), ("trial", None));
@@ -280,4 +303,55 @@ fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
+}
+
+/// A shadow candidate slower than the live version: at most
+/// [`SHADOW_QUEUE_BATCHES`] batches wait for it, the others are skipped
+/// and counted, and offering never waits (ten offers return at once while
+/// each candidate batch takes 300 ms).
+#[test]
+fn a_slow_shadow_candidate_skips_batches_instead_of_holding_the_pipeline() {
+    use weir_host::canary::shadow::{SHADOW_QUEUE_BATCHES, Shadow};
+    use weir_host::pipeline::Observer as _;
+    const OFFERS: u64 = 10;
+    let candidate = crate::common::deploy(
+        "work",
+        weir_test_artifacts::INFINITE_LOOP,
+        weir_host::Limits {
+            deadline_ms: 300,
+            ..weir_host::Limits::default()
+        },
+    );
+    rt().block_on(async {
+        let stats = std::sync::Arc::new(weir_host::stats::AppStats::default());
+        let (shadow, _task) = Shadow::start(candidate, stats.clone(), None);
+        let events: std::sync::Arc<[weir_host::Event]> = crate::common::directive("spin").into();
+        let handled = weir_host::Handled {
+            outcomes: vec![weir_host::Outcome::Done],
+            effects: vec![],
+        };
+        let started = std::time::Instant::now();
+        for _ in 0..OFFERS {
+            shadow.handled(&events, &handled);
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "offering waited"
+        );
+        assert_eventually!(Duration::from_secs(10), "every offer run or skipped", {
+            stats.shadow_batches.get() + stats.shadow_skipped_batches.get() == OFFERS
+        });
+        let skipped = stats.shadow_skipped_batches.get();
+        // The task may have taken the first offer before the rest came.
+        let queued = SHADOW_QUEUE_BATCHES as u64;
+        assert!(
+            (OFFERS - queued - 1..=OFFERS - queued).contains(&skipped),
+            "{skipped} skipped"
+        );
+        assert_eq!(
+            stats.shadow_failed_events.get(),
+            OFFERS - skipped,
+            "each run timed out"
+        );
+    });
 }

@@ -270,13 +270,13 @@ pub async fn watch(canary: Canary, rollback: impl FnOnce() + Send) {
                     status.state = "rolled_back";
                     status.since_ms = unix_ms();
                     status.reason = Some(reason.clone());
-                    canary.stats.set_canary(Some(status));
                     tracing::warn!(
                         app = %canary.app,
-                        candidate = %super::short_digest(&canary.candidate),
+                        candidate = %status.candidate,
                         reason = %reason,
                         "canary rolled back: the stable component runs again until [app.canary] or a component changes"
                     );
+                    canary.stats.set_canary(Some(status));
                     if let Some(records) = &canary.records
                         && let Err(e) = records.insert(&canary.app, std::slice::from_ref(&canary.record)).await
                     {

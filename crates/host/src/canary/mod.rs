@@ -254,11 +254,6 @@ impl CanaryPlan {
     }
 }
 
-/// The first 12 hex digits of a component digest, as `/stats` shows it.
-pub fn short_digest(digest: &str) -> String {
-    digest.chars().take(12).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -125,10 +125,11 @@ fn digests(app_plan: &AppPlan) -> Result<String, String> {
             .map_err(|e| format!("cannot read {}: {e}", path.display()))
     };
     let stable = read(&app_plan.component)?;
-    match app_plan.canary.as_ref().filter(|c| c.runs_candidate()) {
-        Some(c) => Ok(format!("{stable}+{}", read(&c.config.component)?)),
-        None => Ok(stable),
-    }
+    let candidate = match app_plan.canary.as_ref().filter(|c| c.runs_candidate()) {
+        Some(c) => Some(read(&c.config.component)?),
+        None => None,
+    };
+    Ok(rollout::digests(&stable, candidate.as_deref()))
 }
 
 /// Step 1: read and hash every component of `apps` (each with its

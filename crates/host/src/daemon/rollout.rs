@@ -30,10 +30,19 @@ impl Deployed {
     /// What a reload compares to tell a changed component: the digest,
     /// and the candidate's after a `+`.
     pub fn digests(&self) -> String {
-        match &self.candidate {
-            Some((_, c)) => format!("{}+{c}", self.digest),
-            None => self.digest.clone(),
-        }
+        digests(
+            &self.digest,
+            self.candidate.as_ref().map(|(_, c)| c.as_str()),
+        )
+    }
+}
+
+/// A component's digest, and its candidate's after a `+`: what a reload
+/// compares ([`Deployed::digests`]).
+pub(super) fn digests(stable: &str, candidate: Option<&str>) -> String {
+    match candidate {
+        Some(c) => format!("{stable}+{c}"),
+        None => stable.to_owned(),
     }
 }
 
