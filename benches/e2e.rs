@@ -11,7 +11,13 @@
 //!   with a candidate (`echo` again) beside the live version, against the
 //!   run without in the same process: live events/s, the process's CPU
 //!   per event (user + system, from `/proc/self/stat`) until the candidate
-//!   has run every batch, and the batches it skipped.
+//!   has run every batch, and the batches it skipped;
+//! - traces: the same throughput run over events that each carry a
+//!   `traceparent`, with OTLP export off (weir's log layer only) and on
+//!   (the trace layer beside it, sampling 100%,
+//!   a span per batch linking its 64 events, its filter and invoke spans,
+//!   exported over HTTP to a receiver that discards them), alternating, in
+//!   the same process: events/s and CPU per event of each, and the ratio.
 //!
 //! Run: `cargo bench -p weir-benches --bench e2e`. Prints the floor, weir's
 //! figure and the ratio. Needs `nats-server` (see README).
@@ -37,6 +43,9 @@ const EVENTS: usize = 20_000;
 const BATCH: usize = 64;
 /// Rounds per side; the median is reported.
 const ROUNDS: usize = 3;
+/// Rounds per side of the traces run (short rounds on a shared 2-core
+/// machine are noisy: more of them).
+const TRACE_ROUNDS: usize = 7;
 /// Latency run: events per second and duration.
 const RATE: u64 = 500;
 const LATENCY_SECS: u64 = 4;
@@ -50,10 +59,28 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 async fn publish_burst(js: &jetstream::Context, subject: &str, n: usize, tag: &str) {
+    publish_burst_with(js, subject, n, tag, false).await;
+}
+
+/// [`publish_burst`], each event with a `traceparent` of its own trace when
+/// `traced`.
+async fn publish_burst_with(
+    js: &jetstream::Context,
+    subject: &str,
+    n: usize,
+    tag: &str,
+    traced: bool,
+) {
     let mut acks = Vec::with_capacity(1024);
     for i in 0..n {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", format!("{tag}-{i}"));
+        if traced {
+            headers.insert(
+                "traceparent",
+                format!("00-{:032x}-{:016x}-01", i + 1, i + 1),
+            );
+        }
         acks.push(
             js.publish_with_headers(subject.to_owned(), headers, "{}".into())
                 .await
@@ -210,6 +237,58 @@ fn cpu_time() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// Start exporting to `endpoint` as `weir run` would with
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` set and the defaults.
+fn start_export(endpoint: &str) -> weir_edge::telemetry::Telemetry {
+    let config = weir_edge::telemetry::TelemetryConfig {
+        endpoint: Some(endpoint.to_owned()),
+        ..Default::default()
+    };
+    let settings = weir_edge::telemetry::Settings::resolve(&config, &|_| None)
+        .unwrap()
+        .unwrap();
+    weir_edge::telemetry::Telemetry::start(&settings, Vec::new()).unwrap()
+}
+
+/// Run `round` on a runtime of its own whose threads (and this one) have
+/// the subscriber `weir run` has: info logs, and `telemetry`'s layer when
+/// given.
+fn traced_round<F, Fut>(telemetry: Option<&weir_edge::telemetry::Telemetry>, round: F) -> Duration
+where
+    F: FnOnce() -> Fut + Send,
+    Fut: std::future::Future<Output = Duration> + Send,
+{
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    // As `weir run` has it: info logs (to nowhere here), and with export
+    // on, the trace layer beside them.
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::sink)
+        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    let traces = telemetry.map(|t| {
+        t.layer().with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target("weir_host", tracing::Level::INFO),
+        )
+    });
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(traces).with(logs));
+    let on_threads = dispatch.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_start(move || {
+            std::mem::forget(tracing::dispatcher::set_default(&on_threads));
+        })
+        .build()
+        .unwrap();
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| tracing::dispatcher::with_default(&dispatch, || runtime.block_on(round())))
+            .join()
+            .unwrap()
+    })
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -304,6 +383,57 @@ fn main() {
             per_event(b.1),
             b.2,
             b.3,
+            rate(b.0) / rate(a.0),
+            per_event(b.1) / per_event(a.1),
+        );
+
+        println!(
+            "\ntraces: {EVENTS} events with a traceparent each, batches of {BATCH}, OTLP export off and on (sampling 100%), alternating (median of {TRACE_ROUNDS}):"
+        );
+        let collector = weir_test_support::otlp::Collector::discarding();
+        let (mut off, mut on) = (Vec::new(), Vec::new());
+        for r in 0..TRACE_ROUNDS {
+            // Alternating which goes first: a round runs after the other's
+            // on a server still settling its acks.
+            let order = if r % 2 == 0 { [false, true] } else { [true, false] };
+            for export in order {
+                let out = if export { &mut on } else { &mut off };
+                let tag = format!("o{}{r}", u8::from(export));
+                let subject = format!("weir.events.{tag}.cluster");
+                publish_burst_with(&js, &subject, EVENTS, &tag, true).await;
+                let telemetry = export.then(|| start_export(&collector.endpoint()));
+                let cpu = cpu_time();
+                let elapsed = {
+                    let w = &w;
+                    let tag = tag.clone();
+                    tokio::task::block_in_place(|| {
+                        traced_round(telemetry.as_ref(), move || async move {
+                            weir_consume(w, &format!("app{tag}"), &tag, EVENTS as u64, None).await.0
+                        })
+                    })
+                };
+                if let Some(t) = telemetry {
+                    t.shutdown();
+                }
+                out.push((elapsed, cpu_time() - cpu));
+            }
+        }
+        let traces = weir_edge::telemetry::stats();
+        let pick = |v: &mut Vec<(Duration, Duration)>| {
+            v.sort_by_key(|x| x.0);
+            v[v.len() / 2]
+        };
+        let (a, b) = (pick(&mut off), pick(&mut on));
+        println!(
+            "  export off: {:>9.0} events/s, {:.1} µs CPU per event\n  export on:  {:>9.0} events/s, {:.1} µs CPU per event ({} spans exported, {} dropped, {} failed; {} KiB sent)\n  ratio on/off: throughput {:.2} (target ≥ 0.95), CPU {:.2}",
+            rate(a.0),
+            per_event(a.1),
+            rate(b.0),
+            per_event(b.1),
+            traces.exported,
+            traces.dropped,
+            traces.failed,
+            collector.bytes() / 1024,
             rate(b.0) / rate(a.0),
             per_event(b.1) / per_event(a.1),
         );

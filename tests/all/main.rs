@@ -28,6 +28,9 @@
 //!   traps, kept when healthy, counted in shadow;
 //! - `operations`: reload under load, quarantine, `/ready`, SIGHUP,
 //!   `weir reload` and `weir stats`;
+//! - `traces`: `weir run` exporting OTLP to a receiver in the test: an
+//!   event's trace through its batch and the effects it caused, `weir
+//!   publish` traces, malformed `traceparent`s, a collector down or slow;
 //! - `table_bomb`: a table-growth bomb written in component text;
 //! - `layout`: no module cycle in any crate, each crate's dependency graph;
 //! - `docs`: the generated reference pages, every Markdown link, the README's size.
@@ -59,3 +62,4 @@ mod replay;
 mod runtime;
 mod scaffold;
 mod table_bomb;
+mod traces;

@@ -782,8 +782,8 @@ fn systemd_notifications_and_json_logs() {
         .find(|l| l["message"] == "invoking")
         .unwrap_or_else(|| panic!("no batch line at debug: {text}"));
     assert_eq!(invoking["span"]["name"], "batch", "{invoking}");
-    assert_eq!(invoking["span"]["app"], "one", "{invoking}");
-    assert_eq!(invoking["span"]["node"], 1, "{invoking}");
+    assert_eq!(invoking["span"]["weir.app"], "one", "{invoking}");
+    assert_eq!(invoking["span"]["weir.node"], 1, "{invoking}");
     assert!(
         invoking["ids"].as_str().is_some_and(|ids| !ids.is_empty()),
         "the batch's event ids: {invoking}"

@@ -164,6 +164,8 @@ fn close(mut g: Group) -> Folded {
             payload: Bytes::from(serde_json::Value::Object(g.fields).to_string()),
             msg_id: format!("fold:{}", hex::encode(&digest[..16])),
             received: first.received,
+            // The first part's: the fold is published in its trace.
+            span: first.span.clone(),
         },
         parts,
     }
@@ -182,6 +184,7 @@ mod tests {
             payload: Bytes::from(format!(r#"{{"node_id": 4, "domain": "{domain}"}}"#)),
             msg_id: id.into(),
             received: at,
+            span: tracing::Span::none(),
         }
     }
 

@@ -27,6 +27,10 @@
 //!   payload over the NATS server's `max_payload`, is stored on
 //!   `<prefix>.dead.<node>.bridge` with the reason (`Weir-Dead-Reason`) and
 //!   the channel (`Weir-Original-Subject`): never dropped silently.
+//! - **Traces** (with OTLP export on, [`weir_edge::telemetry`]): each
+//!   Redis message is a span from receipt to stored, starting a trace (or
+//!   continuing the one in the payload's [`PAYLOAD_TRACEPARENT_FIELD`]);
+//!   the event carries it in its `traceparent` header to the hosts.
 //! - **Endpoints** (`[bridge] listen`, default [`DEFAULT_BRIDGE_LISTEN`]):
 //!   `/stats` ([`stats::BridgeSnapshot`]), `/metrics`, `/health`, `/ready`
 //!   (200 while subscribed to Redis and connected to NATS).
@@ -48,6 +52,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use fold::{Folded, Folder};
 use msg_id::MsgIds;
@@ -350,11 +355,19 @@ impl Shared {
                 }
             }
         };
+        let span = receive_span(
+            channel,
+            &target,
+            &msg_id,
+            &payload,
+            self.transport.subjects(),
+        );
         let out = Outgoing {
             target,
             payload,
             msg_id,
             received: now,
+            span,
         };
         let ready = match &self.folder {
             Some(f) => f.lock().unwrap_or_else(|p| p.into_inner()).offer(out),
@@ -787,6 +800,7 @@ async fn publish(transport: Transport, shared: Arc<Shared>, mut drain: watch::Re
                 Target::Event { name, source } => {
                     transport
                         .publish_event(name, source, out.payload.clone(), &out.msg_id)
+                        .instrument(out.span.clone())
                         .await
                 }
                 Target::Dead { channel, reason } => {
@@ -842,6 +856,70 @@ fn oversized(out: Outgoing, max_payload: usize) -> Outgoing {
         out.payload.len()
     );
     without_payload(out, reason)
+}
+
+/// The payload field NS8 would carry a W3C trace context in, if it ever
+/// sends one: `"traceparent"` (a string at the top level of a JSON
+/// object).
+pub const PAYLOAD_TRACEPARENT_FIELD: &str = "traceparent";
+
+/// The span of one Redis message when traces are exported (else
+/// [`tracing::Span::none`]): a messaging `send` span from receipt to
+/// stored, the root of a new trace or, when the payload carries a valid
+/// [`PAYLOAD_TRACEPARENT_FIELD`], a child of that context. The event it
+/// publishes carries the span's context in its headers.
+fn receive_span(
+    channel: &str,
+    target: &Target,
+    msg_id: &str,
+    payload: &[u8],
+    subjects: &Subjects,
+) -> tracing::Span {
+    if !weir_edge::telemetry::enabled() {
+        return tracing::Span::none();
+    }
+    let (name, source, subject) = match target {
+        Target::Event { name, source } => (
+            name.as_str(),
+            source.as_str(),
+            subjects.event(name, source).unwrap_or_default(),
+        ),
+        Target::Dead { .. } => ("dead letter", "", String::new()),
+    };
+    let span = tracing::info_span!(
+        "bridge",
+        otel.name = %format_args!("send {name}"),
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.operation.type = "send",
+        messaging.operation.name = "send",
+        messaging.destination.name = %subject,
+        messaging.message.id = msg_id,
+        weir.redis.channel = channel,
+        weir.event.source = source,
+    );
+    if let Some(context) = payload_traceparent(payload) {
+        weir_edge::telemetry::follow(
+            &span,
+            vec![weir_edge::telemetry::Link {
+                context,
+                attributes: Vec::new(),
+            }],
+        );
+    }
+    span
+}
+
+/// The valid trace context in `payload`'s [`PAYLOAD_TRACEPARENT_FIELD`],
+/// if it is a JSON object holding one (anything else: none).
+fn payload_traceparent(payload: &[u8]) -> Option<weir_edge::telemetry::SpanContext> {
+    let needle = PAYLOAD_TRACEPARENT_FIELD.as_bytes();
+    if !payload.windows(needle.len()).any(|w| w == needle) {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let field = value.get(PAYLOAD_TRACEPARENT_FIELD)?.as_str()?;
+    weir_edge::telemetry::parse_traceparent(field)
 }
 
 /// `out` as a dead letter of its channel with `reason` and no payload.
@@ -925,8 +1003,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_payload_traceparent_is_taken_only_when_valid() {
+        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let cx = payload_traceparent(format!(r#"{{"traceparent": "{valid}", "x": 1}}"#).as_bytes())
+            .expect("a valid field");
+        assert_eq!(
+            cx.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        for payload in [
+            r#"{"traceparent": "00-zz-00f067aa0ba902b7-01"}"#.to_owned(),
+            r#"{"traceparent": 42}"#.to_owned(),
+            r#"{"nested": {"traceparent": "VALID"}}"#.replace("VALID", valid),
+            format!(r#"["traceparent", "{valid}"]"#),
+            r#"{"traceparent": "#.to_owned(),
+            "traceparent".to_owned(),
+        ] {
+            assert!(
+                payload_traceparent(payload.as_bytes()).is_none(),
+                "{payload}"
+            );
+        }
+        assert!(payload_traceparent(&[0xff, 0xfe, b't']).is_none());
+    }
+
+    #[test]
     fn a_payload_nats_would_refuse_becomes_a_dead_letter_without_it() {
         let out = |len: usize| Outgoing {
+            span: tracing::Span::none(),
             target: Target::Event {
                 name: "x-changed".into(),
                 source: "module/a1".into(),

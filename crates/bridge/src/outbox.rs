@@ -40,6 +40,9 @@ pub struct Outgoing {
     pub msg_id: String,
     /// When the bridge received it (the earliest part, for a fold).
     pub received: Instant,
+    /// Its trace span when traces are exported (from receipt to stored;
+    /// the event carries its context), else [`tracing::Span::none`].
+    pub span: tracing::Span,
 }
 
 /// The bounded queue: at most `max_events` entries and `max_bytes` of
@@ -146,6 +149,7 @@ mod tests {
             payload: Bytes::from(vec![b'x'; len]),
             msg_id: id.into(),
             received: Instant::now(),
+            span: tracing::Span::none(),
         }
     }
 

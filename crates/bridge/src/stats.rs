@@ -156,7 +156,8 @@ impl BridgeStats {
     }
 
     /// A registry exposing these counters as `weir_bridge_*` with the
-    /// label `node`.
+    /// label `node`, and the process's trace export counters
+    /// (`weir_bridge_trace_spans_{exported,dropped,failed}_total`).
     pub fn registry(&self, node: u32) -> Registry {
         let mut r = Registry::with_prefix_and_labels(
             "weir_bridge",
@@ -223,6 +224,31 @@ impl BridgeStats {
             r.register(name, help, g.clone());
         }
         r.register("lag_seconds", "Receipt to stored", self.lag.clone());
+        // The process's trace export (weir_edge::telemetry), read now.
+        let traces = weir_edge::telemetry::stats();
+        for (name, help, value) in [
+            (
+                "trace_spans_exported",
+                "Spans the OTLP collector accepted",
+                traces.exported,
+            ),
+            (
+                "trace_spans_dropped",
+                "Spans dropped: trace export queue full",
+                traces.dropped,
+            ),
+            (
+                "trace_spans_failed",
+                "Spans lost with a failed OTLP export",
+                traces.failed,
+            ),
+        ] {
+            r.register(
+                name,
+                help,
+                prometheus_client::metrics::counter::ConstCounter::new(value),
+            );
+        }
         r
     }
 

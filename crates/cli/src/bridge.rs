@@ -16,7 +16,7 @@ use crate::exit::{self, Code as _, Failure};
 #[derive(clap::Args)]
 pub struct BridgeArgs {
     #[command(flatten)]
-    config: crate::ConfigArg,
+    pub(crate) config: crate::ConfigArg,
 }
 
 /// `[bridge]` of the config at `path` parsed and checked

@@ -41,6 +41,21 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("app.canary.component", "\"/var/lib/weir/mail-v2.wasm\""),
     ("app.canary.nodes", "[2]"),
     ("bridge.redis_url", "\"redis://127.0.0.1:6379\""),
+    ("telemetry.endpoint", "\"http://127.0.0.1:4318\""),
+    (
+        "telemetry.headers",
+        "{ authorization = \"Bearer <token>\" }",
+    ),
+    ("telemetry.max_queue_spans", "2048"),
+    ("telemetry.protocol", "\"http/protobuf\""),
+    (
+        "telemetry.resource_attributes",
+        "{ \"deployment.environment.name\" = \"prod\" }",
+    ),
+    ("telemetry.sampler", "\"parentbased_traceidratio\""),
+    ("telemetry.sampler_arg", "0.1"),
+    ("telemetry.service_name", "\"weir\""),
+    ("telemetry.timeout_ms", "10000"),
 ];
 
 /// Run `weir config <what>`.
@@ -373,6 +388,21 @@ mod tests {
             toml::from_str(&canary).unwrap_or_else(|e| panic!("{e}\n{canary}"));
         assert_eq!(canary.problems(), Vec::<String>::new());
         assert_eq!(canary.nodes, Some(vec![2]));
+        // And the commented-out [telemetry] (export stays off as printed).
+        assert!(config.telemetry.is_none(), "{text}");
+        let telemetry: String = text
+            .lines()
+            .skip_while(|l| *l != "# [telemetry]")
+            .skip(1)
+            .take_while(|l| !l.starts_with("# [") && !l.starts_with('['))
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.contains(" = ") && !l.trim_end().ends_with('='))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let telemetry: weir_edge::telemetry::TelemetryConfig =
+            toml::from_str(&telemetry).unwrap_or_else(|e| panic!("{e}\n{telemetry}"));
+        assert_eq!(telemetry.problems(), Vec::<String>::new());
+        assert_eq!(telemetry.endpoint.as_deref(), Some("http://127.0.0.1:4318"));
     }
 
     #[test]

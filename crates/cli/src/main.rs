@@ -37,6 +37,7 @@ mod reload;
 mod replay;
 mod run;
 mod stats;
+mod telemetry;
 mod watch;
 
 use std::path::{Path, PathBuf};
@@ -82,8 +83,9 @@ enum LogFormat {
     /// Human-readable lines.
     #[default]
     Text,
-    /// One JSON object per line, with the span's fields (node, app, batch's
-    /// first sequence) and the event's (ids at debug).
+    /// One JSON object per line, with the span's fields (`weir.node`,
+    /// `weir.app`, the batch's `weir.first_sequence`) and the event's (ids
+    /// at debug).
     Json,
 }
 
@@ -196,8 +198,18 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_logs(&cli);
-    exit::report(match cli.command {
+    let telemetry = match telemetry::start(&cli) {
+        Ok(t) => t,
+        Err(failure) => return exit::report(Err(failure)),
+    };
+    init_logs(&cli, telemetry.as_ref());
+    if let Some(t) = &telemetry {
+        tracing::info!(
+            endpoint = t.endpoint(),
+            "exporting traces (OTLP, http/protobuf)"
+        );
+    }
+    let code = exit::report(match cli.command {
         Command::Check(args) => check::run(args),
         Command::Invoke(args) => invoke::run(args),
         Command::New(args) => new::run(args),
@@ -214,13 +226,22 @@ fn main() -> ExitCode {
         Command::Man => docs::man(),
         Command::Config(args) => config::run(args),
         Command::Reference(args) => reference::run(args),
-    })
+    });
+    if let Some(t) = telemetry {
+        t.shutdown();
+    }
+    code
 }
 
 /// Logs to stderr: `--log-format`, and `RUST_LOG`, else `--log-level`,
-/// else info for the long-running host and warnings only for tools.
-fn init_logs(cli: &Cli) {
+/// else info for the long-running host and warnings only for tools. With
+/// trace export on, weir's spans (its crates', info and up, whatever the
+/// log filter) also go to `telemetry`'s layer.
+fn init_logs(cli: &Cli, telemetry: Option<&weir_edge::telemetry::Telemetry>) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let default_filter = if matches!(cli.command, Command::Run(_) | Command::Bridge(_)) {
         "info"
     } else {
@@ -233,22 +254,34 @@ fn init_logs(cli: &Cli) {
             EnvFilter::new(default_filter)
         })
     });
+    let traces = telemetry.map(|t| {
+        t.layer().with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_targets(TRACED_CRATES.map(|c| (c, tracing::Level::INFO))),
+        )
+    });
     // Colours only on a terminal: a journal, a pipe or a file gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let logs = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .with_env_filter(filter);
+        .with_ansi(ansi);
+    let registry = tracing_subscriber::registry().with(traces);
     match cli.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+        LogFormat::Text => registry.with(logs.with_filter(filter)).init(),
+        LogFormat::Json => registry
+            .with(
+                logs.json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .with_filter(filter),
+            )
             .init(),
     }
 }
+
+/// The crates whose spans become trace spans: weir's own.
+const TRACED_CRATES: [&str; 4] = ["weir", "weir_host", "weir_edge", "weir_bridge"];
 
 /// `weir --version`: weir's version, the WIT packages its components may
 /// target, and the wasmtime it runs them on.

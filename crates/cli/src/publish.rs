@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use tracing::Instrument as _;
 use weir_host::config::Config;
 use weir_host::corpus::{self, CorpusEvent};
 use weir_host::nats::{DEFAULT_PREFIX, DEFAULT_STREAM, NatsConfig, Subjects, TlsConfig, Transport};
@@ -77,6 +78,13 @@ pub struct PublishArgs {
     /// Event id (`Nats-Msg-Id`); default a fresh unique id.
     #[arg(long)]
     id: Option<String>,
+    /// Continue this W3C trace context (`00-<trace id>-<span id>-<flags>`):
+    /// each event is published in it (the hosts' batch spans join that
+    /// trace). Without it, and with OTLP export on
+    /// (`OTEL_EXPORTER_OTLP_ENDPOINT`), each event starts a trace of its
+    /// own; its id is printed.
+    #[arg(long, value_name = "TRACEPARENT")]
+    traceparent: Option<String>,
     /// Replay a JSON Lines corpus (NS8 corpus format).
     #[arg(long)]
     replay: Option<PathBuf>,
@@ -91,6 +99,11 @@ pub struct PublishArgs {
 }
 
 impl PublishArgs {
+    /// `--config`, if given.
+    pub(crate) fn config_path(&self) -> Option<PathBuf> {
+        self.config.clone()
+    }
+
     /// The `[nats]` section to publish with: the config's, or the flags'.
     fn nats(&self) -> Result<NatsConfig, Failure> {
         let nats = match &self.config {
@@ -178,6 +191,18 @@ pub fn run(args: PublishArgs) -> Result<ExitCode, Failure> {
             || "publish".to_owned(),
             |s| s.to_string_lossy().into_owned(),
         );
+    let parent = match args.traceparent.as_deref() {
+        None => None,
+        Some(value) => match weir_edge::telemetry::parse_traceparent(value) {
+            Some(context) => Some(context),
+            None => {
+                return Err(anyhow::anyhow!(
+                    "--traceparent {value:?} is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)"
+                ))
+                .code(exit::USAGE);
+            }
+        },
+    };
     let nats = args.nats()?;
     let subjects = Subjects::new(&nats.prefix).code(exit::CONFIG)?;
     let auth = nats.auth("_INBOX".to_owned()).code(exit::CONFIG)?;
@@ -199,13 +224,16 @@ pub fn run(args: PublishArgs) -> Result<ExitCode, Failure> {
                 }
             }
             let id = e.id.clone().unwrap_or_else(|| format!("{scope}:{}", e.seq));
+            let span = publish_span(&transport, e, &id, parent.as_ref());
             let published = transport
-                .publish_event(
+                .publish_event_carrying(
                     &e.name,
                     &e.source,
                     bytes::Bytes::from(e.payload.clone()),
                     &id,
+                    args.traceparent.as_deref(),
                 )
+                .instrument(span.clone())
                 .await
                 .with_context(|| format!("event {} ({})", n + 1, e.name))
                 .code(exit::UNAVAILABLE)?;
@@ -215,6 +243,11 @@ pub fn run(args: PublishArgs) -> Result<ExitCode, Failure> {
                 stored += 1;
             }
             tracing::debug!(id, seq = published.sequence, published.duplicate, "published");
+            if let Some(traceparent) = weir_edge::telemetry::traceparent_of(&span)
+                && events.len() == 1
+            {
+                eprintln!("traceparent {traceparent}");
+            }
         }
         eprintln!(
             "published {} events in {:.1?}: {stored} stored, {duplicates} duplicates (already stored)",
@@ -223,6 +256,46 @@ pub fn run(args: PublishArgs) -> Result<ExitCode, Failure> {
         );
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The span of one publish when traces are exported (else
+/// [`tracing::Span::none`]): a messaging `send` span, a child of `parent`
+/// (`--traceparent`) or the root of a new trace; the event carries its
+/// context.
+fn publish_span(
+    transport: &Transport,
+    event: &CorpusEvent,
+    id: &str,
+    parent: Option<&weir_edge::telemetry::SpanContext>,
+) -> tracing::Span {
+    if !weir_edge::telemetry::enabled() {
+        return tracing::Span::none();
+    }
+    let subject = transport
+        .subjects()
+        .event(&event.name, &event.source)
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "publish",
+        otel.name = %format_args!("send {}", event.name),
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.operation.type = "send",
+        messaging.operation.name = "send",
+        messaging.destination.name = %subject,
+        messaging.message.id = id,
+        weir.event.source = %event.source,
+    );
+    if let Some(context) = parent {
+        weir_edge::telemetry::follow(
+            &span,
+            vec![weir_edge::telemetry::Link {
+                context: context.clone(),
+                attributes: Vec::new(),
+            }],
+        );
+    }
+    span
 }
 
 fn unique_suffix() -> String {

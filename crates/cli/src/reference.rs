@@ -86,7 +86,7 @@ fn metric_rows(text: &str) -> Vec<(String, String, String)> {
 /// a bridge), so the page lists what `/metrics` serves.
 fn metrics() -> String {
     let mut out = format!(
-        "# Metrics\n\n{}\n\n`/metrics` serves OpenMetrics text (Prometheus). The host's metrics carry\nthe labels `node` and `app` (one series per app); the bridge's carry `node`.\nCounters end in `_total` when scraped.\n",
+        "# Metrics\n\n{}\n\n`/metrics` serves OpenMetrics text (Prometheus). The host's metrics carry\nthe labels `node` and `app` (one series per app), but for the trace export\ncounters (`weir_trace_spans_exported`, `_dropped`, `_failed`: the process's, `node`\nonly); the bridge's\ncarry `node`. Counters end in `_total` when scraped.\n",
         GENERATED.replace("PAGE", "metrics")
     );
     let host = weir_host::stats::AppStats::default().snapshot("app");

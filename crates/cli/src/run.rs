@@ -25,7 +25,7 @@ use crate::watch::{WATCH_DEBOUNCE, Watch};
 #[derive(clap::Args)]
 pub struct RunArgs {
     #[command(flatten)]
-    config: crate::ConfigArg,
+    pub(crate) config: crate::ConfigArg,
 }
 
 /// SIGTERM and SIGINT, as one stream of signal names.

@@ -11,7 +11,11 @@
 //!   buckets), [`nats::subjects`] (every subject, stream, bucket, consumer
 //!   and header name), [`nats::connect`] (credentials and TLS),
 //!   [`nats::server`] (a private nats-server process);
-//! - [`serve`]: serve an axum router on a socket until told to stop.
+//! - [`serve`]: serve an axum router on a socket until told to stop;
+//! - [`telemetry`]: trace export over OTLP ([`telemetry::Telemetry`],
+//!   `[telemetry]`) and W3C trace context in NATS headers
+//!   ([`telemetry::context`]).
 
 pub mod nats;
 pub mod serve;
+pub mod telemetry;

@@ -85,6 +85,11 @@ pub struct Config {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(skip)]
     pub bridge: Option<toml::Table>,
+    /// Trace export over OTLP (`[telemetry]`, for `weir run`, `weir
+    /// bridge` and `weir publish --config`); the standard `OTEL_*`
+    /// variables win. None by default (export off unless they set it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<weir_edge::telemetry::TelemetryConfig>,
 }
 
 /// `[node]`.
@@ -316,6 +321,9 @@ impl Config {
         prefixed(&mut p, "http.", self.http.problems());
         prefixed(&mut p, "engine: ", self.engine.problems());
         prefixed(&mut p, "effects.", self.effects.problems());
+        if let Some(telemetry) = &self.telemetry {
+            prefixed(&mut p, "telemetry.", telemetry.problems());
+        }
         if self.apps.is_empty() {
             p.push("no [[app]]: nothing to run".to_owned());
         }

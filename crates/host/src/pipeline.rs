@@ -453,13 +453,7 @@ impl AppPipeline {
                     if let Some(swap) = self.swaps.take() {
                         self.apply(swap);
                     }
-                    let span = tracing::info_span!(
-                        "batch",
-                        node = self.node,
-                        app = %self.app.name(),
-                        fetched = batch.len(),
-                        first_sequence = batch[0].sequence
-                    );
+                    let span = self.batch_span(&batch);
                     let quarantine_after = self.delivery.quarantine_after;
                     self.excusing = self.quarantine.is_some()
                         || (quarantine_after > 0 && self.failed_in_row + 1 >= quarantine_after);
@@ -488,6 +482,49 @@ impl AppPipeline {
         let released = self.consumer.release().await;
         self.stats.released.add(released as u64);
         tracing::info!(app = %self.app.name(), released, "pipeline stopped");
+    }
+
+    /// The one span of a fetched batch. When traces are exported it is a
+    /// messaging `process` span (OpenTelemetry semantic conventions for
+    /// messaging: `messaging.system`, `messaging.destination.name` (the
+    /// first event's subject), `messaging.consumer.group.name`,
+    /// `messaging.batch.message_count`), in the trace of its first traced
+    /// event and linked to every traced event's; otherwise a lean span for
+    /// the logs.
+    fn batch_span(&self, batch: &[Inbound]) -> tracing::Span {
+        let app = self.app.name();
+        if !weir_edge::telemetry::enabled() {
+            return tracing::info_span!(
+                "batch",
+                weir.node = self.node,
+                weir.app = %app,
+                weir.first_sequence = batch[0].sequence,
+                messaging.batch.message_count = batch.len(),
+            );
+        }
+        let span = tracing::info_span!(
+            "batch",
+            otel.name = %format_args!("process {app}"),
+            otel.kind = "consumer",
+            weir.node = self.node,
+            weir.app = %app,
+            weir.first_sequence = batch[0].sequence,
+            messaging.batch.message_count = batch.len(),
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.destination.name = %batch[0].subject,
+            messaging.consumer.group.name = %self.consumer.name(),
+            messaging.message.id = tracing::field::Empty,
+        );
+        if let [only] = batch {
+            span.record("messaging.message.id", only.id.as_str());
+        }
+        weir_edge::telemetry::follow(
+            &span,
+            batch.iter().filter_map(Inbound::trace_link).collect(),
+        );
+        span
     }
 
     /// Apply a reload's new version of the app.
@@ -558,6 +595,47 @@ impl AppPipeline {
     async fn process_with(&self, batch: Vec<Inbound>, naks: &std::sync::Mutex<Naks>) -> Tally {
         self.stats.received.add(batch.len() as u64);
         self.count_redeliveries(&batch, naks);
+        let span = if weir_edge::telemetry::enabled() {
+            tracing::info_span!(
+                "filter",
+                weir.relevant = tracing::field::Empty,
+                weir.skipped = tracing::field::Empty,
+                weir.dead_lettered = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
+        let (skipped_before, dead_before) =
+            (self.stats.skipped.get(), self.stats.dead_letters.get());
+        let relevant = self
+            .filter_batch(batch, naks)
+            .instrument(span.clone())
+            .await;
+        span.record("weir.relevant", relevant.len());
+        span.record(
+            "weir.skipped",
+            self.stats.skipped.get().saturating_sub(skipped_before),
+        );
+        span.record(
+            "weir.dead_lettered",
+            self.stats.dead_letters.get().saturating_sub(dead_before),
+        );
+        drop(span);
+        let mut tally = Tally::default();
+        for chunk in chunks_by_bytes(relevant, self.app.limits().max_batch_bytes) {
+            tally.add(self.invoke(chunk, naks).await);
+        }
+        tally
+    }
+
+    /// Stages decode, filter and admit: the events to invoke, in order;
+    /// the rest are settled here (skipped: ack; undecodable or out of
+    /// deliveries: dead letter).
+    async fn filter_batch(
+        &self,
+        batch: Vec<Inbound>,
+        naks: &std::sync::Mutex<Naks>,
+    ) -> Vec<(Inbound, Event)> {
         let mut relevant: Vec<(Inbound, Event)> = Vec::with_capacity(batch.len());
         for inbound in batch {
             let event = match self.decode(&inbound) {
@@ -589,11 +667,7 @@ impl AppPipeline {
                 Verdict::Relevant(_) => relevant.push((inbound, event)),
             }
         }
-        let mut tally = Tally::default();
-        for chunk in chunks_by_bytes(relevant, self.app.limits().max_batch_bytes) {
-            tally.add(self.invoke(chunk, naks).await);
-        }
-        tally
+        relevant
     }
 
     /// Count redeliveries, and of them those this process did not ask for.
@@ -688,8 +762,15 @@ impl AppPipeline {
     ) -> Result<(), BatchFailure> {
         tracing::debug!(ids = ?events.iter().map(|e| (&e.id, e.attempt)).collect::<Vec<_>>(), "invoking");
         self.stats.batch_started_ms.set(crate::stats::unix_ms());
-        let invocation = self.app.invoke(events.clone()).await;
+        let span = invoke_span(events.len());
+        let invocation = self
+            .app
+            .invoke(events.clone())
+            .instrument(span.clone())
+            .await;
         self.stats.batch_started_ms.set(0);
+        record_invocation(&span, &invocation);
+        drop(span);
         let s = &self.stats;
         s.batches.add(1);
         s.invoked_events.add(inbound.len() as u64);
@@ -822,6 +903,63 @@ impl AppPipeline {
         if let Err(e) = result {
             // The event is redelivered after the ack wait: nothing is lost.
             tracing::warn!(app = %self.app.name(), error = %e, "ack/nak/term not sent");
+        }
+    }
+}
+
+/// The span of one invocation, when traces are exported (else
+/// [`tracing::Span::none`]): `weir.events`, then what
+/// [`record_invocation`] adds.
+fn invoke_span(events: usize) -> tracing::Span {
+    if !weir_edge::telemetry::enabled() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        "invoke",
+        weir.events = events,
+        weir.fuel = tracing::field::Empty,
+        weir.memory_bytes = tracing::field::Empty,
+        weir.outcomes.done = tracing::field::Empty,
+        weir.outcomes.retry = tracing::field::Empty,
+        weir.outcomes.reject = tracing::field::Empty,
+        weir.effects = tracing::field::Empty,
+        weir.error = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    )
+}
+
+/// Record on `span` the fuel and sandbox memory an invocation used (its
+/// high water, bytes), its outcomes by kind and the effects it asked for,
+/// or its error (the span's status is then `error`).
+fn record_invocation(span: &tracing::Span, invocation: &weir_runtime::Invocation) {
+    if span.is_none() {
+        return;
+    }
+    span.record("weir.fuel", invocation.stats.fuel_consumed);
+    span.record(
+        "weir.memory_bytes",
+        invocation.stats.memory_high_water as u64,
+    );
+    match &invocation.result {
+        Ok(handled) => {
+            let (mut done, mut retry, mut reject) = (0u64, 0u64, 0u64);
+            for outcome in &handled.outcomes {
+                match outcome {
+                    Outcome::Done => done += 1,
+                    Outcome::Retry(_) => retry += 1,
+                    Outcome::Reject(_) => reject += 1,
+                }
+            }
+            span.record("weir.outcomes.done", done);
+            span.record("weir.outcomes.retry", retry);
+            span.record("weir.outcomes.reject", reject);
+            span.record("weir.effects", handled.effects.len());
+        }
+        Err(e) => {
+            span.record("weir.error", e.kind());
+            span.record("otel.status_code", "error");
+            span.record("otel.status_description", tracing::field::display(e));
         }
     }
 }

@@ -932,6 +932,7 @@ impl Collector for Scrape {
                 }
             }
         }
+        encode_trace_export(&mut encoder, &self.node)?;
         let mut family = encoder.encode_descriptor(
             "weir_settle_latency_seconds",
             "Time from the stream's publish timestamp to the event being acked (done or skipped).",
@@ -947,6 +948,46 @@ impl Collector for Scrape {
         }
         Ok(())
     }
+}
+
+/// The process's trace export counters
+/// ([`weir_edge::telemetry::stats`]), labelled by `node`:
+/// `weir_trace_spans_exported_total`, `weir_trace_spans_dropped_total`
+/// (the export queue was full) and `weir_trace_spans_failed_total` (lost
+/// with a failed export request); all 0 when traces are not exported.
+/// Shared with the bridge's `/metrics`.
+///
+/// # Errors
+///
+/// The encoder's (writing to a `String` does not fail).
+pub fn encode_trace_export(
+    encoder: &mut DescriptorEncoder<'_>,
+    node: &str,
+) -> Result<(), std::fmt::Error> {
+    let stats = weir_edge::telemetry::stats();
+    for (name, help, value) in [
+        (
+            "weir_trace_spans_exported",
+            "Spans the OTLP collector accepted.",
+            stats.exported,
+        ),
+        (
+            "weir_trace_spans_dropped",
+            "Spans dropped because the trace export queue was full (collector down or slow).",
+            stats.dropped,
+        ),
+        (
+            "weir_trace_spans_failed",
+            "Spans lost with an OTLP export request that failed after its retries.",
+            stats.failed,
+        ),
+    ] {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        family
+            .encode_family(&[("node", node)])?
+            .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+    }
+    Ok(())
 }
 
 /// OpenMetrics text ([`OPENMETRICS_CONTENT_TYPE`]) of `snapshots`, encoded by

@@ -56,6 +56,7 @@ impl ConfigBuilder {
                 engine: EngineConfig::default(),
                 apps: Vec::new(),
                 bridge: None,
+                telemetry: None,
             },
         }
     }

@@ -13,6 +13,7 @@
 //!   NS8-style publisher, for `weir bridge`;
 //! - [`languages`]: the Python and JavaScript handlers built into
 //!   components (componentize-py, componentize-js);
+//! - [`otlp`]: an OTLP/HTTP trace receiver decoding what weir exports;
 //! - [`rss_bytes`]: a process's resident set size;
 //! - [`assert_eventually!`] and [`eventually`]: poll a condition with a
 //!   bound;
@@ -24,6 +25,7 @@ pub mod languages;
 pub mod ledger;
 pub mod nats;
 pub mod ns8;
+pub mod otlp;
 pub mod redis;
 
 use std::net::SocketAddr;

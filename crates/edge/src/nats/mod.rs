@@ -816,7 +816,8 @@ impl Transport {
         Ok(shortfalls)
     }
 
-    /// Publish event `name` from `source` with `payload` and id `msg_id`;
+    /// Publish event `name` from `source` with `payload` and id `msg_id`
+    /// (and, when traces are exported, the current span's `traceparent`);
     /// returns once JetStream has stored it, or recognised `msg_id` as a
     /// duplicate within [`DUPLICATE_WINDOW`] (then nothing new is stored).
     ///
@@ -831,9 +832,37 @@ impl Transport {
         payload: Bytes,
         msg_id: &str,
     ) -> Result<Published, TransportError> {
+        self.publish_event_carrying(name, source, payload, msg_id, None)
+            .await
+    }
+
+    /// [`Transport::publish_event`] carrying `traceparent` as is when no
+    /// span context is injected (traces not exported here: `weir publish
+    /// --traceparent` continues the caller's trace for the hosts that do).
+    ///
+    /// # Errors
+    ///
+    /// As [`Transport::publish_event`].
+    pub async fn publish_event_carrying(
+        &self,
+        name: &str,
+        source: &str,
+        payload: Bytes,
+        msg_id: &str,
+        traceparent: Option<&str>,
+    ) -> Result<Published, TransportError> {
         let subject = self.subjects.event(name, source)?;
         let mut headers = HeaderMap::new();
         headers.insert(MSG_ID_HEADER, msg_id);
+        crate::telemetry::inject_current(&mut headers);
+        if let Some(value) = traceparent
+            && headers
+                .get(crate::telemetry::context::TRACEPARENT)
+                .is_none()
+            && crate::telemetry::parse_traceparent(value).is_some()
+        {
+            headers.insert(crate::telemetry::context::TRACEPARENT, value.trim());
+        }
         self.publish_acked(subject, headers, payload, "publish")
             .await
     }

@@ -301,6 +301,7 @@ mod tests {
             limit: None,
             failures: 0,
             shared: false,
+            trace: None,
         };
         // A request 2 s later moves the trailing edge to 5 s after it.
         assert_eq!(joined_due(&p, 3_000, None), 8_000);

@@ -41,6 +41,7 @@ use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 
 use serde::{Deserialize, Serialize};
+use tracing::Instrument as _;
 use weir_runtime::Effect;
 
 use crate::nats::subjects::Scope;
@@ -520,80 +521,126 @@ impl EffectRunner {
         let mut report = EffectReport::default();
         for effect in effects {
             let name = describe(effect);
-            if !granted(&policy.grants, effect) {
-                report.refused += 1;
-                self.log_refused(app, &name, "not granted");
-                continue;
-            }
-            let keys: Vec<String> = event_ids
-                .iter()
-                .map(|id| Self::key(app, id, &name))
-                .collect();
-            let pending = self.pending(app, policy.scope, &keys, redelivered).await;
-            if pending.is_empty() && !event_ids.is_empty() {
-                report.repeated += 1;
-                continue;
-            }
-            let ids: Vec<&str> = pending.iter().map(|&i| event_ids[i]).collect();
-            let limit = limit::applicable(&policy.timing.limit, effect);
-            if let (Some(debouncer), true) = (&self.debouncer, policy.timing.debounce_ms > 0) {
-                match self
-                    .defer(debouncer, app, policy, effect, &name, &ids, None)
-                    .await
-                {
-                    Ok(true) => report.debounced += 1,
-                    Ok(false) => report.deferred += 1,
-                    Err(e) => {
-                        tracing::warn!(app, effect = %name, error = %e, "pending effect not recorded");
-                        report
-                            .failed
-                            .push(format!("{name}: pending effect not recorded: {e}"));
-                    }
-                }
-                continue;
-            }
-            if let (Some(limit), Some(debouncer)) = (limit, &self.debouncer) {
-                match self.take_slot(app, limit).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) if limit.over == limit::Over::Refuse => {
-                        report.limited += 1;
-                        self.log_refused(app, &name, "over its rate limit");
-                        continue;
-                    }
-                    Ok(Err(next)) => {
-                        match self
-                            .defer(debouncer, app, policy, effect, &name, &ids, Some(next))
-                            .await
-                        {
-                            Ok(_) => report.limit_deferred += 1,
-                            Err(e) => report
-                                .failed
-                                .push(format!("{name}: deferred effect not recorded: {e}")),
-                        }
-                        continue;
-                    }
-                    Err(e) => {
-                        report
-                            .failed
-                            .push(format!("{name}: rate limit unreadable: {e}"));
-                        continue;
-                    }
-                }
-            }
-            let pending_keys: Vec<String> = pending.iter().map(|&i| keys[i].clone()).collect();
-            match self.execute(app, effect, &ids, &pending_keys).await {
-                Ok(()) => {
-                    report.executed += 1;
-                    report.executed_effects.push(name.to_string());
-                    self.record(app, policy.scope, &name, &pending_keys).await;
-                }
-                Err(e) => {
-                    tracing::warn!(app, effect = %name, error = %e, "effect failed");
-                    report.failed.push(format!("{name}: {e}"));
-                }
+            let span = effect_span(app, effect, &name);
+            let outcome = self
+                .run_one(
+                    app,
+                    policy,
+                    effect,
+                    &name,
+                    event_ids,
+                    redelivered,
+                    &mut report,
+                )
+                .instrument(span.clone())
+                .await;
+            span.record("weir.effect.outcome", outcome);
+            if outcome == "failed" {
+                span.record("otel.status_code", "error");
             }
         }
         report
+    }
+
+    /// One effect of [`EffectRunner::run`], counted in `report`; returns
+    /// what happened to it (`executed`, `repeated`, `refused`, `debounced`,
+    /// `deferred`, `limited`, `failed`), for its span.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_one(
+        &self,
+        app: &str,
+        policy: &EffectPolicy,
+        effect: &Effect,
+        name: &str,
+        event_ids: &[&str],
+        redelivered: bool,
+        report: &mut EffectReport,
+    ) -> &'static str {
+        if !granted(&policy.grants, effect) {
+            report.refused += 1;
+            self.log_refused(app, name, "not granted");
+            return "refused";
+        }
+        let keys: Vec<String> = event_ids
+            .iter()
+            .map(|id| Self::key(app, id, name))
+            .collect();
+        let pending = self.pending(app, policy.scope, &keys, redelivered).await;
+        if pending.is_empty() && !event_ids.is_empty() {
+            report.repeated += 1;
+            return "repeated";
+        }
+        let ids: Vec<&str> = pending.iter().map(|&i| event_ids[i]).collect();
+        let limit = limit::applicable(&policy.timing.limit, effect);
+        if let (Some(debouncer), true) = (&self.debouncer, policy.timing.debounce_ms > 0) {
+            return match self
+                .defer(debouncer, app, policy, effect, name, &ids, None)
+                .await
+            {
+                Ok(true) => {
+                    report.debounced += 1;
+                    "debounced"
+                }
+                Ok(false) => {
+                    report.deferred += 1;
+                    "deferred"
+                }
+                Err(e) => {
+                    tracing::warn!(app, effect = %name, error = %e, "pending effect not recorded");
+                    report
+                        .failed
+                        .push(format!("{name}: pending effect not recorded: {e}"));
+                    "failed"
+                }
+            };
+        }
+        if let (Some(limit), Some(debouncer)) = (limit, &self.debouncer) {
+            match self.take_slot(app, limit).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) if limit.over == limit::Over::Refuse => {
+                    report.limited += 1;
+                    self.log_refused(app, name, "over its rate limit");
+                    return "limited";
+                }
+                Ok(Err(next)) => {
+                    return match self
+                        .defer(debouncer, app, policy, effect, name, &ids, Some(next))
+                        .await
+                    {
+                        Ok(_) => {
+                            report.limit_deferred += 1;
+                            "deferred"
+                        }
+                        Err(e) => {
+                            report
+                                .failed
+                                .push(format!("{name}: deferred effect not recorded: {e}"));
+                            "failed"
+                        }
+                    };
+                }
+                Err(e) => {
+                    report
+                        .failed
+                        .push(format!("{name}: rate limit unreadable: {e}"));
+                    return "failed";
+                }
+            }
+        }
+        let pending_keys: Vec<String> = pending.iter().map(|&i| keys[i].clone()).collect();
+        match self.execute(app, effect, &ids, &pending_keys).await {
+            Ok(()) => {
+                report.executed += 1;
+                report.executed_effects.push(name.to_string());
+                self.record(app, policy.scope, name, &pending_keys).await;
+                "executed"
+            }
+            Err(e) => {
+                tracing::warn!(app, effect = %name, error = %e, "effect failed");
+                report.failed.push(format!("{name}: {e}"));
+                "failed"
+            }
+        }
     }
 
     /// Store the records `keys` of executed effect `name` of `app` (memory,
@@ -653,6 +700,7 @@ impl EffectRunner {
                         limit: limit::applicable(&policy.timing.limit, effect).cloned(),
                         failures: 0,
                         shared: policy.scope == Scope::Cluster,
+                        trace: weir_edge::telemetry::traceparent_of(&tracing::Span::current()),
                     };
                     (pending, None)
                 }
@@ -773,6 +821,39 @@ impl EffectRunner {
         let app = p.app.as_str();
         let effect = Effect::from(&p.effect);
         let name = describe(&effect);
+        let span = effect_span(app, &effect, &name);
+        if let Some(context) = p
+            .trace
+            .as_deref()
+            .and_then(weir_edge::telemetry::parse_traceparent)
+        {
+            weir_edge::telemetry::follow(
+                &span,
+                vec![weir_edge::telemetry::Link {
+                    context,
+                    attributes: Vec::new(),
+                }],
+            );
+        }
+        span.record("weir.effect.requests", p.requests);
+        self.fire_pending(debouncer, key, &entry, &effect, &name)
+            .instrument(span)
+            .await;
+    }
+
+    /// [`EffectRunner::fire`] of a due entry, in its effect's span.
+    async fn fire_pending(
+        &self,
+        debouncer: &Debouncer,
+        key: &str,
+        entry: &pending::Revisioned,
+        effect: &Effect,
+        name: &str,
+    ) {
+        let p = &entry.pending;
+        let now = unix_ms();
+        let app = p.app.as_str();
+        let (effect, name) = (effect.clone(), name.to_owned());
         if let Some(limit) = &p.limit {
             match self.take_slot(app, limit).await {
                 Ok(Ok(())) => {}
@@ -785,7 +866,7 @@ impl EffectRunner {
                         s.effects_limited.add(1);
                     }
                     self.log_refused(app, &name, "over its rate limit");
-                    self.finish(debouncer, key, &entry, &name).await;
+                    self.finish(debouncer, key, entry, &name).await;
                     return;
                 }
                 Err(e) => {
@@ -821,6 +902,7 @@ impl EffectRunner {
                         s.effect_executed(&name.to_string());
                     }
                     tracing::info!(app, effect = %name, requests = p.requests, events = p.event_ids.len(), waited_ms = now - p.first_ms, "pending effect executed");
+                    tracing::Span::current().record("weir.effect.outcome", "executed");
                     self.record(app, scope, &name, &todo_keys).await;
                 }
                 Err(e) => {
@@ -828,6 +910,8 @@ impl EffectRunner {
                         s.effects_failed.add(1);
                     }
                     let pause = debouncer.failed(key);
+                    tracing::Span::current().record("weir.effect.outcome", "failed");
+                    tracing::Span::current().record("otel.status_code", "error");
                     tracing::warn!(app, effect = %name, error = %e, retry_in_ms = pause.as_millis() as u64, "pending effect failed");
                     // Rewritten, so the bucket's age limit counts from the
                     // last failure: an effect that keeps failing stays
@@ -846,7 +930,7 @@ impl EffectRunner {
                 }
             }
         }
-        self.finish(debouncer, key, &entry, &name).await;
+        self.finish(debouncer, key, entry, &name).await;
     }
 
     /// Remove a pending entry that was executed (or refused), keep what
@@ -1015,6 +1099,31 @@ impl EffectRunner {
             }
         }
     }
+}
+
+/// The span of one effect when traces are exported (else
+/// [`tracing::Span::none`]): named `effect restart`, `effect reload` or
+/// `effect publish`, with `weir.app`, `weir.effect` (as [`describe`] names
+/// it: `restart:dovecot.service`), then `weir.effect.outcome`; a `publish`
+/// effect's event carries this span's context.
+fn effect_span(app: &str, effect: &Effect, name: &str) -> tracing::Span {
+    if !weir_edge::telemetry::enabled() {
+        return tracing::Span::none();
+    }
+    let kind = match effect {
+        Effect::Restart(_) => "effect restart",
+        Effect::Reload(_) => "effect reload",
+        Effect::Publish(_) => "effect publish",
+    };
+    tracing::info_span!(
+        "effect",
+        otel.name = kind,
+        weir.app = app,
+        weir.effect = name,
+        weir.effect.outcome = tracing::field::Empty,
+        weir.effect.requests = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    )
 }
 
 /// SIGKILL the process group of `child` (spawned as its leader): the

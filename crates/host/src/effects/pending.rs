@@ -109,6 +109,10 @@ pub struct PendingEffect {
     /// Its records are the cluster's (a `scope = "cluster"` app), not the
     /// node's.
     pub shared: bool,
+    /// The `traceparent` of the effect span that opened the window, when
+    /// traces were exported: its execution is a span of that trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 /// A revisioned read of a pending effect.

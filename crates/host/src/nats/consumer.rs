@@ -1448,6 +1448,17 @@ impl Inbound {
         })
     }
 
+    /// The trace this event was published in (a valid `traceparent`
+    /// header), as a link naming the event; `None` otherwise, and always
+    /// when traces are not exported (no header is read then).
+    pub fn trace_link(&self) -> Option<weir_edge::telemetry::Link> {
+        if !weir_edge::telemetry::enabled() {
+            return None;
+        }
+        weir_edge::telemetry::extract(self.msg.headers.as_ref())
+            .map(|cx| weir_edge::telemetry::Link::event(cx, &self.id))
+    }
+
     /// Time since the stream stored this event (zero if unknown or in the
     /// future).
     pub fn age(&self) -> Duration {
