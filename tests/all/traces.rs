@@ -4,7 +4,8 @@
 //! is processed in that trace (batch, filter, invoke, effects), a publish
 //! effect's event continues it, `weir publish` starts or continues one, a
 //! batch of traced events links each, malformed `traceparent` values are
-//! ignored, and a collector that is down or slow costs spans, never events.
+//! ignored, a collector that is down or slow costs spans, never events, and
+//! `weir bridge` starts (or continues) a trace per Redis message.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -604,4 +605,108 @@ fn a_collector_that_is_down_or_slow_costs_spans_never_events() {
             .is_some_and(|(_, m)| metric(&m, "weir_trace_spans_failed_total") > 0)
     });
     assert!(slow.requests() > 0, "the slow collector was asked");
+}
+
+#[test]
+fn the_bridge_starts_a_trace_per_redis_message_and_carries_it_in_the_headers() {
+    use weir_test_support::redis::{RedisPublisher, RedisServer};
+    let _heavy = heavy();
+    let (nats, _dir) = server();
+    let url = nats.url();
+    let redis = RedisServer::start();
+    let collector = Collector::start();
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let config = dir.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nid = 2\nname = \"node2\"\n[nats]\nurl = \"{url}\"\n[bridge]\nredis_url = \"{}\"\nlisten = \"{listen}\"\n",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.args(["bridge", "--config"])
+        .arg(&config)
+        .env_remove("WEIR_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("OTEL_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in otel(&collector.endpoint()) {
+        cmd.env(k, v);
+    }
+    let _bridge = Weir(cmd.spawn().unwrap());
+    wait(Duration::from_secs(60), "bridge /ready 200", || {
+        get(listen, "/ready").is_some_and(|(code, _)| code == 200)
+    });
+    let continued = traceparent(TRACE, PUBLISHER_SPAN);
+    let stored = rt().block_on(async {
+        let mut p = RedisPublisher::connect(&redis.url()).await.unwrap();
+        p.publish("node/2/event/x-changed", b"{}").await.unwrap();
+        let payload = format!(r#"{{"traceparent": "{continued}"}}"#);
+        p.publish("module/mail1/event/y-changed", payload.as_bytes())
+            .await
+            .unwrap();
+        let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+        let mut found = Vec::new();
+        for subject in [
+            "weir.events.x-changed.node.2",
+            "weir.events.y-changed.module.mail1",
+        ] {
+            let mut message = None;
+            for _ in 0..200 {
+                if let Ok(stream) = js.get_stream(weir_host::nats::DEFAULT_STREAM).await
+                    && let Ok(m) = stream.get_last_raw_message_by_subject(subject).await
+                {
+                    message = Some(m);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let m = message.unwrap_or_else(|| panic!("{subject} not stored"));
+            let header = m.headers.get("traceparent").map(|v| v.as_str().to_owned());
+            found.push(header.unwrap_or_else(|| panic!("{subject}: no traceparent")));
+        }
+        found
+    });
+    // Each stored event carries the context of its bridge span.
+    let spans = collector.wait_for(SETTLE, "the bridge's two send spans", |spans| {
+        spans.iter().filter(|s| s.name.starts_with("send ")).count() >= 2
+    });
+    for (header, name) in stored.iter().zip(["send x-changed", "send y-changed"]) {
+        let span = one(&spans, name, |s| s.name == name);
+        assert_eq!(
+            *header,
+            traceparent(&span.trace_id, &span.span_id),
+            "{span:#?}"
+        );
+        assert_eq!(span.kind, 4, "a producer span");
+        assert!(
+            span.attr("weir.redis.channel").ends_with(&name[5..]),
+            "{span:#?}"
+        );
+    }
+    let x = one(&spans, "x", |s| s.name == "send x-changed");
+    assert!(x.parent_span_id.is_empty(), "a new trace: {x:#?}");
+    assert_eq!(
+        x.attr("messaging.destination.name"),
+        "weir.events.x-changed.node.2"
+    );
+    assert_eq!(x.attr("weir.redis.channel"), "node/2/event/x-changed");
+    // The payload's traceparent is continued.
+    let y = one(&spans, "y", |s| s.name == "send y-changed");
+    assert_eq!(
+        (y.trace_id.as_str(), y.parent_span_id.as_str()),
+        (TRACE, PUBLISHER_SPAN)
+    );
+    assert_eq!(
+        y.resource.get("weir.command").map(String::as_str),
+        Some("bridge")
+    );
 }

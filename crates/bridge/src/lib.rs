@@ -886,27 +886,14 @@ fn receive_span(
         ),
         Target::Dead { .. } => ("dead letter", "", String::new()),
     };
-    let span = tracing::info_span!(
-        "bridge",
-        otel.name = %format_args!("send {name}"),
-        otel.kind = "producer",
-        messaging.system = "nats",
-        messaging.operation.type = "send",
-        messaging.operation.name = "send",
-        messaging.destination.name = %subject,
-        messaging.message.id = msg_id,
-        weir.redis.channel = channel,
-        weir.event.source = source,
+    let span = weir_edge::telemetry::send_span(
+        name,
+        &subject,
+        msg_id,
+        source,
+        payload_traceparent(payload),
     );
-    if let Some(context) = payload_traceparent(payload) {
-        weir_edge::telemetry::follow(
-            &span,
-            vec![weir_edge::telemetry::Link {
-                context,
-                attributes: Vec::new(),
-            }],
-        );
-    }
+    span.record("weir.redis.channel", channel);
     span
 }
 

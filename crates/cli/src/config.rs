@@ -375,34 +375,31 @@ mod tests {
         weir_bridge::BridgeConfig::from_section(&table, std::path::Path::new("/"))
             .unwrap_or_else(|e| panic!("{e:?}\n{bridge}"));
         // So does the commented-out [app.canary], with no problem.
-        let canary: String = text
-            .lines()
-            .skip_while(|l| *l != "# [app.canary]")
-            .skip(1)
-            .take_while(|l| !l.starts_with("# [") && !l.starts_with('['))
-            .filter_map(|l| l.strip_prefix("# "))
-            .filter(|l| l.contains(" = ") && !l.trim_end().ends_with('='))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let canary = uncommented(&text, "# [app.canary]");
         let canary: weir_host::canary::CanaryConfig =
             toml::from_str(&canary).unwrap_or_else(|e| panic!("{e}\n{canary}"));
         assert_eq!(canary.problems(), Vec::<String>::new());
         assert_eq!(canary.nodes, Some(vec![2]));
         // And the commented-out [telemetry] (export stays off as printed).
         assert!(config.telemetry.is_none(), "{text}");
-        let telemetry: String = text
-            .lines()
-            .skip_while(|l| *l != "# [telemetry]")
+        let telemetry = uncommented(&text, "# [telemetry]");
+        let telemetry: weir_edge::telemetry::TelemetryConfig =
+            toml::from_str(&telemetry).unwrap_or_else(|e| panic!("{e}\n{telemetry}"));
+        assert_eq!(telemetry.problems(), Vec::<String>::new());
+        assert_eq!(telemetry.endpoint.as_deref(), Some("http://127.0.0.1:4318"));
+    }
+
+    /// The example's keys of the commented-out table `header` (`# [x]`),
+    /// uncommented, up to the next table; keys without an example left out.
+    fn uncommented(text: &str, header: &str) -> String {
+        text.lines()
+            .skip_while(|l| *l != header)
             .skip(1)
             .take_while(|l| !l.starts_with("# [") && !l.starts_with('['))
             .filter_map(|l| l.strip_prefix("# "))
             .filter(|l| l.contains(" = ") && !l.trim_end().ends_with('='))
             .collect::<Vec<_>>()
-            .join("\n");
-        let telemetry: weir_edge::telemetry::TelemetryConfig =
-            toml::from_str(&telemetry).unwrap_or_else(|e| panic!("{e}\n{telemetry}"));
-        assert_eq!(telemetry.problems(), Vec::<String>::new());
-        assert_eq!(telemetry.endpoint.as_deref(), Some("http://127.0.0.1:4318"));
+            .join("\n")
     }
 
     #[test]

@@ -275,27 +275,7 @@ fn publish_span(
         .subjects()
         .event(&event.name, &event.source)
         .unwrap_or_default();
-    let span = tracing::info_span!(
-        "publish",
-        otel.name = %format_args!("send {}", event.name),
-        otel.kind = "producer",
-        messaging.system = "nats",
-        messaging.operation.type = "send",
-        messaging.operation.name = "send",
-        messaging.destination.name = %subject,
-        messaging.message.id = id,
-        weir.event.source = %event.source,
-    );
-    if let Some(context) = parent {
-        weir_edge::telemetry::follow(
-            &span,
-            vec![weir_edge::telemetry::Link {
-                context: context.clone(),
-                attributes: Vec::new(),
-            }],
-        );
-    }
-    span
+    weir_edge::telemetry::send_span(&event.name, &subject, id, &event.source, parent.cloned())
 }
 
 fn unique_suffix() -> String {

@@ -132,6 +132,47 @@ fn inject(cx: &Context, headers: &mut HeaderMap) {
     }
 }
 
+/// The span of one event weir sends (`weir publish`, `weir bridge`) when
+/// traces are exported, else [`tracing::Span::none`]: a messaging `send`
+/// span named `send <name>` (kind producer, `messaging.destination.name` =
+/// `subject`, `messaging.message.id` = `id`, `weir.event.source` =
+/// `source`; `weir.redis.channel` left for the bridge to record), a child
+/// of `parent` if given, else the root of a new trace. Publishing inside it
+/// carries its context ([`inject_current`]).
+pub fn send_span(
+    name: &str,
+    subject: &str,
+    id: &str,
+    source: &str,
+    parent: Option<SpanContext>,
+) -> tracing::Span {
+    if !super::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "send",
+        otel.name = %format_args!("send {name}"),
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.operation.type = "send",
+        messaging.operation.name = "send",
+        messaging.destination.name = subject,
+        messaging.message.id = id,
+        weir.event.source = source,
+        weir.redis.channel = tracing::field::Empty,
+    );
+    if let Some(context) = parent {
+        follow(
+            &span,
+            vec![Link {
+                context,
+                attributes: Vec::new(),
+            }],
+        );
+    }
+    span
+}
+
 /// Make `span` (not yet entered) part of the traces of `links`: its parent
 /// is the first link's context (so a batch of one traced event is a child
 /// of its publish), and it links every one of them, at most [`MAX_LINKS`]

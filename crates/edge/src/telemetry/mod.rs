@@ -44,7 +44,9 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, Sampler, SdkTracerProvider};
 use serde::{Deserialize, Serialize};
 
-pub use context::{Link, extract, follow, inject_current, parse_traceparent, traceparent_of};
+pub use context::{
+    Link, extract, follow, inject_current, parse_traceparent, send_span, traceparent_of,
+};
 pub use export::{ExportStats, stats};
 pub use opentelemetry::KeyValue;
 pub use opentelemetry::trace::SpanContext;
