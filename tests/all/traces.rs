@@ -45,16 +45,11 @@ impl Drop for Weir {
     }
 }
 
-/// `weir run --config <config>` with `env` (every other `OTEL_*` removed),
-/// once `/ready` on `addr` answers 200.
-fn run(config: &Path, addr: std::net::SocketAddr, env: &[(&str, String)]) -> Weir {
+/// `weir <args>` with only `env` of the `OTEL_*` variables (the rest of
+/// this process's removed) and no `WEIR_CONFIG`.
+fn weir(args: &[&str], env: &[(&str, String)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
-    cmd.args(["run", "--config"])
-        .arg(config)
-        .env_remove("WEIR_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.args(args).env_remove("WEIR_CONFIG");
     for (k, _) in std::env::vars() {
         if k.starts_with("OTEL_") {
             cmd.env_remove(k);
@@ -63,6 +58,16 @@ fn run(config: &Path, addr: std::net::SocketAddr, env: &[(&str, String)]) -> Wei
     for (k, v) in env {
         cmd.env(k, v);
     }
+    cmd
+}
+
+/// `weir run --config <config>` with `env` (every other `OTEL_*` removed),
+/// once `/ready` on `addr` answers 200.
+fn run(config: &Path, addr: std::net::SocketAddr, env: &[(&str, String)]) -> Weir {
+    let mut cmd = weir(&["run", "--config", config.to_str().unwrap()], env);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let child = Weir(cmd.spawn().unwrap());
     wait(Duration::from_secs(60), "/ready 200", || {
         get(addr, "/ready").is_some_and(|(code, _)| code == 200)
@@ -88,21 +93,21 @@ fn publish(
     extra: &[&str],
     env: &[(&str, String)],
 ) -> String {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
-    cmd.args([
-        "publish", "--url", url, "--name", name, "--source", "module/x",
-    ])
-    .args(["--payload", payload, "--id", id])
-    .args(extra)
-    .env_remove("WEIR_CONFIG");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("OTEL_") {
-            cmd.env_remove(k);
-        }
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
+    let mut args = vec![
+        "publish",
+        "--url",
+        url,
+        "--name",
+        name,
+        "--source",
+        "module/x",
+        "--payload",
+        payload,
+        "--id",
+        id,
+    ];
+    args.extend_from_slice(extra);
+    let mut cmd = weir(&args, env);
     let out = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "weir publish: {stderr}");
@@ -626,21 +631,13 @@ fn the_bridge_starts_a_trace_per_redis_message_and_carries_it_in_the_headers() {
         ),
     )
     .unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
-    cmd.args(["bridge", "--config"])
-        .arg(&config)
-        .env_remove("WEIR_CONFIG")
-        .stdin(Stdio::null())
+    let mut cmd = weir(
+        &["bridge", "--config", config.to_str().unwrap()],
+        &otel(&collector.endpoint()),
+    );
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("OTEL_") {
-            cmd.env_remove(k);
-        }
-    }
-    for (k, v) in otel(&collector.endpoint()) {
-        cmd.env(k, v);
-    }
     let _bridge = Weir(cmd.spawn().unwrap());
     wait(Duration::from_secs(60), "bridge /ready 200", || {
         get(listen, "/ready").is_some_and(|(code, _)| code == 200)
